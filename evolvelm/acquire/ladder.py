@@ -1,0 +1,49 @@
+"""Easy-to-hard acquisition: the model labels problems just beyond what it was trained on."""
+from __future__ import annotations
+
+from tqdm import tqdm
+
+from evolvelm.tasks import get_task
+from evolvelm.types import Problem, Sample, content_id
+
+CHUNK = 512  # prompts per backend call
+
+
+def derive_seed(*parts: object) -> int:
+    """A 31-bit seed determined by `parts` alone (e.g. run seed, round, problem id, k)."""
+    return int(content_id("seed", *parts), 16) % 2**31
+
+
+def draw_problems(skill: str, difficulty: int, n: int, run_seed: int, rnd: int, held_out: frozenset[str]) -> list[Problem]:
+    """`n` training problems for one round, none of them in the held-out splits."""
+    return get_task(skill).problems(difficulty, n, derive_seed(run_seed, rnd, skill, difficulty), exclude=held_out)
+
+
+def sample(backend, problems: list[Problem], rnd: int, run_seed: int, k: int, temperature: float,
+           greedy_first: bool, quiet: bool = False) -> list[Sample]:
+    """Draw k answers per problem; answer j of problem p is seeded by (run seed, round, p, j).
+
+    Samples come back ordered by problem, then j. The true answer is recorded for the
+    benchmark's label-precision measurement; unsupervised filters never read it.
+    """
+    jobs = [(p, j) for p in problems for j in range(k)]
+    out: list[Sample] = []
+    bar = tqdm(total=len(jobs), desc=f"acquire round {rnd}", disable=quiet, leave=False)
+    for i in range(0, len(jobs), CHUNK):
+        chunk = jobs[i:i + CHUNK]
+        for greedy in (True, False):  # greedy and sampled answers go to the backend separately
+            part = [(p, j) for p, j in chunk if (greedy_first and j == 0) == greedy]
+            if not part:
+                continue
+            temp = 0.0 if greedy else temperature
+            seeds = [derive_seed(run_seed, rnd, p.id, j) for p, j in part]
+            max_new = max(get_task(p.skill).answer_lengths(p.difficulty)[1] for p, _ in part) + 2
+            for (p, j), g in zip(part, backend.generate([p.prompt for p, _ in part], seeds, temp, max_new)):
+                out.append(Sample(round=rnd, skill=p.skill, difficulty=p.difficulty, prompt=p.prompt,
+                                  completion=g.text, model_version=backend.version, seed=g.seed, k=j,
+                                  temperature=temp, mean_logprob=sum(g.logprobs) / max(1, len(g.logprobs)),
+                                  true_answer=p.answer))
+        bar.update(len(chunk))
+    bar.close()
+    position = {(p.skill, p.prompt): i for i, p in enumerate(problems)}
+    return sorted(out, key=lambda s: (position[(s.skill, s.prompt)], s.k))

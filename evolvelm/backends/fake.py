@@ -1,0 +1,99 @@
+"""A deterministic stand-in for a model, for fast engine tests.
+
+A fake "checkpoint" is a directory with `fake.json` = {"levels": {skill: L}}: the fake answers
+every problem of difficulty <= L correctly, difficulty L+1 correctly 70% of the time, L+2 30%, and
+beyond that never. Wrong answers are corrupted copies of the truth (some too short, which the
+length filter can catch; some with one wrong character, which it cannot). Outcomes depend only on
+(weights version, prompt, seed), like a real seeded sampler.
+
+`train` is the fake's update: training on labels of difficulty L+1 raises L when at least 95% of
+them are right, and training on bad labels lowers L (the error avalanche in miniature).
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from evolvelm.store.hashing import dir_hash
+from evolvelm.tasks import TASKS
+from evolvelm.types import Generation
+
+SKILL_OF = {"C": "copy", "R": "reverse", "A": "addition"}
+P_RIGHT = {1: 0.7, 2: 0.3}  # chance of a right answer at distance d beyond the level
+
+
+def solve(prompt: str) -> tuple[str, int, str]:
+    """(skill, difficulty, true answer) of a built-in task prompt."""
+    skill, body = SKILL_OF[prompt[0]], prompt[1:-1]
+    if skill == "addition":
+        a, b = body.split("+")
+        return skill, len(a), str(int(a[::-1]) + int(b[::-1]))[::-1]
+    return skill, len(body), body if skill == "copy" else body[::-1]
+
+
+def write(path: Path, levels: dict[str, int]) -> Path:
+    """Create a fake checkpoint directory."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "fake.json").write_text(json.dumps({"levels": levels}, sort_keys=True))
+    (path / "evolvelm.json").write_text(json.dumps({"skills": {s: [1, lvl] for s, lvl in levels.items()}}))
+    return path
+
+
+class FakeBackend:
+    """Backend protocol over a fake checkpoint."""
+
+    def __init__(self, model_path: str, adapter: str | None = None, **_ignored):
+        self.model_path = model_path
+        self.levels = json.loads((Path(model_path) / "fake.json").read_text())["levels"]
+        self.version = dir_hash(model_path)
+
+    def generate(self, prompts: list[str], seeds: list[int], temperature: float,
+                 max_new_tokens: int) -> list[Generation]:
+        out = []
+        for prompt, seed in zip(prompts, seeds):
+            skill, d, truth = solve(prompt)
+            rng = random.Random(f"{self.version}:{prompt}:{seed if temperature > 0 else 'greedy'}")
+            beyond = d - self.levels.get(skill, 0)
+            if beyond <= 0 or rng.random() < P_RIGHT.get(beyond, 0.0):
+                text = truth
+            elif rng.random() < 0.5:
+                text = truth[:-1]
+            else:
+                i = rng.randrange(len(truth))
+                text = truth[:i] + ("x" if truth[i] != "x" else "y") + truth[i + 1:]
+            text = text[:max_new_tokens]
+            out.append(Generation(text, [-0.1 if text == truth else -1.0] * (len(text) + 1), seed))
+        return out
+
+    def logprobs(self, prompts: list[str], completions: list[str]) -> list[list[float]]:
+        return [[-0.1 if c == solve(p)[2] else -1.0] * (len(c) + 1) for p, c in zip(prompts, completions)]
+
+    def load_adapter(self, path: str) -> None:
+        raise NotImplementedError("the fake backend has no adapters")
+
+    def unload_adapter(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def train(parent: str, examples: list, out: Path) -> list[float]:
+    """Fake update: move each skill's level by the precision of its labels one step ahead."""
+    levels = dict(json.loads((Path(parent) / "fake.json").read_text())["levels"])
+    by_skill: dict[str, list[bool]] = {}
+    for ex in examples:
+        skill, d, truth = solve(ex.prompt)
+        if d == levels.get(skill, 0) + 1:
+            by_skill.setdefault(skill, []).append(ex.answer == truth)
+    losses = []
+    for skill, right in by_skill.items():
+        precision = sum(right) / len(right)
+        levels[skill] += 1 if precision >= 0.95 else (-1 if precision < 0.8 else 0)
+        losses.append(1.0 - precision)
+    write(out, levels)
+    return losses or [0.0]
+
+
+assert set(SKILL_OF.values()) == set(TASKS), "fake.solve must know every built-in task"

@@ -1,0 +1,183 @@
+"""The `evolvelm` command line: thin wrappers over recipes, the run directory and the report.
+
+    evolvelm run copy-ladder [--run-dir DIR] [key=value ...]   start a run
+    evolvelm resume RUN_DIR                                    continue from the first uncommitted stage
+    evolvelm validate RECIPE [key=value ...]                   check a recipe without loading weights
+    evolvelm ls [RUNS_DIR]                                     shipped recipes and runs
+    evolvelm report RUN_DIR                                    RUN_DIR/report.html
+    evolvelm inspect RUN_DIR [SAMPLE_ID] [--round N] [--dropped]
+    evolvelm export RUN_DIR OUT [--merged]                     the evolved model as a HF directory
+    evolvelm env                                               versions
+
+Exit codes: 0 success, 1 unexpected failure, 2 bad input (config, files, run directory).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from evolvelm import __version__, config
+from evolvelm.config import ConfigError
+from evolvelm.store.run import Run
+
+
+def _quiet_libraries() -> None:
+    """Hide per-load weight progress bars of transformers; our own stages show progress."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def _execute(run: Run, quiet: bool) -> int:
+    from evolvelm.recipes.ladder import run_recipe
+
+    _quiet_libraries()
+    cfg = run.config()
+    t0 = time.time()
+    summary = run_recipe(cfg, run, quiet=quiet)
+    first = summary["rounds"][0]
+    promoted = sum(r["promoted"] for r in summary["rounds"][1:])
+    print(f"run {run.root}: {len(summary['rounds']) - 1} rounds ({promoted} promoted) in {time.time() - t0:.0f}s")
+    print(f"frontier: base {first['frontier']} -> final {summary['final_frontier']}")
+    print(f"summary: {run.root / 'summary.json'}   report: evolvelm report {run.root}")
+    return 0
+
+
+def cmd_run(a) -> int:
+    cfg = config.load(a.recipe, a.overrides)
+    from evolvelm.recipes.ladder import start_levels
+
+    name = Path(a.recipe).stem
+    run_dir = Path(a.run_dir) if a.run_dir else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    start_levels(cfg, Run(run_dir))  # fail on a missing model before creating anything
+    return _execute(Run.create(run_dir, cfg), a.quiet)
+
+
+def cmd_resume(a) -> int:
+    return _execute(Run.open(Path(a.run_dir)), a.quiet)
+
+
+def cmd_validate(a) -> int:
+    from evolvelm.recipes.ladder import start_levels
+
+    cfg = config.load(a.recipe, a.overrides)
+    levels = start_levels(cfg, Run(Path(".")))
+    print(f"ok: {a.recipe} ({cfg.rounds} rounds, skills {cfg.skills}, starting levels {levels})")
+    return 0
+
+
+def cmd_ls(a) -> int:
+    print("shipped recipes: " + ", ".join(config.shipped_recipes()))
+    root = Path(a.runs_dir)
+    runs = sorted(p.parent for p in root.glob("*/config.yaml")) if root.is_dir() else []
+    if runs:
+        print(f"\n{'run':40s} {'rounds':>6s} {'promoted':>8s}  final frontier")
+    for r in runs:
+        s = json.loads((r / "summary.json").read_text()) if (r / "summary.json").is_file() else {"rounds": []}
+        done = len(s["rounds"]) - 1 if s["rounds"] else 0
+        promoted = sum(x["promoted"] for x in s["rounds"][1:])
+        print(f"{str(r):40s} {done:6d} {promoted:8d}  {s.get('final_frontier', {})}")
+    return 0
+
+
+def cmd_report(a) -> int:
+    from evolvelm.report.html import write_report
+
+    run = Run.open(Path(a.run_dir))
+    out = write_report(run, Path(a.out) if a.out else run.root / "report.html")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_inspect(a) -> int:
+    from evolvelm.report.inspect import explain, list_dropped
+
+    run = Run.open(Path(a.run_dir))
+    if a.sample_id:
+        print(explain(run, a.sample_id))
+    else:
+        print(list_dropped(run, a.round, a.limit) if a.dropped else explain(run, None, a.round))
+    return 0
+
+
+def cmd_export(a) -> int:
+    from evolvelm.report.export import export
+
+    _quiet_libraries()
+    print(f"wrote {export(Run.open(Path(a.run_dir)), Path(a.out), a.merged)}")
+    return 0
+
+
+def cmd_env(a) -> int:
+    import importlib.metadata as md
+    import platform
+
+    print(f"evolvelm {__version__}\npython {platform.python_version()} ({platform.platform()})")
+    for pkg in ["torch", "transformers", "peft", "tokenizers", "safetensors", "accelerate", "trl", "vllm", "ray"]:
+        try:
+            print(f"{pkg} {md.version(pkg)}")
+        except md.PackageNotFoundError:
+            print(f"{pkg} not installed")
+    try:
+        import torch
+
+        print(f"cuda available: {torch.cuda.is_available()}; cpu threads: {torch.get_num_threads()}")
+    except ImportError:
+        pass
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="evolvelm", description="Self-evolution rounds for language models.")
+    p.add_argument("--version", action="version", version=f"evolvelm {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name, fn, help):
+        s = sub.add_parser(name, help=help, description=help)
+        s.set_defaults(fn=fn)
+        s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        return s
+
+    s = add("run", cmd_run, "start a run of a recipe (shipped name or YAML path)")
+    s.add_argument("recipe")
+    s.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. rounds=2")
+    s.add_argument("--run-dir", help="where the run lives (default runs/NAME-TIMESTAMP)")
+    s = add("resume", cmd_resume, "continue a run from its first uncommitted stage")
+    s.add_argument("run_dir")
+    s = add("validate", cmd_validate, "check a recipe and its overrides without loading weights")
+    s.add_argument("recipe")
+    s.add_argument("overrides", nargs="*", metavar="key=value")
+    s = add("ls", cmd_ls, "list shipped recipes and the runs in RUNS_DIR")
+    s.add_argument("runs_dir", nargs="?", default="runs")
+    s = add("report", cmd_report, "write a self-contained HTML report of a run")
+    s.add_argument("run_dir")
+    s.add_argument("--out", help="default RUN_DIR/report.html")
+    s = add("inspect", cmd_inspect, "why a sample was kept or dropped; per-round filter verdicts")
+    s.add_argument("run_dir")
+    s.add_argument("sample_id", nargs="?", help="a sample id (or unique prefix)")
+    s.add_argument("--round", type=int, default=None, help="round to list (default: last with samples)")
+    s.add_argument("--dropped", action="store_true", help="list the dropped samples of the round")
+    s.add_argument("--limit", type=int, default=20, help="how many dropped samples to list")
+    s = add("export", cmd_export, "write the evolved (last promoted) model as a Hugging Face directory")
+    s.add_argument("run_dir")
+    s.add_argument("out")
+    s.add_argument("--merged", action="store_true", help="merge a LoRA adapter into the base weights")
+    add("env", cmd_env, "print versions of evolvelm and its libraries")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"evolvelm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""Typed configuration: one home per setting, each with its default and a one-line doc.
+
+A recipe is a YAML file of these sections; `key=value` overrides use dotted names
+(`update.steps=200`). Unknown keys and values of the wrong type are errors that name the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A problem with user-supplied configuration; the CLI exits with code 2."""
+
+
+@dataclass
+class ModelConfig:
+    path: str = "zoo:copy-reverse"   # HF checkpoint directory, or zoo:NAME for a shipped tiny model
+    backend: str = "hf"              # generation backend: hf | fake
+    device: str = "cpu"              # torch device for the hf backend
+    batch_size: int = 512            # prompts per generation batch
+
+
+@dataclass
+class AcquireConfig:
+    problems: int = 1000             # new problems per skill per round
+    samples: int = 5                 # answers drawn per problem (k)
+    temperature: float = 1.0         # sampling temperature for answers after the first
+    greedy_first: bool = True        # answer 0 of each problem is greedy
+    step: int = 1                    # difficulties labelled ahead of the trained level per round
+    start_level: int = 0             # trained level to start from; 0 = read from the model's evolvelm.json
+
+
+@dataclass
+class RefineConfig:
+    chain: list[str] = field(default_factory=lambda: ["length", "vote", "dedup"])  # filters in order
+    vote_agreement: float = 0.6      # vote: keep the majority answer when this share of samples agree
+
+
+@dataclass
+class UpdateConfig:
+    method: str = "full"             # full | lora
+    steps: int = 300                 # optimizer steps per round
+    batch_size: int = 64             # sequences per step
+    lr: float = 1e-3                 # peak learning rate (cosine decay)
+    warmup: int = 30                 # linear warm-up steps
+    new_weight: float = 0.5          # share of sampling weight for the newest round's labels
+    original: int = 2000             # labelled problems per skill from the base model's trained range
+    lora_r: int = 8                  # LoRA rank
+    lora_alpha: int = 16             # LoRA scaling numerator
+
+
+@dataclass
+class EvalConfig:
+    max_difficulty: int = 16         # evaluate difficulties 1..max_difficulty
+    problems: int = 100              # held-out test problems per skill and difficulty (reported)
+    dev_problems: int = 50           # dev problems per difficulty (the gate's split)
+    threshold: float = 0.99          # accuracy at which a difficulty counts as solved
+    seed: int = 1234                 # fixes the held-out sets
+
+
+@dataclass
+class GateConfig:
+    tolerance: float = 0.02          # max drop in mean dev accuracy on already-solved difficulties
+
+
+@dataclass
+class Config:
+    recipe: str = "ladder"           # loop family: evolvelm/recipes/<recipe>.py
+    rounds: int = 4                  # self-improvement rounds after the round-0 evaluation
+    seed: int = 0                    # seeds sampling, training and problem draws
+    skills: list[str] = field(default_factory=lambda: ["copy", "reverse"])  # built-in tasks to improve
+    model: ModelConfig = field(default_factory=ModelConfig)
+    acquire: AcquireConfig = field(default_factory=AcquireConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    update: UpdateConfig = field(default_factory=UpdateConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+
+
+CHOICES = {"model.backend": ["hf", "fake"], "update.method": ["full", "lora"], "recipe": ["ladder"]}
+
+
+def _check_type(key: str, value, typ):
+    """Return `value` as `typ`, or raise ConfigError naming `key`."""
+    if typing.get_origin(typ) is list:
+        (inner,) = typing.get_args(typ)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list of {inner.__name__}, got {value!r}")
+        return [_check_type(f"{key}[{i}]", v, inner) for i, v in enumerate(value)]
+    ok = isinstance(value, typ) and not (typ is int and isinstance(value, bool))
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not ok:
+        raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}")
+    return value
+
+
+def _apply(obj, data: dict, prefix: str = "") -> None:
+    """Set fields of dataclass `obj` from nested dict `data`, strictly."""
+    hints = typing.get_type_hints(type(obj))
+    valid = [f.name for f in dataclasses.fields(obj)]
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if key not in valid:
+            raise ConfigError(f"unknown config key {name!r}; valid keys{' in ' + prefix[:-1] if prefix else ''}: {valid}")
+        typ = hints[key]
+        if dataclasses.is_dataclass(typ):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{name}: expected a mapping with keys {[f.name for f in dataclasses.fields(typ)]}")
+            _apply(getattr(obj, key), value, f"{name}.")
+        else:
+            value = _check_type(name, value, typ)
+            if name in CHOICES and value not in CHOICES[name]:
+                raise ConfigError(f"{name}: {value!r} is not one of {CHOICES[name]}")
+            setattr(obj, key, value)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """["a.b=1", "c=x"] -> {"a": {"b": 1}, "c": "x"}; values parsed as YAML scalars/lists."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(raw) if raw else ""
+    return out
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """A shipped recipe name (e.g. copy-ladder) or a path to a YAML file."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise ConfigError(f"recipe file not found: {p}")
+        return p
+    shipped = Path(__file__).parent / "recipes" / f"{name_or_path}.yaml"
+    if not shipped.is_file():
+        raise ConfigError(f"unknown recipe {name_or_path!r}; shipped recipes: {shipped_recipes()}")
+    return shipped
+
+
+def shipped_recipes() -> list[str]:
+    return sorted(p.stem for p in (Path(__file__).parent / "recipes").glob("*.yaml"))
+
+
+def load(source: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Build a Config from a recipe (name or YAML path) and dotted overrides."""
+    cfg = Config()
+    if source is not None:
+        path = recipe_path(str(source))
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of config sections")
+        _apply(cfg, data)
+    _apply(cfg, parse_overrides(list(overrides)))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that types alone cannot express."""
+    from evolvelm.refine.filters import FILTERS
+    from evolvelm.tasks import TASKS
+
+    for s in cfg.skills:
+        if s not in TASKS:
+            raise ConfigError(f"skills: unknown task {s!r}; valid tasks: {sorted(TASKS)}")
+    for f in cfg.refine.chain:
+        if f not in FILTERS:
+            raise ConfigError(f"refine.chain: unknown filter {f!r}; valid filters: {sorted(FILTERS)}")
+    for key, value in [("rounds", cfg.rounds), ("acquire.problems", cfg.acquire.problems),
+                       ("acquire.samples", cfg.acquire.samples), ("acquire.step", cfg.acquire.step),
+                       ("update.steps", cfg.update.steps), ("eval.max_difficulty", cfg.eval.max_difficulty),
+                       ("eval.problems", cfg.eval.problems), ("eval.dev_problems", cfg.eval.dev_problems)]:
+        if value < 1:
+            raise ConfigError(f"{key}: must be >= 1, got {value}")
+    if not 0 < cfg.update.new_weight <= 1:
+        raise ConfigError(f"update.new_weight: must be in (0, 1], got {cfg.update.new_weight}")
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump(cfg: Config) -> str:
+    """The resolved config as YAML, as saved next to every run."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

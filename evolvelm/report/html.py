@@ -1,0 +1,92 @@
+"""A self-contained HTML report of a run, built from the run directory alone (summary + store)."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+from evolvelm.store.run import Run
+from evolvelm.store.summary import summarize
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def plots(summary: dict) -> list[tuple[str, str]]:
+    """(title, <img>) for: accuracy by difficulty per round, frontier per round, filter verdicts per round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds, skills, out = summary["rounds"], summary["skills"], []
+    fig, axes = plt.subplots(1, len(skills), figsize=(5.5 * len(skills), 3.6), squeeze=False)
+    cmap = plt.get_cmap("viridis")
+    for ax, skill in zip(axes[0], skills):
+        for i, r in enumerate(rounds):
+            acc = r["accuracy"].get(skill, {})
+            ds = sorted(acc, key=int)
+            ax.plot([int(d) for d in ds], [acc[d] for d in ds], marker=".", color=cmap(i / max(1, len(rounds) - 1)),
+                    linestyle="-" if r["promoted"] else ":", label=f"round {r['round']}" + ("" if r["promoted"] else " (rolled back)"))
+        base_level = rounds[0]["levels"][skill]
+        ax.axvline(base_level + 0.5, color="grey", linestyle="--", linewidth=0.8)
+        ax.set(title=f"{skill}: held-out accuracy (dashed: base training range ends)", xlabel="difficulty", ylabel="accuracy", ylim=(-0.02, 1.02))
+        ax.legend(fontsize=7)
+    out.append(("Accuracy by difficulty, per round", _png(fig)))
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for skill in skills:
+        ax.plot([r["round"] for r in rounds], [r["frontier"][skill] for r in rounds], marker="o", label=skill)
+    ax.set(title="Frontier per round (all difficulties <= f solved at >= threshold)", xlabel="round", ylabel="frontier")
+    ax.legend()
+    out.append(("Frontier per round", _png(fig)))
+    plt.close(fig)
+
+    refined = [r for r in rounds if r["filters"]]
+    if refined:
+        names = list(refined[-1]["filters"])
+        fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.2), squeeze=False)
+        for ax, name in zip(axes[0], names):
+            xs = [r["round"] for r in refined]
+            kept = [r["filters"].get(name, {}).get("kept", 0) for r in refined]
+            dropped = [r["filters"].get(name, {}).get("dropped", 0) for r in refined]
+            ax.bar(xs, kept, label="kept", color="tab:green")
+            ax.bar(xs, dropped, bottom=kept, label="dropped", color="tab:red")
+            ax.set(title=f"filter: {name}", xlabel="round")
+            ax.legend(fontsize=7)
+        out.append(("Kept and dropped per filter", _png(fig)))
+        plt.close(fig)
+    return out
+
+
+def _table(summary: dict) -> str:
+    head = "<tr><th>round</th><th>promoted</th><th>frontier</th><th>trained level</th><th>acquired</th><th>kept</th><th>label precision</th><th>decision</th></tr>"
+    rows = []
+    for r in summary["rounds"]:
+        lp = "" if r["label_precision"] is None else f"{r['label_precision']:.4f}"
+        rows.append(f"<tr><td>{r['round']}</td><td>{'yes' if r['promoted'] else '<b>rolled back</b>'}</td>"
+                    f"<td>{html.escape(str(r['frontier']))}</td><td>{html.escape(str(r['levels']))}</td>"
+                    f"<td>{r['acquired']}</td><td>{r['kept']}</td><td>{lp}</td><td>{html.escape(r['reason'])}</td></tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def write_report(run: Run, out: Path) -> Path:
+    """Render report.html for `run` and return its path."""
+    summary = summarize(run, run.config())
+    figures = "".join(f"<h2>{html.escape(t)}</h2>{img}" for t, img in plots(summary))
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>evolvelm report: {html.escape(run.root.name)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}img{{max-width:100%}}</style></head><body>
+<h1>evolvelm run <code>{html.escape(str(run.root))}</code></h1>
+<p>Skills: {html.escape(', '.join(summary['skills']))}. Final frontier: <b>{html.escape(str(summary['final_frontier']))}</b>
+(base: {html.escape(str(summary['rounds'][0]['frontier']))}). Wall time: {summary['wall_seconds']:.0f}s.
+Accuracy is greedy exact match on the held-out test split; label precision is measured against true labels
+that the unsupervised filters never see.</p>
+{_table(summary)}{figures}</body></html>"""
+    out.write_text(page)
+    return out

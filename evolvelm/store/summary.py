@@ -1,0 +1,40 @@
+"""RUN_DIR/summary.json: the machine-readable outcome of a run, derived from the store alone."""
+from __future__ import annotations
+
+import json
+
+from evolvelm.config import Config
+from evolvelm.store.run import Run
+
+
+def summarize(run: Run, cfg: Config) -> dict:
+    """One entry per round that has passed its gate (round 0 = the base model before any update)."""
+    rounds, wall = [], 0.0
+    for m in run.manifest():
+        wall += m["info"].get("seconds", 0.0)
+    for rnd in sorted({m["round"] for m in run.manifest() if m["stage"] == "gate"}):
+        gate, ev = run.done(rnd, "gate"), run.done(rnd, "eval")
+        acc: dict[str, dict[int, float]] = {}
+        for r in run.query("SELECT skill, difficulty, accuracy FROM evals WHERE round=? AND split='test' "
+                           "ORDER BY skill, difficulty", (rnd,)):
+            acc.setdefault(r["skill"], {})[r["difficulty"]] = r["accuracy"]
+        refine = run.done(rnd, "refine") or {}
+        rounds.append({
+            "round": rnd, "promoted": gate["promoted"], "reason": gate["reason"], "frontier": ev["frontier"],
+            "accuracy": acc, "levels": gate["levels"],
+            "acquired": (run.done(rnd, "acquire") or {}).get("acquired", 0), "kept": refine.get("kept", 0),
+            "label_precision": refine.get("label_precision"), "filters": refine.get("filters", {}),
+            "model_version": ev["model_version"],
+        })
+    promoted = [r for r in rounds if r["promoted"]]
+    return {"rounds": rounds, "final_frontier": promoted[-1]["frontier"] if promoted else {},
+            "skills": cfg.skills, "wall_seconds": round(wall, 1)}
+
+
+def write_summary(run: Run, cfg: Config) -> dict:
+    """Rewrite summary.json atomically from the store."""
+    summary = summarize(run, cfg)
+    tmp = run.root / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(run.root / "summary.json")
+    return summary

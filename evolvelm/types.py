@@ -1,0 +1,74 @@
+"""Records passed between stages. Plain dataclasses: importing this module never imports torch."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+
+def content_id(*parts: object) -> str:
+    """A short, stable content hash of `parts` (JSON-encoded). Used for problem and sample ids."""
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One task instance. `answer` is the true label; unsupervised stages must not read it."""
+
+    skill: str          # task name, e.g. "copy"
+    difficulty: int     # string length or number of digits
+    prompt: str         # text fed to the model, e.g. "Cabc="
+    answer: str         # ground truth, known to the benchmark only
+
+    @property
+    def id(self) -> str:
+        return content_id(self.skill, self.difficulty, self.prompt)
+
+
+@dataclass
+class Generation:
+    """One completion from a backend."""
+
+    text: str                   # decoded completion, special tokens stripped
+    logprobs: list[float]       # per generated token (incl. end-of-sequence): natural log, under the model at temperature 1
+    seed: int                   # the seed that produced it
+
+
+@dataclass
+class Verdict:
+    """What one filter decided about one sample."""
+
+    filter: str         # filter name as used in the chain, e.g. "length"
+    version: str        # filter implementation version, stored beside the verdict
+    kept: bool
+    reason: str         # short human-readable why
+
+
+@dataclass
+class Sample:
+    """One piece of experience: a model's completion for a problem, with its provenance."""
+
+    round: int
+    skill: str
+    difficulty: int
+    prompt: str
+    completion: str             # the model's answer, used as the training label when kept
+    model_version: str          # content hash of the weights that produced it
+    seed: int                   # generation seed, derived from (run seed, round, problem, k)
+    k: int                      # index of this sample among the k drawn for its problem
+    temperature: float          # 0 = greedy
+    mean_logprob: float         # mean per-token log-probability of the completion
+    true_answer: str            # benchmark-only; used for label precision, never by unsupervised filters
+    verdicts: list[Verdict] = field(default_factory=list)
+    kept: bool = True           # AND of all verdicts
+
+    @property
+    def id(self) -> str:
+        return content_id(self.round, self.skill, self.prompt, self.completion, self.seed, self.k)
+
+    def to_row(self) -> dict:
+        row = asdict(self)
+        row["id"] = self.id
+        row["verdicts"] = json.dumps([asdict(v) for v in self.verdicts])
+        return row

@@ -1,0 +1,41 @@
+"""The training mixture of a round: the newest round's labels against everything learned before.
+
+Following Lee, Cai et al. (2025), the newest round's kept labels get `update.new_weight` of the
+sampling probability (0.5 by default) and the older data shares the rest evenly: labelled
+problems from the base model's own training range, and the kept labels of every promoted round.
+Labels from rolled-back rounds are never trained on again.
+"""
+from __future__ import annotations
+
+from evolvelm.acquire.ladder import derive_seed
+from evolvelm.config import Config
+from evolvelm.evaluate.suite import held_out_prompts
+from evolvelm.tasks import get_task
+from evolvelm.update.sft import Example
+
+
+def original_data(cfg: Config, levels: dict[str, int]) -> list[tuple[str, str]]:
+    """(prompt, answer) pairs from the base model's trained range, drawn away from the held-out splits."""
+    out = []
+    for skill, top in levels.items():
+        task = get_task(skill)
+        held = held_out_prompts(task, top, cfg.eval.problems, cfg.eval.dev_problems, cfg.eval.seed)
+        per = max(1, cfg.update.original // top)
+        for d in range(1, top + 1):
+            out += [(p.prompt, p.answer) for p in task.problems(d, per, derive_seed(cfg.seed, "original", skill, d), held[d])]
+    return out
+
+
+def mixture(cfg: Config, run, rnd: int, state: dict) -> tuple[list[Example], int]:
+    """Weighted examples for round `rnd` and how many of them are new this round."""
+    base_levels = run.done(0, "gate")["levels"]
+    promoted = [r["round"] for r in run.manifest() if r["stage"] == "gate" and r["round"] > 0
+                and r["info"]["promoted"] and r["round"] < rnd]
+    old = original_data(cfg, base_levels)
+    for r in promoted:
+        old += [(s.prompt, s.completion) for s in run.samples(r) if s.kept]
+    new = [(s.prompt, s.completion) for s in run.samples(rnd) if s.kept]
+    if not new:
+        return [Example(p, a) for p, a in old], 0
+    w_new, w_old = cfg.update.new_weight / len(new), (1 - cfg.update.new_weight) / max(1, len(old))
+    return [Example(p, a, w_old) for p, a in old] + [Example(p, a, w_new) for p, a in new], len(new)

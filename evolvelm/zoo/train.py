@@ -1,0 +1,101 @@
+"""Train the shipped tiny models from scratch on CPU (seeded, reproducible).
+
+    python -m evolvelm.zoo.train --model copy-reverse     # ~4 min on 2 CPU cores
+    python -m evolvelm.zoo.train --model addition         # see SPECS for the measured time
+
+Architecture: SmolLM3, i.e. the Llama decoder with a per-layer switch for rotary embeddings, with
+rotary embeddings switched off in every layer (NoPE). Stock Llama in transformers 5 ignores
+`partial_rotary_factor` and still rotates, so it cannot express NoPE; SmolLM3 can, and loads with
+`from_pretrained` (and in vLLM) without custom code. NoPE is what lets a model trained on lengths
+1..L be partly right at L+1, which the easy-to-hard ladder needs to bootstrap.
+
+Each checkpoint directory holds config.json, model.safetensors, the tokenizer and `evolvelm.json`
+(the skills and difficulty range it was trained on, the measured accuracy, the training time).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+from transformers import SmolLM3Config, SmolLM3ForCausalLM
+
+from evolvelm.tasks import ALPHABET, get_task
+from evolvelm.update.sft import Example, train
+from evolvelm.zoo.tokenizer import char_tokenizer
+
+ZOO = Path(__file__).parent
+
+SPECS = {
+    "copy-reverse": dict(skills=["copy", "reverse"], max_difficulty=6, hidden=64, layers=4, heads=4,
+                         steps=3000, batch_size=64, lr=3e-3),
+    "addition": dict(skills=["addition"], max_difficulty=5, hidden=128, layers=4, heads=4,
+                     steps=6000, batch_size=64, lr=2e-3),
+}
+
+
+def build(spec: dict, tokenizer) -> SmolLM3ForCausalLM:
+    """A freshly initialised NoPE decoder of the given size."""
+    h, n = spec["hidden"], spec["layers"]
+    cfg = SmolLM3Config(
+        vocab_size=len(tokenizer), hidden_size=h, intermediate_size=4 * h, num_hidden_layers=n,
+        num_attention_heads=spec["heads"], num_key_value_heads=spec["heads"], max_position_embeddings=1024,
+        no_rope_layers=[0] * n, use_sliding_window=False, tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    return SmolLM3ForCausalLM(cfg)
+
+
+def accuracy(model_dir: Path, skill: str, difficulties: range, n: int = 200) -> dict[int, float]:
+    """Greedy exact-match accuracy per difficulty on fresh problems (seed distinct from training)."""
+    from evolvelm.backends.hf import HFBackend
+
+    backend, task, acc = HFBackend(str(model_dir)), get_task(skill), {}
+    for d in difficulties:
+        probs = task.problems(d, n, seed=10_000 + d)
+        gens = backend.generate([p.prompt for p in probs], [0] * len(probs), 0.0, task.answer_lengths(d)[1] + 2)
+        acc[d] = sum(task.check(p, g.text) for p, g in zip(probs, gens)) / len(probs)
+    return acc
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", choices=sorted(SPECS), required=True)
+    ap.add_argument("--out", type=Path, default=None, help="default: the package's zoo directory")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=None, help="override the spec's step count")
+    args = ap.parse_args(argv)
+    spec = dict(SPECS[args.model], **({"steps": args.steps} if args.steps else {}))
+    out = args.out or ZOO / args.model
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+
+    tokenizer = char_tokenizer(ALPHABET)
+    model = build(spec, tokenizer)
+    rng = random.Random(args.seed)
+    examples = [Example(p.prompt, p.answer) for _ in range(20_000) for p in
+                [get_task(rng.choice(spec["skills"])).problem(rng.randint(1, spec["max_difficulty"]), rng)]]
+    start = time.time()
+    losses = train(model, tokenizer, examples, spec["steps"], spec["batch_size"], spec["lr"], args.seed,
+                   warmup=200, desc=f"train {args.model}")
+    seconds = time.time() - start
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    top = spec["max_difficulty"]
+    acc = {s: accuracy(out, s, range(1, top + 4)) for s in spec["skills"]}
+    meta = {"skills": {s: [1, top] for s in spec["skills"]}, "spec": spec, "seed": args.seed,
+            "params": sum(p.numel() for p in model.parameters()), "final_loss": sum(losses[-50:]) / 50,
+            "train_seconds": round(seconds, 1), "accuracy_greedy_200": acc}
+    (out / "evolvelm.json").write_text(json.dumps(meta, indent=2))
+    print(f"{args.model}: {meta['params']:,} parameters, {spec['steps']} steps in {seconds:.0f}s "
+          f"(final loss {meta['final_loss']:.4f})")
+    for s, row in acc.items():
+        print(f"  {s:9s} " + "  ".join(f"{d}:{a:.2f}" for d, a in row.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -35,8 +35,9 @@ def _quiet_libraries() -> None:
 def _execute(run: Run, quiet: bool) -> int:
     from evolvelm.recipes.ladder import run_recipe
 
-    _quiet_libraries()
     cfg = run.config()
+    if cfg.model.backend == "hf":
+        _quiet_libraries()
     t0 = time.time()
     summary = run_recipe(cfg, run, quiet=quiet)
     first = summary["rounds"][0]

@@ -39,6 +39,7 @@ class AcquireConfig:
 class RefineConfig:
     chain: list[str] = field(default_factory=lambda: ["length", "vote", "dedup"])  # filters in order
     vote_agreement: float = 0.6      # vote: keep the majority answer when this share of samples agree
+    min_agreement: float = 0.5       # agreement: drop a skill's round when fewer of its problems hold a label
 
 
 @dataclass

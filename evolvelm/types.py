@@ -72,3 +72,12 @@ class Sample:
         row["id"] = self.id
         row["verdicts"] = json.dumps([asdict(v) for v in self.verdicts])
         return row
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training pair; `weight` is its relative sampling probability within the round's mixture."""
+
+    prompt: str
+    answer: str
+    weight: float = 1.0

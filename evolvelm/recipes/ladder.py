@@ -89,7 +89,6 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
     """Run (or resume) every round of the ladder in `run`; returns the summary."""
     held = {s: held_out_prompts(get_task(s), cfg.eval.max_difficulty, cfg.eval.problems, cfg.eval.dev_problems,
                                 cfg.eval.seed) for s in cfg.skills}
-    ctx = FilterContext(samples_per_problem=cfg.acquire.samples, vote_agreement=cfg.refine.vote_agreement)
 
     # Round 0: the base model, evaluated before any update.
     base = {"model": cfg.model.path, "adapter": None, "levels": start_levels(cfg, run), "round": 0}
@@ -119,6 +118,8 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
         if not run.done(rnd, "refine"):
             t0 = time.time()
             samples = run.samples(rnd)
+            ctx = FilterContext(cfg.acquire.samples, cfg.refine.vote_agreement, cfg.refine.min_agreement,
+                                problems={sk: len({s.prompt for s in samples if s.skill == sk}) for sk in cfg.skills})
             counts = run_chain(cfg.refine.chain, samples, ctx)
             for pos, name in enumerate(cfg.refine.chain):  # precision of what survives each filter
                 alive = [s for s in samples if len(s.verdicts) > pos and all(v.kept for v in s.verdicts[:pos + 1])]

@@ -6,7 +6,7 @@ Only `oracle` reads the true answer: it is the comparison arm, never an unsuperv
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from evolvelm.tasks import get_task
@@ -19,6 +19,8 @@ class FilterContext:
 
     samples_per_problem: int    # k, the number of answers drawn per problem
     vote_agreement: float       # share of the k answers that must agree for `vote` to keep them
+    min_agreement: float = 0.0  # `agreement`: share of a skill's problems that must still hold a label
+    problems: dict[str, int] = field(default_factory=dict)  # skill -> problems acquired this round
 
 
 def is_correct(s: Sample) -> bool:
@@ -85,8 +87,20 @@ def dedup(samples: list[Sample], ctx: FilterContext) -> list[Verdict]:
     return out
 
 
+def agreement(samples: list[Sample], ctx: FilterContext) -> list[Verdict]:
+    """Drop all of a skill's labels this round when too few of its problems still hold one.
+
+    An unsupervised avalanche guard: when the model's answers stop agreeing on most problems, the
+    few that do agree are likely its systematic mistakes, and training on them would snowball.
+    """
+    share = {skill: len({s.prompt for s in samples if s.skill == skill}) / n for skill, n in ctx.problems.items()}
+    return [Verdict("agreement", "1", share[s.skill] >= ctx.min_agreement,
+                    f"{s.skill}: {share[s.skill]:.2f} of problems hold a label "
+                    f"({'>=' if share[s.skill] >= ctx.min_agreement else 'below'} {ctx.min_agreement})") for s in samples]
+
+
 FILTERS: dict[str, Callable[[list[Sample], FilterContext], list[Verdict]]] = {
-    "oracle": oracle, "length": length, "vote": vote, "dedup": dedup,
+    "oracle": oracle, "length": length, "vote": vote, "dedup": dedup, "agreement": agreement,
 }
 
 

@@ -16,7 +16,9 @@ primary keys, so a sample can never be stored twice.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import sqlite3
 import time
 from contextlib import closing
@@ -41,6 +43,12 @@ CREATE TABLE IF NOT EXISTS evals (
 SAMPLE_COLUMNS = ["id", "round", "skill", "difficulty", "prompt", "completion", "model_version", "seed", "k",
                   "temperature", "mean_logprob", "true_answer"]
 STAGES = ["acquire", "refine", "update", "eval", "gate"]
+
+
+def _failpoint(name: str) -> None:
+    """Crash-test hook: SIGKILL this process at `name` when EVOLVELM_KILL_AT equals it (tests only)."""
+    if os.environ.get("EVOLVELM_KILL_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class CorruptRun(ConfigError):
@@ -132,8 +140,10 @@ class Run:
         `evals` rows are (split, skill, difficulty, accuracy, n, model_version, checker_version).
         """
         tmp, final = self.stage_dir(rnd, f".staging-{stage}"), self.stage_dir(rnd, stage)
+        _failpoint(f"{rnd}:{stage}:before-rename")
         if tmp.exists():
             tmp.rename(final)
+        _failpoint(f"{rnd}:{stage}:before-manifest")
         with closing(self.connect()) as con, con:
             if verdicts:
                 con.executemany("INSERT INTO verdicts VALUES (?,?,?,?,?,?,?)",
@@ -145,6 +155,7 @@ class Run:
                                 [[r[c] for c in SAMPLE_COLUMNS] for r in rows])
             con.executemany("INSERT INTO evals VALUES (?,?,?,?,?,?,?,?)", [(rnd, *e) for e in evals])
             con.execute("INSERT INTO manifest VALUES (?,?,?,?)", (rnd, stage, json.dumps(info), time.time()))
+        _failpoint(f"{rnd}:{stage}:after-manifest")
 
     # --- queries --------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from evolvelm.acquire.ladder import derive_seed
 from evolvelm.config import Config
 from evolvelm.evaluate.suite import held_out_prompts
 from evolvelm.tasks import get_task
-from evolvelm.update.sft import Example
+from evolvelm.types import Example
 
 
 def original_data(cfg: Config, levels: dict[str, int]) -> list[tuple[str, str]]:

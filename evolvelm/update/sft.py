@@ -9,21 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-
-@dataclass(frozen=True)
-class Example:
-    """One training pair; `weight` is its relative sampling probability."""
-
-    prompt: str
-    answer: str
-    weight: float = 1.0
+from evolvelm.types import Example
 
 
 def encode(tokenizer, examples: list[Example]) -> tuple[list[list[int]], list[int]]:

@@ -24,7 +24,8 @@ import torch
 from transformers import SmolLM3Config, SmolLM3ForCausalLM
 
 from evolvelm.tasks import ALPHABET, get_task
-from evolvelm.update.sft import Example, train
+from evolvelm.types import Example
+from evolvelm.update.sft import train
 from evolvelm.zoo.tokenizer import char_tokenizer
 
 ZOO = Path(__file__).parent

@@ -1,0 +1,26 @@
+"""Shared fixtures: offline Hugging Face, a fake checkpoint, and a tiny fake-backend recipe."""
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture
+def fake_model(tmp_path) -> Path:
+    from evolvelm.backends import fake
+
+    return fake.write(tmp_path / "fake-model", {"copy": 4, "reverse": 4})
+
+
+@pytest.fixture
+def fake_recipe(tmp_path, fake_model) -> Path:
+    """A 3-round ladder on the fake backend: runs in about a second."""
+    cfg = {"rounds": 3, "skills": ["copy", "reverse"], "model": {"path": str(fake_model), "backend": "fake"},
+           "acquire": {"problems": 60, "samples": 5}, "eval": {"max_difficulty": 9, "problems": 30, "dev_problems": 20}}
+    path = tmp_path / "fake.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path

@@ -1,0 +1,104 @@
+"""The round engine end to end on the fake backend: output tree, summary, gate, provenance."""
+import json
+
+import pytest
+
+from evolvelm import config
+from evolvelm.cli import main
+from evolvelm.recipes.ladder import run_recipe
+from evolvelm.store.run import Run
+
+
+def start(tmp_path, recipe, *overrides):
+    cfg = config.load(recipe, list(overrides))
+    return cfg, Run.create(tmp_path / "run", cfg)
+
+
+def test_output_tree_and_summary_schema(tmp_path, fake_recipe):
+    cfg, run = start(tmp_path, fake_recipe)
+    summary = run_recipe(cfg, run, quiet=True)
+    root = run.root
+    assert (root / "config.yaml").is_file() and (root / "store.sqlite").is_file()
+    assert json.loads((root / "summary.json").read_text()) == summary
+    for rnd in (1, 2, 3):
+        assert (root / "rounds" / f"{rnd:04d}" / "update" / "model" / "fake.json").is_file()
+    assert not list(root.rglob(".staging-*"))
+    stages = [(m["round"], m["stage"]) for m in run.manifest()]
+    assert stages[:2] == [(0, "eval"), (0, "gate")] and len(stages) == 2 + 5 * 3
+
+    rounds = summary["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3] and rounds[0]["acquired"] == 0
+    for r in rounds:
+        assert set(r) >= {"round", "promoted", "frontier", "accuracy", "acquired", "kept", "label_precision"}
+        assert set(r["frontier"]) == {"copy", "reverse"}
+        assert set(r["accuracy"]["copy"]) == {str(d) for d in range(1, 10)}  # JSON keys
+    assert rounds[0]["frontier"] == {"copy": 4, "reverse": 4}
+    # the fake learns one level per round from precise labels, and the summary sees it
+    assert summary["final_frontier"] == {"copy": 7, "reverse": 7}
+    assert all(r["promoted"] and r["label_precision"] >= 0.95 for r in rounds[1:])
+    assert summary["wall_seconds"] >= 0
+
+
+def test_every_sample_has_provenance_and_verdicts(tmp_path, fake_recipe):
+    cfg, run = start(tmp_path, fake_recipe, "rounds=1")
+    run_recipe(cfg, run, quiet=True)
+    samples = run.samples(1)
+    assert len(samples) == 2 * 60 * 5 == run.done(1, "acquire")["acquired"]
+    version = run.done(0, "eval")["model_version"]
+    for s in samples:
+        assert s.model_version == version and s.round == 1 and s.difficulty == 5
+        assert s.verdicts and s.verdicts[0].filter == "length"
+        assert (s.temperature == 0.0) == (s.k == 0)
+    assert len({s.seed for s in samples}) == len(samples)  # seeds derived per (round, problem, k)
+    assert sum(s.kept for s in samples) == run.done(1, "refine")["kept"]
+
+
+def test_no_filter_arm_lets_bad_labels_in_and_the_gate_rolls_back(tmp_path, fake_recipe):
+    """Without filters the fake learns from ~50% wrong labels, loses a level, and the gate refuses it."""
+    cfg, run = start(tmp_path, fake_recipe, "refine.chain=[dedup]", "rounds=2")
+    summary = run_recipe(cfg, run, quiet=True)
+    r1 = summary["rounds"][1]
+    assert r1["label_precision"] < 0.8
+    assert not r1["promoted"] and "drop" in r1["reason"]
+    assert summary["final_frontier"] == summary["rounds"][0]["frontier"]
+    assert run.done(1, "gate")["levels"] == run.done(0, "gate")["levels"]  # the previous model stays
+
+
+def test_oracle_arm_has_perfect_precision(tmp_path, fake_recipe):
+    cfg, run = start(tmp_path, fake_recipe, "refine.chain=[oracle, dedup]", "rounds=1")
+    assert run_recipe(cfg, run, quiet=True)["rounds"][1]["label_precision"] == 1.0
+
+
+def test_cli_run_then_report_inspect_export_ls(tmp_path, fake_recipe, capsys, monkeypatch):
+    run_dir = tmp_path / "run"
+    assert main(["run", str(fake_recipe), "rounds=1", "--run-dir", str(run_dir), "-q"]) == 0
+    assert main(["run", str(fake_recipe), "--run-dir", str(run_dir)]) == 2  # never overwrite a run
+    assert main(["report", str(run_dir)]) == 0
+    page = (run_dir / "report.html").read_text()
+    assert page.count("data:image/png;base64") == 3 and "Frontier per round" in page
+    assert main(["inspect", str(run_dir), "--dropped", "--limit", "3"]) == 0
+    out = capsys.readouterr().out
+    sample_id = out.strip().splitlines()[-1].split()[0]
+    assert main(["inspect", str(run_dir), sample_id[:10]]) == 0
+    assert "DROPPED" in capsys.readouterr().out
+    assert main(["export", str(run_dir), str(tmp_path / "exported")]) == 0
+    assert (tmp_path / "exported" / "fake.json").is_file()
+    monkeypatch.chdir(tmp_path)
+    assert main(["ls", str(tmp_path)]) == 0
+    assert "copy-ladder" in capsys.readouterr().out
+
+
+def test_resume_of_a_finished_run_changes_nothing(tmp_path, fake_recipe):
+    cfg, run = start(tmp_path, fake_recipe, "rounds=2")
+    first = run_recipe(cfg, run, quiet=True)
+    n = len(run.query("SELECT id FROM samples"))
+    assert run_recipe(cfg, Run.open(run.root), quiet=True)["rounds"] == first["rounds"]
+    assert len(run.query("SELECT id FROM samples")) == n
+
+
+def test_a_sample_cannot_be_stored_twice(tmp_path, fake_recipe):
+    cfg, run = start(tmp_path, fake_recipe, "rounds=1")
+    run_recipe(cfg, run, quiet=True)
+    with pytest.raises(Exception, match="UNIQUE"):
+        run.commit(9, "acquire", {}, samples=run.samples(1)[:1])
+    assert run.done(9, "acquire") is None  # the failed commit left no manifest entry

@@ -48,8 +48,16 @@ def _execute(run: Run, quiet: bool) -> int:
     return 0
 
 
-def cmd_run(a) -> int:
+def _load(a) -> config.Config:
+    """The recipe with overrides; a relative model path is taken relative to the current directory."""
     cfg = config.load(a.recipe, a.overrides)
+    if not cfg.model.path.startswith("zoo:") and not Path(cfg.model.path).is_absolute():
+        cfg.model.path = str(Path(cfg.model.path).resolve())
+    return cfg
+
+
+def cmd_run(a) -> int:
+    cfg = _load(a)
     from evolvelm.recipes.ladder import start_levels
 
     name = Path(a.recipe).stem
@@ -65,7 +73,7 @@ def cmd_resume(a) -> int:
 def cmd_validate(a) -> int:
     from evolvelm.recipes.ladder import start_levels
 
-    cfg = config.load(a.recipe, a.overrides)
+    cfg = _load(a)
     levels = start_levels(cfg, Run(Path(".")))
     print(f"ok: {a.recipe} ({cfg.rounds} rounds, skills {cfg.skills}, starting levels {levels})")
     return 0

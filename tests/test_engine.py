@@ -102,3 +102,14 @@ def test_a_sample_cannot_be_stored_twice(tmp_path, fake_recipe):
     with pytest.raises(Exception, match="UNIQUE"):
         run.commit(9, "acquire", {}, samples=run.samples(1)[:1])
     assert run.done(9, "acquire") is None  # the failed commit left no manifest entry
+
+
+def test_engine_imports_stay_light():
+    """`import evolvelm` and the fake-backend engine path never import torch, vllm or ray."""
+    import subprocess
+    import sys
+
+    code = ("import sys, evolvelm, evolvelm.cli, evolvelm.recipes.ladder, evolvelm.backends.fake; "
+            "print(sorted(m for m in ('torch', 'transformers', 'vllm', 'ray') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

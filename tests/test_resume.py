@@ -11,7 +11,6 @@ import pytest
 
 from evolvelm.store.run import STAGES, Run
 
-VOLATILE = {"wall_seconds"}
 
 
 def evolvelm(*args, env=None, timeout=120):
@@ -22,10 +21,13 @@ def evolvelm(*args, env=None, timeout=120):
 def outcome(run_dir):
     """Summary without timings, and every stored sample id and verdict."""
     summary = json.loads((run_dir / "summary.json").read_text())
+    summary.pop("wall_seconds")
+    for r in summary["rounds"]:
+        r.pop("seconds")
     run = Run.open(run_dir)
     ids = [r["id"] for r in run.query("SELECT id FROM samples ORDER BY id")]
     verdicts = [tuple(r) for r in run.query("SELECT sample_id, filter, kept FROM verdicts ORDER BY 1, 2")]
-    return {k: v for k, v in summary.items() if k not in VOLATILE}, ids, verdicts
+    return summary, ids, verdicts
 
 
 @pytest.fixture

@@ -22,6 +22,8 @@ import json
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
 from evolvelm.acquire.ladder import draw_problems, sample
 from evolvelm.backends import make_backend
 from evolvelm.config import Config, ConfigError
@@ -156,7 +158,12 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
             info = ({**candidate, "levels": new_levels, "round": rnd} if ok else
                     {"model": state["model"], "adapter": state["adapter"], "levels": levels, "round": state["round"]})
             run.commit(rnd, "gate", {**info, "promoted": ok, "reason": reason, "seconds": 0.0})
-        write_summary(run, cfg)
+        summary = write_summary(run, cfg)
+        if not quiet:
+            r = summary["rounds"][-1]
+            precision = "n/a" if r["label_precision"] is None else f"{r['label_precision']:.3f}"
+            tqdm.write(f"round {rnd}: {'promoted' if r['promoted'] else 'ROLLED BACK'}  frontier {r['frontier']}  "
+                       f"kept {r['kept']}/{r['acquired']}  label precision {precision}  ({r['reason']})")
     return json.loads((run.root / "summary.json").read_text())
 
 

@@ -9,9 +9,9 @@ from evolvelm.store.run import Run
 
 def summarize(run: Run, cfg: Config) -> dict:
     """One entry per round that has passed its gate (round 0 = the base model before any update)."""
-    rounds, wall = [], 0.0
+    rounds, seconds = [], {}
     for m in run.manifest():
-        wall += m["info"].get("seconds", 0.0)
+        seconds[m["round"]] = seconds.get(m["round"], 0.0) + m["info"].get("seconds", 0.0)
     for rnd in sorted({m["round"] for m in run.manifest() if m["stage"] == "gate"}):
         gate, ev = run.done(rnd, "gate"), run.done(rnd, "eval")
         acc: dict[str, dict[int, float]] = {}
@@ -24,11 +24,11 @@ def summarize(run: Run, cfg: Config) -> dict:
             "accuracy": acc, "levels": gate["levels"],
             "acquired": (run.done(rnd, "acquire") or {}).get("acquired", 0), "kept": refine.get("kept", 0),
             "label_precision": refine.get("label_precision"), "filters": refine.get("filters", {}),
-            "model_version": ev["model_version"],
+            "model_version": ev["model_version"], "seconds": round(seconds.get(rnd, 0.0), 1),
         })
     promoted = [r for r in rounds if r["promoted"]]
     return {"rounds": rounds, "final_frontier": promoted[-1]["frontier"] if promoted else {},
-            "skills": cfg.skills, "wall_seconds": round(wall, 1)}
+            "skills": cfg.skills, "wall_seconds": round(sum(seconds.values()), 1)}
 
 
 def write_summary(run: Run, cfg: Config) -> dict:

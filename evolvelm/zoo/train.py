@@ -33,8 +33,9 @@ ZOO = Path(__file__).parent
 SPECS = {
     "copy-reverse": dict(skills=["copy", "reverse"], max_difficulty=6, hidden=64, layers=4, heads=4,
                          steps=3000, batch_size=64, lr=3e-3),
-    "addition": dict(skills=["addition"], max_difficulty=5, hidden=128, layers=4, heads=4,
-                     steps=6000, batch_size=64, lr=2e-3),
+    # 1-5 digits, 4 heads, lr 2e-3, 6000 steps, uniform difficulties: stuck at loss 0.61, 13% at 3 digits.
+    "addition": dict(skills=["addition"], max_difficulty=4, hidden=128, layers=4, heads=8,
+                     steps=8000, batch_size=64, lr=1e-3, weight_by_difficulty=True),
 }
 
 
@@ -77,8 +78,15 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = char_tokenizer(ALPHABET)
     model = build(spec, tokenizer)
     rng = random.Random(args.seed)
-    examples = [Example(p.prompt, p.answer) for _ in range(20_000) for p in
-                [get_task(rng.choice(spec["skills"])).problem(rng.randint(1, spec["max_difficulty"]), rng)]]
+    # difficulty d drawn with weight d when weight_by_difficulty (short problems have few distinct prompts)
+    top = spec["max_difficulty"]
+    def difficulty() -> int:
+        if spec.get("weight_by_difficulty"):
+            return rng.choices(range(1, top + 1), range(1, top + 1))[0]
+        return rng.randint(1, top)
+
+    examples = [Example(p.prompt, p.answer) for _ in range(20_000)
+                for p in [get_task(rng.choice(spec["skills"])).problem(difficulty(), rng)]]
     start = time.time()
     losses = train(model, tokenizer, examples, spec["steps"], spec["batch_size"], spec["lr"], args.seed,
                    warmup=200, desc=f"train {args.model}")
@@ -86,7 +94,6 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    top = spec["max_difficulty"]
     acc = {s: accuracy(out, s, range(1, top + 4)) for s in spec["skills"]}
     meta = {"skills": {s: [1, top] for s in spec["skills"]}, "spec": spec, "seed": args.seed,
             "params": sum(p.numel() for p in model.parameters()), "final_loss": sum(losses[-50:]) / 50,

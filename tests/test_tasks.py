@@ -1,4 +1,4 @@
-from evolvelm.evaluate.suite import held_out_prompts, split_set
+from evolvelm.evaluate.suite import gate, held_out_prompts, splits
 from evolvelm.tasks import TASKS, get_task
 from evolvelm.types import Problem
 
@@ -23,13 +23,28 @@ def test_literal_answers_and_the_checker():
 
 def test_held_out_splits_are_fixed_disjoint_and_excluded_from_training_draws():
     task = get_task("copy")
-    test = split_set(task, 5, "test", 50, seed=7)
-    assert [p.prompt for p in test] == [p.prompt for p in split_set(task, 5, "test", 50, seed=7)]
-    dev = split_set(task, 5, "dev", 50, seed=7)
-    assert not {p.prompt for p in test} & {p.prompt for p in dev}
-    held = held_out_prompts(task, 5, 50, 50, seed=7)[5]
+    first = splits(task, 5, 50, 30, seed=7)
+    splits.cache_clear()
+    again = splits(task, 5, 50, 30, seed=7)
+    assert first == again and len(first["test"]) == 50 and len(first["dev"]) == 30
+    assert not {p.prompt for p in first["test"]} & {p.prompt for p in first["dev"]}
+    held = held_out_prompts(task, 5, 50, 30, seed=7)[5]
     train = task.problems(5, 500, seed=3, exclude=held)
     assert len(train) == 500 and not {p.prompt for p in train} & held
+
+
+def test_tiny_difficulties_keep_most_prompts_for_training():
+    held = held_out_prompts(get_task("reverse"), 1, 100, 50, seed=0)[1]
+    assert len(held) == 2 * (26 // 4)  # a quarter of the 26 strings of length 1 per split
+    assert len(get_task("reverse").problems(1, 100, seed=1, exclude=held)) == 26 - len(held)
+
+
+def test_gate_compares_each_solved_difficulty():
+    prev = {"copy": {1: 1.0, 2: 1.0, 3: 1.0, 4: 1.0, 5: 0.5}}
+    ok, _ = gate(prev, {"copy": {1: 1.0, 2: 0.98, 3: 1.0, 4: 1.0, 5: 0.1}}, 0.99, 0.04)
+    assert ok  # small noise, and an unsolved difficulty may move freely
+    ok, reason = gate(prev, {"copy": {1: 0.83, 2: 1.0, 3: 1.0, 4: 1.0, 5: 0.9}}, 0.99, 0.04)
+    assert not ok and "copy difficulty 1: dev accuracy 1.000 -> 0.830" in reason
 
 
 def test_tiny_difficulties_do_not_loop_forever():

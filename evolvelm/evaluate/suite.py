@@ -6,29 +6,42 @@ numbers we report.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 from tqdm import tqdm
 
-from evolvelm.tasks import Task, eval_set, get_task
-from evolvelm.types import content_id
+from evolvelm.tasks import Task, get_task
+from evolvelm.types import Problem, content_id
 
 CHUNK = 512  # prompts per backend call; one progress-bar tick each
 
 
-def split_set(task: Task, difficulty: int, split: str, n: int, seed: int):
-    """The fixed problems of one split; `test` and `dev` come from different seed streams."""
-    return eval_set(task, difficulty, n, int(content_id(split, seed), 16) % 2**31)
+@lru_cache(maxsize=4096)
+def splits(task: Task, difficulty: int, test_n: int, dev_n: int, seed: int) -> dict[str, tuple[Problem, ...]]:
+    """The fixed `test` and `dev` problems of one difficulty, disjoint from each other.
+
+    Each split takes at most a quarter of the difficulty's distinct prompts, so that training
+    (which excludes both) always keeps at least half of them: otherwise tiny difficulties, such as
+    the 26 strings of length 1, would vanish from training and be forgotten.
+    """
+    cap = max(1, task.space(difficulty) // 4)
+    test = task.problems(difficulty, min(test_n, cap), int(content_id("test", seed), 16) % 2**31)
+    dev = task.problems(difficulty, min(dev_n, cap), int(content_id("dev", seed), 16) % 2**31,
+                        exclude=frozenset(p.prompt for p in test))
+    return {"test": tuple(test), "dev": tuple(dev)}
 
 
 def held_out_prompts(task: Task, max_difficulty: int, test_n: int, dev_n: int, seed: int) -> dict[int, frozenset[str]]:
     """Per difficulty, every prompt of both splits: training draws must avoid these."""
-    return {d: frozenset(p.prompt for split, n in (("test", test_n), ("dev", dev_n))
-                         for p in split_set(task, d, split, n, seed)) for d in range(1, max_difficulty + 1)}
+    return {d: frozenset(p.prompt for split in splits(task, d, test_n, dev_n, seed).values() for p in split)
+            for d in range(1, max_difficulty + 1)}
 
 
-def accuracy(backend, skills: list[str], difficulties: dict[str, range], split: str, n: int, seed: int,
-             quiet: bool = False) -> dict[str, dict[int, float]]:
-    """Greedy exact-match accuracy per skill per difficulty on a fixed split."""
-    jobs = [(get_task(s), d, p) for s in skills for d in difficulties[s] for p in split_set(get_task(s), d, split, n, seed)]
+def accuracy(backend, skills: list[str], difficulties: dict[str, range], split: str, test_n: int, dev_n: int,
+             seed: int, quiet: bool = False) -> dict[str, dict[int, float]]:
+    """Greedy exact-match accuracy per skill per difficulty on one fixed split ("test" or "dev")."""
+    jobs = [(get_task(s), d, p) for s in skills for d in difficulties[s]
+            for p in splits(get_task(s), d, test_n, dev_n, seed)[split]]
     right: dict[tuple[str, int], list[bool]] = {}
     bar = tqdm(total=len(jobs), desc=f"eval {split}", disable=quiet, leave=False)
     # one backend call per (skill, difficulty) group and chunk, so max_new_tokens fits the task
@@ -61,16 +74,17 @@ def frontier(acc: dict[int, float], threshold: float) -> int:
 
 def gate(prev_dev: dict[str, dict[int, float]], new_dev: dict[str, dict[int, float]], threshold: float,
          tolerance: float) -> tuple[bool, str]:
-    """Promote unless mean dev accuracy on what the previous model solved drops by more than `tolerance`."""
+    """Promote unless dev accuracy on some difficulty the previous model solved drops by more than `tolerance`.
+
+    Compared per difficulty, not on average: a collapse on one short length must not hide behind
+    many unchanged ones.
+    """
     reasons = []
     for skill, prev in prev_dev.items():
-        solved = [d for d, a in prev.items() if a >= threshold]
-        if not solved:
-            continue
-        before = sum(prev[d] for d in solved) / len(solved)
-        after = sum(new_dev[skill].get(d, 0.0) for d in solved) / len(solved)
-        if before - after > tolerance:
-            reasons.append(f"{skill}: dev accuracy on solved difficulties {before:.3f} -> {after:.3f} "
-                           f"(drop {before - after:.3f} > tolerance {tolerance})")
+        for d, before in sorted(prev.items()):
+            after = new_dev[skill].get(d, 0.0)
+            if before >= threshold and before - after > tolerance + 1e-9:  # 1e-9: float noise
+                reasons.append(f"{skill} difficulty {d}: dev accuracy {before:.3f} -> {after:.3f} "
+                               f"(drop {before - after:.3f} > tolerance {tolerance})")
     return (not reasons, "; ".join(reasons) or "no regression on solved difficulties")
 

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from evolvelm.acquire.ladder import draw_problems, sample
 from evolvelm.backends import make_backend
 from evolvelm.config import Config, ConfigError
-from evolvelm.evaluate.suite import accuracy, frontier, gate, held_out_prompts
+from evolvelm.evaluate.suite import accuracy, frontier, gate, held_out_prompts, splits
 from evolvelm.refine.filters import FilterContext, label_precision, run_chain
 from evolvelm.store.run import Run
 from evolvelm.store.summary import write_summary
@@ -75,12 +75,11 @@ def evaluate(cfg: Config, run: Run, rnd: int, state_levels: dict[str, int], back
     t0 = time.time()
     e = cfg.eval
     test = accuracy(backend, cfg.skills, {s: range(1, e.max_difficulty + 1) for s in cfg.skills}, "test",
-                    e.problems, e.seed, quiet)
+                    e.problems, e.dev_problems, e.seed, quiet)
     dev_range = {s: range(1, min(e.max_difficulty, state_levels[s] + cfg.acquire.step) + 1) for s in cfg.skills}
-    dev = accuracy(backend, cfg.skills, dev_range, "dev", e.dev_problems, e.seed, quiet)
-    rows = [(split, s, d, a, n, backend.version, CHECKER_VERSION)
-            for split, acc, n in (("test", test, e.problems), ("dev", dev, e.dev_problems))
-            for s in cfg.skills for d, a in acc[s].items()]
+    dev = accuracy(backend, cfg.skills, dev_range, "dev", e.problems, e.dev_problems, e.seed, quiet)
+    rows = [(split, s, d, a, len(splits(get_task(s), d, e.problems, e.dev_problems, e.seed)[split]), backend.version,
+             CHECKER_VERSION) for split, acc in (("test", test), ("dev", dev)) for s in cfg.skills for d, a in acc[s].items()]
     info = {"frontier": {s: frontier(test[s], e.threshold) for s in cfg.skills}, "dev": dev,
             "model_version": backend.version, "seconds": round(time.time() - t0, 2)}
     run.commit(rnd, "eval", info, evals=rows)

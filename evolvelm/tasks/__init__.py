@@ -26,6 +26,7 @@ class Task:
     name: str
     make: Callable[[int, random.Random], tuple[str, str]]   # (difficulty, rng) -> (prompt, answer)
     answer_lengths: Callable[[int], tuple[int, int]]         # difficulty -> plausible (min, max) answer length
+    space: Callable[[int], int]                              # difficulty -> number of distinct prompts
 
     def problem(self, difficulty: int, rng: random.Random) -> Problem:
         prompt, answer = self.make(difficulty, rng)
@@ -69,9 +70,9 @@ def _addition(d: int, rng: random.Random) -> tuple[str, str]:
 
 
 TASKS: dict[str, Task] = {
-    "copy": Task("copy", _copy, lambda d: (d, d)),
-    "reverse": Task("reverse", _reverse, lambda d: (d, d)),
-    "addition": Task("addition", _addition, lambda d: (d, d + 1)),
+    "copy": Task("copy", _copy, lambda d: (d, d), lambda d: 26**d),
+    "reverse": Task("reverse", _reverse, lambda d: (d, d), lambda d: 26**d),
+    "addition": Task("addition", _addition, lambda d: (d, d + 1), lambda d: 100 if d == 1 else (9 * 10 ** (d - 1)) ** 2),
 }
 
 # Every character any task can emit; the zoo tokenizer is built from this.
@@ -83,17 +84,3 @@ def get_task(name: str) -> Task:
     if name not in TASKS:
         raise KeyError(f"unknown task {name!r}; valid tasks: {sorted(TASKS)}")
     return TASKS[name]
-
-
-def eval_set(task: Task, difficulty: int, n: int, seed: int) -> list[Problem]:
-    """The held-out evaluation problems for one difficulty, fixed by `seed`.
-
-    Training problems are drawn from another seed stream and exclude these prompts
-    (see `eval_prompts`), so held-out problems never reach training or selection.
-    """
-    return task.problems(difficulty, n, seed=int(content_id("eval", seed), 16) % 2**31)
-
-
-def eval_prompts(task: Task, difficulties: range, n: int, seed: int) -> frozenset[str]:
-    """All held-out prompts of `task` over `difficulties`, to exclude from training draws."""
-    return frozenset(p.prompt for d in difficulties for p in eval_set(task, d, n, seed))

@@ -34,7 +34,8 @@ def plots(summary: dict) -> list[tuple[str, str]]:
                     linestyle="-" if r["promoted"] else ":", label=f"round {r['round']}" + ("" if r["promoted"] else " (rolled back)"))
         base_level = rounds[0]["levels"][skill]
         ax.axvline(base_level + 0.5, color="grey", linestyle="--", linewidth=0.8)
-        ax.set(title=f"{skill}: held-out accuracy (dashed: base training range ends)", xlabel="difficulty", ylabel="accuracy", ylim=(-0.02, 1.02))
+        ax.set(title=f"{skill}: held-out accuracy", xlabel="difficulty (dashed: end of base training range)",
+               ylabel="accuracy", ylim=(-0.02, 1.02))
         ax.legend(fontsize=7)
     out.append(("Accuracy by difficulty, per round", _png(fig)))
     plt.close(fig)

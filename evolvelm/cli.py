@@ -39,7 +39,11 @@ def _execute(run: Run, quiet: bool) -> int:
     if cfg.model.backend == "hf":
         _quiet_libraries()
     t0 = time.time()
-    summary = run_recipe(cfg, run, quiet=quiet)
+    try:
+        summary = run_recipe(cfg, run, quiet=quiet)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; committed stages are kept. Continue with: evolvelm resume {run.root}", file=sys.stderr)
+        return 130
     first = summary["rounds"][0]
     promoted = sum(r["promoted"] for r in summary["rounds"][1:])
     print(f"run {run.root}: {len(summary['rounds']) - 1} rounds ({promoted} promoted) in {time.time() - t0:.0f}s")

@@ -69,3 +69,18 @@ def test_kill_at_random_moments_then_resume(tmp_path, fake_recipe):
             cmd = [sys.executable, "-m", "evolvelm.cli", "resume", str(run_dir), "-q"]
     assert proc.returncode == 0 and kills >= 2
     assert outcome(run_dir) == reference
+
+
+def test_ctrl_c_exits_130_and_the_run_resumes(tmp_path, fake_recipe, reference):
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "evolvelm.cli", "run", str(fake_recipe), "--run-dir", str(run_dir), "-q"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    while not (run_dir / "summary.json").exists():  # interrupt once round 0 is committed
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1]
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the interrupt arrived")
+    assert proc.returncode == 130 and f"evolvelm resume {run_dir}" in err
+    assert evolvelm("resume", str(run_dir)).returncode == 0
+    assert outcome(run_dir) == reference

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from evolvelm.backends import BACKENDS
+
 
 class ConfigError(ValueError):
     """A problem with user-supplied configuration; the CLI exits with code 2."""
@@ -84,7 +86,7 @@ class Config:
     gate: GateConfig = field(default_factory=GateConfig)
 
 
-CHOICES = {"model.backend": ["hf", "fake"], "update.method": ["full", "lora"], "recipe": ["ladder"]}
+CHOICES = {"model.backend": sorted(BACKENDS), "update.method": ["full", "lora"], "recipe": ["ladder"]}
 
 
 def _check_type(key: str, value, typ):

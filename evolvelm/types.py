@@ -70,7 +70,6 @@ class Sample:
     def to_row(self) -> dict:
         row = asdict(self)
         row["id"] = self.id
-        row["verdicts"] = json.dumps([asdict(v) for v in self.verdicts])
         return row
 
 

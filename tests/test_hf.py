@@ -1,5 +1,6 @@
 """Integration tests on the shipped tiny checkpoints (CPU, transformers + PEFT)."""
 import math
+import random
 
 import pytest
 import torch
@@ -39,7 +40,7 @@ def test_greedy_solves_the_training_range(backend):
 
 
 def test_sampling_depends_only_on_each_rows_seed(backend):
-    prompts = [get_task("copy").problem(8, __import__("random").Random(i)).prompt for i in range(12)]
+    prompts = [get_task("copy").problem(8, random.Random(i)).prompt for i in range(12)]
     seeds = list(range(100, 112))
     alone = [backend.generate([p], [s], 1.5, 10)[0].text for p, s in zip(prompts, seeds)]
     batched = [g.text for g in backend.generate(prompts, seeds, 1.5, 10)]

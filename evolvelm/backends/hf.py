@@ -34,25 +34,22 @@ class HFBackend:
         self.model_path, self.device, self.batch_size = model_path, device, batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
         self.base = AutoModelForCausalLM.from_pretrained(model_path).to(device).eval()
-        self.model, self.adapter = self.base, None
+        self._base_version = dir_hash(model_path)
+        self.model, self.adapter, self.version = self.base, None, self._base_version
         if adapter:
             self.load_adapter(adapter)
-        self._base_version = dir_hash(model_path)
-
-    @property
-    def version(self) -> str:
-        return self._base_version if not self.adapter else f"{self._base_version}+{dir_hash(self.adapter)}"
 
     def load_adapter(self, path: str) -> None:
         from peft import PeftModel
 
         self.unload_adapter()
         self.model, self.adapter = PeftModel.from_pretrained(self.base, path).eval(), path
+        self.version = f"{self._base_version}+{dir_hash(path)}"
 
     def unload_adapter(self) -> None:
         if self.adapter:
             self.base = self.model.unload()
-            self.model, self.adapter = self.base, None
+            self.model, self.adapter, self.version = self.base, None, self._base_version
 
     @torch.no_grad()
     def generate(self, prompts: list[str], seeds: list[int], temperature: float,

@@ -40,25 +40,19 @@ def held_out_prompts(task: Task, max_difficulty: int, test_n: int, dev_n: int, s
 def accuracy(backend, skills: list[str], difficulties: dict[str, range], split: str, test_n: int, dev_n: int,
              seed: int, quiet: bool = False) -> dict[str, dict[int, float]]:
     """Greedy exact-match accuracy per skill per difficulty on one fixed split ("test" or "dev")."""
-    jobs = [(get_task(s), d, p) for s in skills for d in difficulties[s]
-            for p in splits(get_task(s), d, test_n, dev_n, seed)[split]]
-    right: dict[tuple[str, int], list[bool]] = {}
-    bar = tqdm(total=len(jobs), desc=f"eval {split}", disable=quiet, leave=False)
-    # one backend call per (skill, difficulty) group and chunk, so max_new_tokens fits the task
-    groups: dict[tuple[str, int], list] = {}
-    for task, d, p in jobs:
-        groups.setdefault((task.name, d), []).append(p)
+    groups = {(s, d): splits(get_task(s), d, test_n, dev_n, seed)[split] for s in skills for d in difficulties[s]}
+    bar = tqdm(total=sum(map(len, groups.values())), desc=f"eval {split}", disable=quiet, leave=False)
+    out: dict[str, dict[int, float]] = {s: {} for s in skills}
+    # one backend call per (skill, difficulty) and chunk, so max_new_tokens fits the task
     for (skill, d), probs in groups.items():
-        task = get_task(skill)
+        task, right = get_task(skill), 0
         for i in range(0, len(probs), CHUNK):
             chunk = probs[i:i + CHUNK]
             gens = backend.generate([p.prompt for p in chunk], [0] * len(chunk), 0.0, task.answer_lengths(d)[1] + 2)
-            right.setdefault((skill, d), []).extend(task.check(p, g.text) for p, g in zip(chunk, gens))
+            right += sum(task.check(p, g.text) for p, g in zip(chunk, gens))
             bar.update(len(chunk))
+        out[skill][d] = right / len(probs)
     bar.close()
-    out: dict[str, dict[int, float]] = {s: {} for s in skills}
-    for (skill, d), r in right.items():
-        out[skill][d] = sum(r) / len(r)
     return out
 
 

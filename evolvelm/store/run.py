@@ -25,7 +25,7 @@ from contextlib import closing
 from pathlib import Path
 
 from evolvelm.config import Config, ConfigError, dump, load
-from evolvelm.types import Sample
+from evolvelm.types import Sample, Verdict
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS manifest (
@@ -168,8 +168,6 @@ class Run:
         for v in verdicts:
             by_id.setdefault(v["sample_id"], []).append(v)
         out = []
-        from evolvelm.types import Verdict
-
         for r in rows:
             s = Sample(**{c: r[c] for c in SAMPLE_COLUMNS if c != "id"})
             s.verdicts = [Verdict(v["filter"], v["version"], bool(v["kept"]), v["reason"]) for v in by_id.get(r["id"], [])]

@@ -25,15 +25,20 @@ class ModelConfig:
     backend: str = "hf"              # generation backend: hf | fake
     device: str = "cpu"              # torch device for the hf backend
     batch_size: int = 512            # prompts per generation batch
+    voters: list[str] = field(default_factory=list)  # independently seeded checkpoints that evolve beside the
+                                     # model and vote with it in `model_vote` (zoo:NAME or paths)
 
 
 @dataclass
 class AcquireConfig:
-    problems: int = 1000             # new problems per skill per round
+    problems: int = 1000             # new problems per skill and labelled difficulty per round
     samples: int = 5                 # answers drawn per problem (k)
     temperature: float = 1.0         # sampling temperature for answers after the first
     greedy_first: bool = True        # answer 0 of each problem is greedy
-    step: int = 1                    # difficulties labelled ahead of the trained level per round
+    step: int = 1                    # difficulties labelled ahead of the trained level per round (adaptive: at most)
+    schedule: str = "fixed"          # fixed: label `step` difficulties ahead; adaptive: go on to the next
+                                     # difficulty while the answers stay unanimous (never held-out labels)
+    adaptive_agreement: float = 0.9  # adaptive: share of problems with unanimous answers needed to go further
     start_level: int = 0             # trained level to start from; 0 = read from the model's evolvelm.json
 
 
@@ -42,6 +47,8 @@ class RefineConfig:
     chain: list[str] = field(default_factory=lambda: ["length", "vote", "dedup"])  # filters in order
     vote_agreement: float = 0.6      # vote: keep the majority answer when this share of samples agree
     min_agreement: float = 0.5       # agreement: drop a skill's round when fewer of its problems hold a label
+    min_diversity: float = 0.0       # agreement: ... or when fewer of its labels are distinct
+    model_vote_min: int = 0          # model_vote: models (of 1 + len(model.voters)) that must agree; 0 = all
 
 
 @dataclass
@@ -70,6 +77,7 @@ class EvalConfig:
 @dataclass
 class GateConfig:
     tolerance: float = 0.04          # max drop in dev accuracy on any difficulty the previous model solved
+    retry: bool = True               # after a rollback, retry with half the step, or else a stricter filter
 
 
 @dataclass
@@ -77,6 +85,7 @@ class Config:
     recipe: str = "ladder"           # loop family: evolvelm/recipes/<recipe>.py
     rounds: int = 4                  # self-improvement rounds after the round-0 evaluation
     seed: int = 0                    # seeds sampling, training and problem draws
+    budget_minutes: float = 0.0      # start no new round after this much run time (0 = no limit)
     skills: list[str] = field(default_factory=lambda: ["copy", "reverse"])  # built-in tasks to improve
     model: ModelConfig = field(default_factory=ModelConfig)
     acquire: AcquireConfig = field(default_factory=AcquireConfig)
@@ -86,7 +95,8 @@ class Config:
     gate: GateConfig = field(default_factory=GateConfig)
 
 
-CHOICES = {"model.backend": sorted(BACKENDS), "update.method": ["full", "lora"], "recipe": ["ladder"]}
+CHOICES = {"model.backend": sorted(BACKENDS), "update.method": ["full", "lora"], "recipe": ["ladder"],
+           "acquire.schedule": ["fixed", "adaptive"]}
 
 
 def _check_type(key: str, value, typ):
@@ -97,8 +107,11 @@ def _check_type(key: str, value, typ):
             raise ConfigError(f"{key}: expected a list of {inner.__name__}, got {value!r}")
         return [_check_type(f"{key}[{i}]", v, inner) for i, v in enumerate(value)]
     ok = isinstance(value, typ) and not (typ is int and isinstance(value, bool))
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if typ is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:  # YAML reads 1e-3 (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
     if not ok:
         raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}")
     return value
@@ -190,6 +203,9 @@ def validate(cfg: Config) -> None:
                        ("eval.problems", cfg.eval.problems), ("eval.dev_problems", cfg.eval.dev_problems)]:
         if value < 1:
             raise ConfigError(f"{key}: must be >= 1, got {value}")
+    if not 0 <= cfg.refine.model_vote_min <= 1 + len(cfg.model.voters):
+        raise ConfigError(f"refine.model_vote_min: must be between 0 and the {1 + len(cfg.model.voters)} models "
+                          f"(the model and model.voters), got {cfg.refine.model_vote_min}")
     if not 0 < cfg.update.new_weight <= 1:
         raise ConfigError(f"update.new_weight: must be in (0, 1], got {cfg.update.new_weight}")
 

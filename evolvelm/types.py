@@ -60,12 +60,13 @@ class Sample:
     temperature: float          # 0 = greedy
     mean_logprob: float         # mean per-token log-probability of the completion
     true_answer: str            # benchmark-only; used for label precision, never by unsupervised filters
+    member: int = 0             # which model of the voting population answered (0 = the model itself)
     verdicts: list[Verdict] = field(default_factory=list)
     kept: bool = True           # AND of all verdicts
 
     @property
     def id(self) -> str:
-        return content_id(self.round, self.skill, self.prompt, self.completion, self.seed, self.k)
+        return content_id(self.round, self.skill, self.prompt, self.completion, self.seed, self.k, self.member)
 
     def to_row(self) -> dict:
         row = asdict(self)

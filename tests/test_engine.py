@@ -5,7 +5,7 @@ import pytest
 
 from evolvelm import config
 from evolvelm.cli import main
-from evolvelm.recipes.ladder import run_recipe
+from evolvelm.recipes.ladder import next_attempt, run_recipe, strictness
 from evolvelm.store.run import Run
 
 
@@ -62,6 +62,60 @@ def test_no_filter_arm_lets_bad_labels_in_and_the_gate_rolls_back(tmp_path, fake
     assert not r1["promoted"] and "drop" in r1["reason"]
     assert summary["final_frontier"] == summary["rounds"][0]["frontier"]
     assert run.done(1, "gate")["levels"] == run.done(0, "gate")["levels"]  # the previous model stays
+
+
+def test_a_rollback_retries_with_a_smaller_step_then_a_stricter_filter(tmp_path, fake_recipe):
+    cfg, run = start(tmp_path, fake_recipe, "refine.chain=[dedup]", "acquire.step=2", "rounds=2")
+    r = run_recipe(cfg, run, quiet=True)["rounds"]
+    assert not r[1]["promoted"] and r[1]["decision"] == "retry with a smaller step: 1 (was 2)"
+    assert {s.difficulty for s in run.samples(1)} == {5, 6} and {s.difficulty for s in run.samples(2)} == {5}
+    assert not r[2]["promoted"] and r[2]["decision"].startswith("retry on new problems")  # no filter to tighten
+
+    cfg = config.load(fake_recipe, ["refine.chain=[vote, model_vote, dedup]", "refine.vote_agreement=0.6",
+                                    "model.voters=[a, b]", "refine.model_vote_min=2"])
+    state = {"step": 1, "strict": 0}
+    assert strictness(cfg, 0) == {"vote_agreement": 0.6, "model_vote_min": 2}
+    step, strict, decision = next_attempt(cfg, state, promoted=False)
+    assert (step, strict) == (1, 1) and strictness(cfg, 1) == {"vote_agreement": 0.8, "model_vote_min": 3}
+    assert next_attempt(cfg, {"step": 1, "strict": 1}, promoted=False)[1] == 2  # all samples, all 3 models
+    assert next_attempt(cfg, {"step": 1, "strict": 2}, promoted=False)[1:] == (2, "retry on new problems (step and "
+                                                                             "filters already at their strictest)")
+    assert next_attempt(cfg, {"step": 1, "strict": 2}, promoted=True)[:2] == (1, 0)
+
+
+def test_voters_evolve_beside_the_model_and_vote(tmp_path, fake_recipe):
+    from evolvelm.backends import fake
+
+    voters = [str(fake.write(tmp_path / f"voter{i}", {"copy": 4, "reverse": 4}, seed=i)) for i in (1, 2)]
+    cfg, run = start(tmp_path, fake_recipe, f"model.voters={voters}", "acquire.samples=1",
+                     "refine.chain=[length, model_vote, dedup]", "rounds=2")
+    summary = run_recipe(cfg, run, quiet=True)
+    samples = run.samples(1)
+    assert {s.member for s in samples} == {0, 1, 2} and len(samples) == 3 * 2 * 60
+    assert len({s.model_version for s in samples}) == 3  # three independently seeded models
+    assert {v.filter for s in samples for v in s.verdicts} == {"length", "model_vote", "dedup"}
+    for rnd in (1, 2):
+        assert summary["rounds"][rnd]["promoted"] and summary["rounds"][rnd]["label_precision"] >= 0.99
+        assert (run.root / f"rounds/000{rnd}/update/voter2/fake.json").is_file()
+    assert len(run.done(2, "eval")["voters_dev"]) == 2 and run.done(2, "gate")["voters"][1]["model"].endswith("voter2")
+    assert summary["final_frontier"] == {"copy": 6, "reverse": 6}
+
+
+def test_adaptive_schedule_labels_further_only_while_answers_agree(tmp_path, fake_recipe):
+    cfg, run = start(tmp_path, fake_recipe, "acquire.schedule=adaptive", "acquire.step=3", "rounds=1",
+                     "acquire.adaptive_agreement=0.1")
+    run_recipe(cfg, run, quiet=True)
+    unanimity = run.done(1, "acquire")["unanimity"]["copy"]
+    assert unanimity["5"] >= 0.1 > unanimity["6"] and "7" not in unanimity  # stopped where agreement fell
+    assert {s.difficulty for s in run.samples(1)} == {5, 6}
+    cfg, run = start(tmp_path / "strict", fake_recipe, "acquire.schedule=adaptive", "acquire.step=3", "rounds=1")
+    run_recipe(cfg, run, quiet=True)
+    assert {s.difficulty for s in run.samples(1)} == {5}
+
+
+def test_time_budget_stops_starting_rounds(tmp_path, fake_recipe):
+    cfg, run = start(tmp_path, fake_recipe, "budget_minutes=1e-9")  # spent by round 0 or, if that ran in 0.0s, round 1
+    assert [r["round"] for r in run_recipe(cfg, run, quiet=True)["rounds"]] in ([0], [0, 1])
 
 
 def test_oracle_arm_has_perfect_precision(tmp_path, fake_recipe):

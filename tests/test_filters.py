@@ -1,10 +1,11 @@
-from evolvelm.refine.filters import FilterContext, agreement, dedup, length, oracle, run_chain, vote
+from evolvelm.refine.filters import (FilterContext, agreement, dedup, length, model_vote, oracle, run_chain,
+                                     unanimous_share, vote)
 from evolvelm.types import Sample
 
 
-def s(completion, k=0, prompt="Cabc=", truth="abc"):
-    return Sample(round=1, skill="copy", difficulty=3, prompt=prompt, completion=completion, model_version="v",
-                  seed=k, k=k, temperature=1.0, mean_logprob=-0.1, true_answer=truth)
+def s(completion, k=0, prompt="Cabc=", truth="abc", member=0):
+    return Sample(round=1, skill="copy", difficulty=3, prompt=prompt, completion=completion, model_version=f"v{member}",
+                  seed=k, k=k, temperature=1.0, mean_logprob=-0.1, true_answer=truth, member=member)
 
 
 CTX = FilterContext(samples_per_problem=5, vote_agreement=0.6)
@@ -58,3 +59,42 @@ def test_agreement_drops_a_skill_whose_problems_mostly_lack_a_label():
     ctx = FilterContext(5, 0.6, min_agreement=0.75, problems={"copy": 4, "reverse": 1})
     verdicts = agreement(survivors, ctx)
     assert [v.kept for v in verdicts] == [False, False, True] and "0.50 of problems" in verdicts[0].reason
+
+
+def test_vote_counts_each_model_among_its_own_samples():
+    # member 0 agrees with itself on "abc"; member 1 splits, so only member 0's samples pass
+    samples = [s("abc", 0), s("abc", 1), s("abd", 0, member=1), s("abc", 1, member=1)]
+    verdicts = vote(samples, FilterContext(samples_per_problem=2, vote_agreement=1.0))
+    assert [v.kept for v in verdicts] == [True, True, False, False]
+
+
+def test_model_vote_keeps_a_label_when_m_of_n_models_agree():
+    samples = [s("abc", member=0), s("abc", member=1), s("abd", member=2),   # 2 of 3 say abc
+               s("xy", prompt="Cxyz=", truth="xyz", member=0)]              # 1 of 3: the others abstain
+    kept = lambda m: [v.kept for v in model_vote(samples, FilterContext(1, 1.0, members=3, model_vote_min=m))]
+    assert kept(2) == [True, True, False, False]
+    assert kept(0) == kept(3) == [False, False, False, False]  # 0 = all three
+    assert kept(1) == [True, True, True, True]
+    assert "2 of 3 models" in model_vote(samples, FilterContext(1, 1.0, members=3))[0].reason
+
+
+def test_model_vote_uses_each_models_majority():
+    samples = [s("abc", 0), s("abc", 1), s("abd", 2), s("abc", 0, member=1), s("abd", 1, member=1), s("abd", 2, member=1)]
+    verdicts = model_vote(samples, FilterContext(3, 1.0, members=2, model_vote_min=1))
+    assert [v.kept for v in verdicts] == [True, True, True, True, True, True]  # each answer is one model's majority
+    verdicts = model_vote(samples, FilterContext(3, 1.0, members=2, model_vote_min=2))
+    assert not any(v.kept for v in verdicts)
+
+
+def test_agreement_guards_diversity_too():
+    same = [s("aaa", prompt=f"C{x}=", truth=x) for x in ("abc", "abd", "abe", "abf")]
+    ctx = FilterContext(1, 1.0, min_agreement=0.5, problems={"copy": 4}, min_diversity=0.5)
+    verdicts = agreement(same, ctx)
+    assert not any(v.kept for v in verdicts) and "0.25 of those labels distinct" in verdicts[0].reason
+    assert all(v.kept for v in agreement([s(x, prompt=f"C{x}=", truth=x) for x in ("abc", "abd")], ctx))
+
+
+def test_unanimous_share():
+    assert unanimous_share([s("abc", 0), s("abc", 1, member=1), s("x", prompt="Cx=", truth="x"),
+                            s("y", 1, prompt="Cx=", truth="x")]) == 0.5
+    assert unanimous_share([]) == 0.0

@@ -20,15 +20,17 @@ def draw_problems(skill: str, difficulty: int, n: int, run_seed: int, rnd: int, 
 
 
 def sample(backend, problems: list[Problem], rnd: int, run_seed: int, k: int, temperature: float,
-           greedy_first: bool, quiet: bool = False) -> list[Sample]:
-    """Draw k answers per problem; answer j of problem p is seeded by (run seed, round, p, j).
+           greedy_first: bool, quiet: bool = False, member: int = 0) -> list[Sample]:
+    """Draw k answers per problem; answer j of problem p is seeded by (run seed, round, p, j), and by
+    the `member` of the voting population too when it is not the model itself (member 0).
 
     Samples come back ordered by problem, then j. The true answer is recorded for the
     benchmark's label-precision measurement; unsupervised filters never read it.
     """
     jobs = [(p, j) for p in problems for j in range(k)]
     out: list[Sample] = []
-    bar = tqdm(total=len(jobs), desc=f"acquire round {rnd}", disable=quiet, leave=False)
+    bar = tqdm(total=len(jobs), desc=f"acquire round {rnd}" + (f" (voter {member})" if member else ""),
+               disable=quiet, leave=False)
     for i in range(0, len(jobs), CHUNK):
         chunk = jobs[i:i + CHUNK]
         for greedy in (True, False):  # greedy and sampled answers go to the backend separately
@@ -36,13 +38,13 @@ def sample(backend, problems: list[Problem], rnd: int, run_seed: int, k: int, te
             if not part:
                 continue
             temp = 0.0 if greedy else temperature
-            seeds = [derive_seed(run_seed, rnd, p.id, j) for p, j in part]
+            seeds = [derive_seed(run_seed, rnd, p.id, j, *([member] if member else [])) for p, j in part]
             max_new = max(get_task(p.skill).answer_lengths(p.difficulty)[1] for p, _ in part) + 2
             for (p, j), g in zip(part, backend.generate([p.prompt for p, _ in part], seeds, temp, max_new)):
                 out.append(Sample(round=rnd, skill=p.skill, difficulty=p.difficulty, prompt=p.prompt,
                                   completion=g.text, model_version=backend.version, seed=g.seed, k=j,
                                   temperature=temp, mean_logprob=sum(g.logprobs) / max(1, len(g.logprobs)),
-                                  true_answer=p.answer))
+                                  true_answer=p.answer, member=member))
         bar.update(len(chunk))
     bar.close()
     position = {(p.skill, p.prompt): i for i, p in enumerate(problems)}

@@ -32,10 +32,10 @@ def solve(prompt: str) -> tuple[str, int, str]:
     return skill, len(body), body if skill == "copy" else body[::-1]
 
 
-def write(path: Path, levels: dict[str, int]) -> Path:
-    """Create a fake checkpoint directory."""
+def write(path: Path, levels: dict[str, int], seed: int = 0) -> Path:
+    """Create a fake checkpoint directory; fakes of different `seed` make different mistakes."""
     path.mkdir(parents=True, exist_ok=True)
-    (path / "fake.json").write_text(json.dumps({"levels": levels}, sort_keys=True))
+    (path / "fake.json").write_text(json.dumps({"levels": levels, "seed": seed}, sort_keys=True))
     (path / "evolvelm.json").write_text(json.dumps({"skills": {s: [1, lvl] for s, lvl in levels.items()}}))
     return path
 
@@ -81,7 +81,8 @@ class FakeBackend:
 
 def train(parent: str, examples: list, out: Path) -> list[float]:
     """Fake update: move each skill's level by the precision of its labels one step ahead."""
-    levels = dict(json.loads((Path(parent) / "fake.json").read_text())["levels"])
+    meta = json.loads((Path(parent) / "fake.json").read_text())
+    levels = dict(meta["levels"])
     by_skill: dict[str, list[bool]] = {}
     for ex in examples:
         skill, d, truth = solve(ex.prompt)
@@ -92,7 +93,7 @@ def train(parent: str, examples: list, out: Path) -> list[float]:
         precision = sum(right) / len(right)
         levels[skill] += 1 if precision >= 0.95 else (-1 if precision < 0.8 else 0)
         losses.append(1.0 - precision)
-    write(out, levels)
+    write(out, levels, meta.get("seed", 0))
     return losses or [0.0]
 
 

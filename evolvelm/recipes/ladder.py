@@ -24,15 +24,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from evolvelm.acquire.ladder import draw_problems, sample
+from evolvelm.acquire.ladder import derive_seed, draw_problems, sample
 from evolvelm.backends import make_backend
 from evolvelm.config import Config, ConfigError
 from evolvelm.evaluate.suite import accuracy, frontier, gate, held_out_prompts, splits
-from evolvelm.refine.filters import FilterContext, label_precision, run_chain
+from evolvelm.refine.filters import FilterContext, label_precision, run_chain, unanimous_share
 from evolvelm.store.run import Run
 from evolvelm.store.summary import write_summary
 from evolvelm.tasks import CHECKER_VERSION, get_task
-from evolvelm.types import Problem
 from evolvelm.update.mixture import mixture
 
 ZOO = Path(__file__).resolve().parent.parent / "zoo"
@@ -70,20 +69,85 @@ def backend_for(cfg: Config, run: Run, state: dict):
                         device=cfg.model.device, batch_size=cfg.model.batch_size)
 
 
-def evaluate(cfg: Config, run: Run, rnd: int, state_levels: dict[str, int], backend, quiet: bool) -> dict:
-    """The eval stage: test split on 1..max_difficulty, dev split on 1..level+step."""
+def members(state: dict) -> list[dict]:
+    """The voting population of a gate state: the model itself, then its voters."""
+    return [{"model": state["model"], "adapter": state["adapter"]}] + state.get("voters", [])
+
+
+def evaluate(cfg: Config, run: Run, rnd: int, state: dict, quiet: bool) -> dict:
+    """The eval stage: the model on the test split (1..max_difficulty) and every member of the
+    population on the dev split (1..level+step), which is what the gate reads."""
     t0 = time.time()
     e = cfg.eval
-    test = accuracy(backend, cfg.skills, {s: range(1, e.max_difficulty + 1) for s in cfg.skills}, "test",
-                    e.problems, e.dev_problems, e.seed, quiet)
-    dev_range = {s: range(1, min(e.max_difficulty, state_levels[s] + cfg.acquire.step) + 1) for s in cfg.skills}
-    dev = accuracy(backend, cfg.skills, dev_range, "dev", e.problems, e.dev_problems, e.seed, quiet)
-    rows = [(split, s, d, a, len(splits(get_task(s), d, e.problems, e.dev_problems, e.seed)[split]), backend.version,
-             CHECKER_VERSION) for split, acc in (("test", test), ("dev", dev)) for s in cfg.skills for d, a in acc[s].items()]
-    info = {"frontier": {s: frontier(test[s], e.threshold) for s in cfg.skills}, "dev": dev,
-            "model_version": backend.version, "seconds": round(time.time() - t0, 2)}
+    ranges = {"test": {s: range(1, e.max_difficulty + 1) for s in cfg.skills},
+              "dev": {s: range(1, min(e.max_difficulty, state["levels"][s] + cfg.acquire.step) + 1) for s in cfg.skills}}
+    rows, acc = [], {}
+    for i, member in enumerate(members(state)):
+        backend = backend_for(cfg, run, member)
+        for split in (["test", "dev"] if i == 0 else ["dev"]):
+            name = split if i == 0 else f"dev:voter{i}"  # voters' dev scores are stored beside the model's
+            acc[name] = accuracy(backend, cfg.skills, ranges[split], split, e.problems, e.dev_problems, e.seed, quiet)
+            rows += [(name, s, d, a, len(splits(get_task(s), d, e.problems, e.dev_problems, e.seed)[split]),
+                      backend.version, CHECKER_VERSION) for s in cfg.skills for d, a in acc[name][s].items()]
+        if i == 0:
+            version = backend.version
+        backend.close()
+    info = {"frontier": {s: frontier(acc["test"][s], e.threshold) for s in cfg.skills}, "dev": acc["dev"],
+            "voters_dev": [acc[f"dev:voter{i}"] for i in range(1, len(members(state)))],
+            "model_version": version, "seconds": round(time.time() - t0, 2)}
     run.commit(rnd, "eval", info, evals=rows)
     return info
+
+
+def acquire(cfg: Config, run: Run, rnd: int, state: dict, held: dict, quiet: bool) -> None:
+    """The acquire stage: every member answers the same new problems, level+1 upwards.
+
+    The fixed schedule labels `step` difficulties ahead. The adaptive one labels level+1, then goes
+    one difficulty further while at least `adaptive_agreement` of the problems got one unanimous
+    answer (from every sample of every member), up to `step` ahead: an unsupervised signal.
+    """
+    t0 = time.time()
+    a = cfg.acquire
+    backends = [backend_for(cfg, run, m) for m in members(state)]
+    samples, unanimity = [], {}
+    for skill in cfg.skills:
+        level = state["levels"][skill]
+        for d in range(level + 1, level + state.get("step", a.step) + 1):
+            problems = draw_problems(skill, d, a.problems, cfg.seed, rnd, held[skill].get(d, frozenset()))
+            got = [smp for i, b in enumerate(backends)
+                   for smp in sample(b, problems, rnd, cfg.seed, a.samples, a.temperature, a.greedy_first, quiet, member=i)]
+            samples += got
+            unanimity.setdefault(skill, {})[d] = round(unanimous_share(got), 4)
+            if a.schedule == "adaptive" and unanimity[skill][d] < a.adaptive_agreement:
+                break
+    for b in backends:
+        b.close()
+    run.commit(rnd, "acquire", {"acquired": len(samples), "problems": len({(s.skill, s.prompt) for s in samples}),
+                                "unanimity": unanimity, "model_version": samples[0].model_version if samples else None,
+                                "seconds": round(time.time() - t0, 2)}, samples=samples)
+
+
+def strictness(cfg: Config, strict: int) -> dict:
+    """Settings of the chain's voting filters after `strict` retries: each retry asks 0.2 more of a
+    model's samples, and one more model, to agree (up to all of them)."""
+    n = 1 + len(cfg.model.voters)
+    out = {"vote_agreement": round(min(1.0, cfg.refine.vote_agreement + 0.2 * strict), 4),
+           "model_vote_min": min(n, (cfg.refine.model_vote_min or n) + strict)}
+    return {k: v for k, v in out.items() if {"vote_agreement": "vote", "model_vote_min": "model_vote"}[k] in cfg.refine.chain}
+
+
+def next_attempt(cfg: Config, state: dict, promoted: bool) -> tuple[int, int, str]:
+    """The avalanche guard's retry policy: (step, strictness, decision) for the next round."""
+    step, strict = state.get("step", cfg.acquire.step), state.get("strict", 0)
+    if promoted:
+        return cfg.acquire.step, 0, "go on"
+    if not cfg.gate.retry:
+        return step, strict, "retry unchanged (gate.retry is off)"
+    if step > 1:
+        return step // 2, strict, f"retry with a smaller step: {step // 2} (was {step})"
+    if strictness(cfg, strict + 1) != strictness(cfg, strict):
+        return step, strict + 1, f"retry with a stricter filter: {strictness(cfg, strict + 1)}"
+    return step, strict, "retry on new problems (step and filters already at their strictest)"
 
 
 def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
@@ -91,87 +155,100 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
     held = {s: held_out_prompts(get_task(s), cfg.eval.max_difficulty, cfg.eval.problems, cfg.eval.dev_problems,
                                 cfg.eval.seed) for s in cfg.skills}
 
-    # Round 0: the base model, evaluated before any update.
-    base = {"model": cfg.model.path, "adapter": None, "levels": start_levels(cfg, run), "round": 0}
+    # Round 0: the base model (and its voters), evaluated before any update.
+    base = {"model": cfg.model.path, "adapter": None, "voters": [{"model": v, "adapter": None} for v in cfg.model.voters],
+            "levels": start_levels(cfg, run), "round": 0, "step": cfg.acquire.step, "strict": 0}
     if not run.done(0, "eval"):
-        evaluate(cfg, run, 0, base["levels"], backend_for(cfg, run, base), quiet)
+        evaluate(cfg, run, 0, base, quiet)
     if not run.done(0, "gate"):
-        run.commit(0, "gate", {**base, "promoted": True, "reason": "base model", "seconds": 0.0})
-    write_summary(run, cfg)
+        run.commit(0, "gate", {**base, "promoted": True, "reason": "base model", "decision": "go on", "seconds": 0.0})
+    summary = write_summary(run, cfg)
 
     for rnd in range(1, cfg.rounds + 1):
-        state = run.done(rnd - 1, "gate")  # the model currently promoted, and its levels
+        if not run.done(rnd, "acquire") and cfg.budget_minutes and summary["wall_seconds"] >= 60 * cfg.budget_minutes:
+            if not quiet:
+                tqdm.write(f"time budget of {cfg.budget_minutes} min reached after round {rnd - 1}")
+            break
+        state = run.done(rnd - 1, "gate")  # the population currently promoted, its levels and retry policy
         levels = state["levels"]
 
         if not run.done(rnd, "acquire"):
-            t0 = time.time()
-            backend = backend_for(cfg, run, state)
-            n_per = max(1, cfg.acquire.problems // cfg.acquire.step)
-            problems: list[Problem] = [p for s in cfg.skills for d in range(levels[s] + 1, levels[s] + cfg.acquire.step + 1)
-                                       for p in draw_problems(s, d, n_per, cfg.seed, rnd, held[s].get(d, frozenset()))]
-            samples = sample(backend, problems, rnd, cfg.seed, cfg.acquire.samples, cfg.acquire.temperature,
-                             cfg.acquire.greedy_first, quiet)
-            backend.close()
-            run.commit(rnd, "acquire", {"acquired": len(samples), "problems": len(problems),
-                                        "model_version": samples[0].model_version if samples else None,
-                                        "seconds": round(time.time() - t0, 2)}, samples=samples)
+            acquire(cfg, run, rnd, state, held, quiet)
 
         if not run.done(rnd, "refine"):
             t0 = time.time()
             samples = run.samples(rnd)
-            ctx = FilterContext(cfg.acquire.samples, cfg.refine.vote_agreement, cfg.refine.min_agreement,
-                                problems={sk: len({s.prompt for s in samples if s.skill == sk}) for sk in cfg.skills})
+            strict = strictness(cfg, state.get("strict", 0))
+            ctx = FilterContext(cfg.acquire.samples, strict.get("vote_agreement", cfg.refine.vote_agreement),
+                                cfg.refine.min_agreement, members=len(members(state)),
+                                problems={sk: len({s.prompt for s in samples if s.skill == sk}) for sk in cfg.skills},
+                                model_vote_min=strict.get("model_vote_min", cfg.refine.model_vote_min),
+                                min_diversity=cfg.refine.min_diversity)
             counts = run_chain(cfg.refine.chain, samples, ctx)
             for pos, name in enumerate(cfg.refine.chain):  # precision of what survives each filter
                 alive = [s for s in samples if len(s.verdicts) > pos and all(v.kept for v in s.verdicts[:pos + 1])]
                 counts[name]["precision"] = label_precision(alive)
             kept = [s for s in samples if s.kept]
-            run.commit(rnd, "refine", {"chain": cfg.refine.chain, "filters": counts, "kept": len(kept),
+            run.commit(rnd, "refine", {"chain": cfg.refine.chain, "filters": counts, "strictness": strict, "kept": len(kept),
                                        "label_precision": label_precision(kept),
                                        "seconds": round(time.time() - t0, 2)}, samples=samples, verdicts=True)
 
         if not run.done(rnd, "update"):
             t0 = time.time()
             examples, n_new = mixture(cfg, run, rnd, state)
-            out = run.staging(rnd, "update") / "model"
             if n_new == 0:
-                info = {"skipped": "no samples kept", "model": state["model"], "adapter": state["adapter"]}
+                info = {"skipped": "no samples kept", "model": state["model"], "adapter": state["adapter"],
+                        "voters": state.get("voters", [])}
             else:
-                info = train_round(cfg, run, rnd, state, examples, out, quiet)
+                staging = run.staging(rnd, "update")
+                trained = [train_round(cfg, run, rnd, m, i, examples, staging, quiet) for i, m in enumerate(members(state))]
+                info = {**trained[0], "voters": [{"model": t["model"], "adapter": t["adapter"]} for t in trained[1:]]}
             run.commit(rnd, "update", {**info, "examples": len(examples), "new_examples": n_new,
                                        "seconds": round(time.time() - t0, 2)})
 
         update = run.done(rnd, "update")
-        candidate = {"model": update["model"], "adapter": update["adapter"]}
         new_levels = {s: max([levels[s]] + [smp.difficulty for smp in run.samples(rnd) if smp.kept and smp.skill == s])
                       for s in cfg.skills}
+        candidate = {"model": update["model"], "adapter": update["adapter"], "voters": update.get("voters", []),
+                     "levels": new_levels, "round": rnd}
         if not run.done(rnd, "eval"):
-            evaluate(cfg, run, rnd, new_levels, backend_for(cfg, run, candidate), quiet)
+            evaluate(cfg, run, rnd, candidate, quiet)
 
         if not run.done(rnd, "gate"):
-            prev_dev = run.done(state["round"], "eval")["dev"]
-            new_dev = run.done(rnd, "eval")["dev"]
-            ok, reason = gate(_int_keys(prev_dev), _int_keys(new_dev), cfg.eval.threshold, cfg.gate.tolerance)
+            prev, new = run.done(state["round"], "eval"), run.done(rnd, "eval")
+            checks = [gate(_int_keys(p), _int_keys(n), cfg.eval.threshold, cfg.gate.tolerance)
+                      for p, n in zip([prev["dev"]] + prev.get("voters_dev", []), [new["dev"]] + new.get("voters_dev", []))]
+            ok = all(c[0] for c in checks)
+            reason = "; ".join(f"voter {i}: {r}" if i else r for i, (good, r) in enumerate(checks) if not good or ok and i == 0)
             if "skipped" in update:
-                ok, reason = False, update["skipped"]
-            info = ({**candidate, "levels": new_levels, "round": rnd} if ok else
-                    {"model": state["model"], "adapter": state["adapter"], "levels": levels, "round": state["round"]})
-            run.commit(rnd, "gate", {**info, "promoted": ok, "reason": reason, "seconds": 0.0})
+                ok, reason = False, update["skipped"] + _agreement_reasons(run, rnd)
+            step, strict, decision = next_attempt(cfg, state, ok)
+            info = candidate if ok else {k: state[k] for k in ("model", "adapter", "voters", "levels", "round") if k in state}
+            run.commit(rnd, "gate", {**info, "step": step, "strict": strict, "promoted": ok, "reason": reason,
+                                     "decision": decision, "seconds": 0.0})
         summary = write_summary(run, cfg)
         if not quiet:
             r = summary["rounds"][-1]
             precision = "n/a" if r["label_precision"] is None else f"{r['label_precision']:.3f}"
             tqdm.write(f"round {rnd}: {'promoted' if r['promoted'] else 'ROLLED BACK'}  frontier {r['frontier']}  "
-                       f"kept {r['kept']}/{r['acquired']}  label precision {precision}  ({r['reason']})")
+                       f"kept {r['kept']}/{r['acquired']}  label precision {precision}  ({r['reason']}; {r['decision']})")
     return json.loads((run.root / "summary.json").read_text())
 
 
-def train_round(cfg: Config, run: Run, rnd: int, state: dict, examples, out: Path, quiet: bool) -> dict:
-    """The update stage's work: continue training the promoted model and save it to `out`.
+def _agreement_reasons(run: Run, rnd: int) -> str:
+    """Why the agreement guard dropped a round's labels, if it did (one reason per skill)."""
+    reasons = {r["reason"] for r in run.query("SELECT reason FROM verdicts WHERE round=? AND filter='agreement' "
+                                               "AND kept=0", (rnd,))}
+    return "".join(f"; avalanche guard: {r}" for r in sorted(reasons))
 
-    Returns the stage's manifest info; model paths in it are where `out` lands once committed.
+
+def train_round(cfg: Config, run: Run, rnd: int, state: dict, member: int, examples, staging: Path, quiet: bool) -> dict:
+    """The update stage's work for one member: continue training its promoted weights on `examples`
+    and save them under `staging`. Returns where they land once the stage is committed, and the losses.
     """
-    final = str(run.stage_dir(rnd, "update").relative_to(run.root) / out.name)
+    name = "model" if member == 0 else f"voter{member}"
+    out = staging / name
+    final = str(run.stage_dir(rnd, "update").relative_to(run.root) / name)
     if cfg.model.backend == "fake":
         from evolvelm.backends import fake
 
@@ -185,9 +262,10 @@ def train_round(cfg: Config, run: Run, rnd: int, state: dict, examples, out: Pat
                                   resolve(state["adapter"], run) if state["adapter"] else None,
                                   u.method, u.lora_r, u.lora_alpha)
     base_dir = resolve(state["model"], run)
-    losses = sft.train(model, sft.tokenizer(base_dir), examples, u.steps, u.batch_size, u.lr,
-                       seed=cfg.seed * 1000 + rnd, warmup=u.warmup, desc=f"update round {rnd}", quiet=quiet)
-    sft.save(model, base_dir, out, card={"round": rnd, "parent": state, "method": u.method,
+    seed = cfg.seed * 1000 + rnd if member == 0 else derive_seed(cfg.seed, rnd, "train", member)
+    losses = sft.train(model, sft.tokenizer(base_dir), examples, u.steps, u.batch_size, u.lr, seed=seed,
+                       warmup=u.warmup, desc=f"update round {rnd}" + (f" ({name})" if member else ""), quiet=quiet)
+    sft.save(model, base_dir, out, card={"round": rnd, "member": member, "parent": state, "method": u.method,
                                          "examples": len(examples), "loss_first": losses[0], "loss_last": losses[-1]})
     return {"model": state["model"] if lora else final, "adapter": final if lora else None,
             "loss_first": round(losses[0], 5), "loss_last": round(sum(losses[-20:]) / len(losses[-20:]), 5)}

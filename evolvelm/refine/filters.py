@@ -17,10 +17,13 @@ from evolvelm.types import Problem, Sample, Verdict
 class FilterContext:
     """What filters may consult besides the samples."""
 
-    samples_per_problem: int    # k, the number of answers drawn per problem
+    samples_per_problem: int    # k, the number of answers each model draws per problem
     vote_agreement: float       # share of the k answers that must agree for `vote` to keep them
     min_agreement: float = 0.0  # `agreement`: share of a skill's problems that must still hold a label
     problems: dict[str, int] = field(default_factory=dict)  # skill -> problems acquired this round
+    members: int = 1            # models in the voting population (the model itself and its voters)
+    model_vote_min: int = 0     # `model_vote`: models that must agree on a label (0 = all of them)
+    min_diversity: float = 0.0  # `agreement`: share of distinct labels among a skill's labelled problems
 
 
 def is_correct(s: Sample) -> bool:
@@ -31,6 +34,14 @@ def is_correct(s: Sample) -> bool:
 def label_precision(samples: list[Sample]) -> float | None:
     """Share of `samples` whose label is correct; None for an empty list."""
     return sum(map(is_correct, samples)) / len(samples) if samples else None
+
+
+def unanimous_share(samples: list[Sample]) -> float:
+    """Share of the problems in `samples` whose answers (every sample, every model) are all the same."""
+    answers: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for s in samples:
+        answers[(s.skill, s.prompt)].add(s.completion)
+    return sum(len(a) == 1 for a in answers.values()) / len(answers) if answers else 0.0
 
 
 def oracle(samples: list[Sample], ctx: FilterContext) -> list[Verdict]:
@@ -48,24 +59,27 @@ def length(samples: list[Sample], ctx: FilterContext) -> list[Verdict]:
     return out
 
 
-def vote(samples: list[Sample], ctx: FilterContext) -> list[Verdict]:
-    """Keep the majority answer of each problem when enough of its k samples agree on it.
+def _majority(group: list[Sample]) -> tuple[str, Counter]:
+    """The most common completion of `group` (ties: the one drawn first) and all the counts."""
+    counts = Counter(s.completion for s in group)
+    first = {c: min(s.k for s in group if s.completion == c) for c in counts}
+    return max(counts, key=lambda c: (counts[c], -first[c])), counts
 
+
+def vote(samples: list[Sample], ctx: FilterContext) -> list[Verdict]:
+    """Keep the majority answer of each problem when enough of one model's k samples agree on it.
+
+    Votes are counted per model (with voters, each member votes among its own samples).
     Agreement is counted over all k samples drawn, so samples dropped earlier in the chain count
     as dissent: a problem whose answers were mostly filtered out is not trusted.
     """
-    by_prompt: dict[tuple[str, str], list[Sample]] = defaultdict(list)
+    by_prompt: dict[tuple[str, str, int], list[Sample]] = defaultdict(list)
     for s in samples:
-        by_prompt[(s.skill, s.prompt)].append(s)
-    majority = {}
-    for key, group in by_prompt.items():
-        # ties are broken by the earliest sample index, so the verdict does not depend on list order
-        counts = Counter(s.completion for s in group)
-        first = {c: min(s.k for s in group if s.completion == c) for c in counts}
-        majority[key] = max(counts, key=lambda c: (counts[c], -first[c])), counts
+        by_prompt[(s.skill, s.prompt, s.member)].append(s)
+    majority = {key: _majority(group) for key, group in by_prompt.items()}
     out = []
     for s in samples:
-        answer, counts = majority[(s.skill, s.prompt)]
+        answer, counts = majority[(s.skill, s.prompt, s.member)]
         share = counts[answer] / ctx.samples_per_problem
         if s.completion != answer:
             out.append(Verdict("vote", "1", False, f"minority answer (majority has {counts[answer]}/{ctx.samples_per_problem})"))
@@ -73,6 +87,27 @@ def vote(samples: list[Sample], ctx: FilterContext) -> list[Verdict]:
             out.append(Verdict("vote", "1", False, f"agreement {counts[answer]}/{ctx.samples_per_problem} below {ctx.vote_agreement}"))
         else:
             out.append(Verdict("vote", "1", True, f"majority {counts[answer]}/{ctx.samples_per_problem}"))
+    return out
+
+
+def model_vote(samples: list[Sample], ctx: FilterContext) -> list[Verdict]:
+    """Keep a label when at least `model_vote_min` of the population's models give it (m of n).
+
+    Each model votes with its majority answer among its samples still alive in the chain; a model
+    whose samples were all dropped abstains, which counts against the label. Independently seeded
+    models make different mistakes, so their agreement is the strongest unsupervised filter of
+    Lee, Cai et al. (2025).
+    """
+    need = ctx.model_vote_min or ctx.members
+    by_member: dict[tuple[str, str], dict[int, list[Sample]]] = defaultdict(lambda: defaultdict(list))
+    for s in samples:
+        by_member[(s.skill, s.prompt)][s.member].append(s)
+    votes = {key: Counter(_majority(group)[0] for group in members.values()) for key, members in by_member.items()}
+    out = []
+    for s in samples:
+        n = votes[(s.skill, s.prompt)][s.completion]
+        out.append(Verdict("model_vote", "1", n >= need, f"{n} of {ctx.members} models give this answer "
+                                                          f"({'>=' if n >= need else 'below'} {need})"))
     return out
 
 
@@ -88,19 +123,27 @@ def dedup(samples: list[Sample], ctx: FilterContext) -> list[Verdict]:
 
 
 def agreement(samples: list[Sample], ctx: FilterContext) -> list[Verdict]:
-    """Drop all of a skill's labels this round when too few of its problems still hold one.
+    """Drop all of a skill's labels this round when too few of its problems still hold one, or when
+    the labels lost their diversity (many problems given the same answer).
 
     An unsupervised avalanche guard: when the model's answers stop agreeing on most problems, the
     few that do agree are likely its systematic mistakes, and training on them would snowball.
     """
-    share = {skill: len({s.prompt for s in samples if s.skill == skill}) / n for skill, n in ctx.problems.items()}
-    return [Verdict("agreement", "1", share[s.skill] >= ctx.min_agreement,
-                    f"{s.skill}: {share[s.skill]:.2f} of problems hold a label "
-                    f"({'>=' if share[s.skill] >= ctx.min_agreement else 'below'} {ctx.min_agreement})") for s in samples]
+    reason = {}
+    for skill, n in ctx.problems.items():
+        mine = [s for s in samples if s.skill == skill]
+        share = len({s.prompt for s in mine}) / n
+        labels = {s.prompt: s.completion for s in mine}
+        diversity = len(set(labels.values())) / max(1, len(labels))
+        ok = share >= ctx.min_agreement and diversity >= ctx.min_diversity
+        reason[skill] = ok, (f"{skill}: {share:.2f} of problems hold a label (min {ctx.min_agreement}), "
+                             f"{diversity:.2f} of those labels distinct (min {ctx.min_diversity})")
+    return [Verdict("agreement", "2", *reason[s.skill]) for s in samples]
 
 
 FILTERS: dict[str, Callable[[list[Sample], FilterContext], list[Verdict]]] = {
-    "oracle": oracle, "length": length, "vote": vote, "dedup": dedup, "agreement": agreement,
+    "oracle": oracle, "length": length, "vote": vote, "model_vote": model_vote, "dedup": dedup,
+    "agreement": agreement,
 }
 
 

@@ -65,15 +65,31 @@ def plots(summary: dict) -> list[tuple[str, str]]:
     return out
 
 
-def _table(summary: dict) -> str:
-    head = "<tr><th>round</th><th>promoted</th><th>frontier</th><th>trained level</th><th>acquired</th><th>kept</th><th>label precision</th><th>decision</th></tr>"
-    rows = []
-    for r in summary["rounds"]:
-        lp = "" if r["label_precision"] is None else f"{r['label_precision']:.4f}"
-        rows.append(f"<tr><td>{r['round']}</td><td>{'yes' if r['promoted'] else '<b>rolled back</b>'}</td>"
-                    f"<td>{html.escape(str(r['frontier']))}</td><td>{html.escape(str(r['levels']))}</td>"
-                    f"<td>{r['acquired']}</td><td>{r['kept']}</td><td>{lp}</td><td>{html.escape(r['reason'])}</td></tr>")
-    return f"<table>{head}{''.join(rows)}</table>"
+def _html_table(head: list[str], rows: list[list]) -> str:
+    cells = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + f"</tr>{cells}</table>"
+
+
+def _fmt(x: float | None) -> str:
+    return "" if x is None else f"{x:.4f}"
+
+
+def _tables(summary: dict) -> str:
+    """The rounds (with the gate's and the avalanche guard's decisions) and label precision per filter."""
+    rounds = [[r["round"], "yes" if r["promoted"] else "ROLLED BACK", r["frontier"], r["levels"], r.get("unanimity", {}),
+               r["acquired"], r["kept"], _fmt(r["label_precision"]), r["reason"], r.get("decision", "")]
+              for r in summary["rounds"]]
+    out = _html_table(["round", "promoted", "frontier", "trained level", "unanimous share per difficulty", "acquired",
+                       "kept", "label precision", "gate", "next round"], rounds)
+    refined = [r for r in summary["rounds"] if r["filters"]]
+    if refined:
+        names = list(refined[-1]["filters"])
+        rows = [[r["round"]] + [f"{f.get('kept', 0)} kept, {f.get('dropped', 0)} dropped, precision {_fmt(f.get('precision'))}"
+                                for f in (r["filters"].get(n, {}) for n in names)] for r in refined]
+        out += ("<h2>Label precision after each filter</h2><p>Share of the labels still kept after each filter of the "
+                "chain that are correct (true labels, never seen by the unsupervised filters).</p>"
+                + _html_table(["round"] + names, rows))
+    return out
 
 
 def write_report(run: Run, out: Path) -> Path:
@@ -88,6 +104,6 @@ td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}img{{max-width:100%
 (base: {html.escape(str(summary['rounds'][0]['frontier']))}). Wall time: {summary['wall_seconds']:.0f}s.
 Accuracy is greedy exact match on the held-out test split; label precision is measured against true labels
 that the unsupervised filters never see.</p>
-{_table(summary)}{figures}</body></html>"""
+{_tables(summary)}{figures}</body></html>"""
     out.write_text(page)
     return out

@@ -18,12 +18,14 @@ def summarize(run: Run, cfg: Config) -> dict:
         for r in run.query("SELECT skill, difficulty, accuracy FROM evals WHERE round=? AND split='test' "
                            "ORDER BY skill, difficulty", (rnd,)):
             acc.setdefault(r["skill"], {})[r["difficulty"]] = r["accuracy"]
-        refine = run.done(rnd, "refine") or {}
+        refine, acquire = run.done(rnd, "refine") or {}, run.done(rnd, "acquire") or {}
         rounds.append({
             "round": rnd, "promoted": gate["promoted"], "reason": gate["reason"], "frontier": ev["frontier"],
             "accuracy": acc, "levels": gate["levels"],
-            "acquired": (run.done(rnd, "acquire") or {}).get("acquired", 0), "kept": refine.get("kept", 0),
+            "acquired": acquire.get("acquired", 0), "kept": refine.get("kept", 0),
+            "unanimity": acquire.get("unanimity", {}), "strictness": refine.get("strictness"),
             "label_precision": refine.get("label_precision"), "filters": refine.get("filters", {}),
+            "decision": gate.get("decision", ""),
             "model_version": ev["model_version"], "seconds": round(seconds.get(rnd, 0.0), 1),
         })
     promoted = [r for r in rounds if r["promoted"]]

@@ -1,15 +1,19 @@
-"""Measure the easy-to-hard ladder under different refine arms and print one table per arm.
+"""Measure the easy-to-hard ladder under each refine arm, per task, for a fixed time budget per arm.
 
-    python benchmarks/ladder.py                                   # copy-ladder, arms: vote, oracle, none
-    python benchmarks/ladder.py --recipe copy-ladder --arms vote none --rounds 4 --out ladder.json
+    python benchmarks/ladder.py                                       # every task and arm: hours
+    python benchmarks/ladder.py --tasks reverse --arms model-vote none --budget-minutes 30 --out ladder.json
 
-Each arm is the recipe with a different filter chain; everything else (seed, model, budget) is equal:
-    vote    the recipe's own unsupervised chain (length, unanimous 5-sample vote, agreement guard, dedup)
-    length  length filter only
-    none    no filter (dedup only): the model trains on all of its own answers
-    oracle  the task's checker with the true labels (an upper bound, not an unsupervised method)
-Columns: round, whether it was promoted, frontier per skill (held-out test split), label precision
-of the kept labels (against true labels the unsupervised arms never see), labels kept, wall seconds.
+Each task runs its shipped recipe (`copy-ladder`, `reverse-ladder`, `addition-ladder`); each arm changes
+only how labels are filtered (and drops the voters where it does not use them). Every arm gets the
+same wall-clock budget on this machine: it starts rounds until the budget is spent.
+    model-vote   the recipe itself: the model and its independently seeded voters must agree
+    sample-vote  no voters; greedy and 4 samples at T=1 of the one model must agree (+ length, guard)
+    length       length filter only
+    none         no filter (dedup only): the model trains on all of its own answers
+    oracle       the task's checker with the true labels (an upper bound, not an unsupervised method)
+One table per task and arm: round, promoted, frontier (held-out test split), label precision of the
+kept labels (against true labels the unsupervised arms never see), labels kept, wall seconds; then
+the final frontier as a multiple of the trained range. `--out` writes the run summaries as JSON.
 """
 from __future__ import annotations
 
@@ -26,56 +30,66 @@ from evolvelm import config  # noqa: E402
 from evolvelm.recipes.ladder import run_recipe  # noqa: E402
 from evolvelm.store.run import Run  # noqa: E402
 
+ALONE = ["model.voters=[]", "acquire.samples=1"]
 ARMS = {
-    "vote": [],
-    "length": ["refine.chain=[length, dedup]"],
-    "none": ["refine.chain=[dedup]"],
-    "oracle": ["refine.chain=[oracle, dedup]"],
+    "model-vote": [],
+    "sample-vote": ["model.voters=[]", "acquire.samples=5", "refine.chain=[length, vote, agreement, dedup]",
+                    "refine.vote_agreement=1.0"],
+    "length": ALONE + ["refine.chain=[length, dedup]"],
+    "none": ALONE + ["refine.chain=[dedup]"],
+    "oracle": ALONE + ["refine.chain=[oracle, dedup]"],
 }
+TASKS = ["copy", "reverse", "addition"]
 
 
-def run_arm(recipe: str, arm: str, rounds: int, extra: list[str], workdir: Path) -> dict:
+def run_arm(task: str, arm: str, budget: float, extra: list[str], workdir: Path) -> dict:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    cfg = config.load(recipe, ARMS[arm] + [f"rounds={rounds}"] + extra)
+    cfg = config.load(f"{task}-ladder", ARMS[arm] + ["rounds=1000", f"budget_minutes={budget}"] + extra)
     t0 = time.time()
-    summary = run_recipe(cfg, Run.create(workdir / arm, cfg), quiet=True)
+    summary = run_recipe(cfg, Run.create(workdir / f"{task}-{arm}", cfg), quiet=True)
     summary["bench_wall_seconds"] = round(time.time() - t0, 1)
     return summary
 
 
-def table(arm: str, summary: dict) -> str:
+def table(task: str, arm: str, summary: dict) -> str:
     skills = summary["skills"]
     head = f"{'round':>5} {'promoted':>8} " + " ".join(f"{'frontier ' + s:>17}" for s in skills) + \
         f" {'label precision':>15} {'kept':>6} {'wall s':>7}"
-    lines = [f"arm: {arm}", head]
+    lines = [f"task: {task}  arm: {arm}", head]
     for r in summary["rounds"]:
         lp = "-" if r["label_precision"] is None else f"{r['label_precision']:.4f}"
         lines.append(f"{r['round']:>5} {str(r['promoted']):>8} " + " ".join(f"{r['frontier'][s]:>17}" for s in skills)
                      + f" {lp:>15} {r['kept']:>6} {r['seconds']:>7}")
     base, final = summary["rounds"][0]["frontier"], summary["final_frontier"]
     levels = summary["rounds"][0]["levels"]
+    promoted = [r["label_precision"] for r in summary["rounds"][1:] if r["promoted"] and r["label_precision"] is not None]
     lines.append("final frontier " + ", ".join(f"{s} {base[s]} -> {final[s]} ({final[s] / levels[s]:.2f}x trained range {levels[s]})"
-                                              for s in skills) + f"; wall {summary['bench_wall_seconds']}s")
+                                              for s in skills)
+                 + f"; lowest label precision of a promoted round {min(promoted) if promoted else float('nan'):.4f}"
+                 + f"; wall {summary['bench_wall_seconds']}s")
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--recipe", default="copy-ladder")
-    ap.add_argument("--arms", nargs="+", default=["vote", "oracle", "none"], choices=sorted(ARMS))
-    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--tasks", nargs="+", default=TASKS, choices=TASKS)
+    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    ap.add_argument("--budget-minutes", type=float, default=None,
+                    help="per arm; default 30 (copy, reverse) and 45 (addition), the issue's targets")
     ap.add_argument("--out", type=Path, help="also write the summaries as JSON")
     ap.add_argument("overrides", nargs="*", help="extra key=value overrides for every arm")
     args = ap.parse_args()
-    results = {}
+    results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for arm in args.arms:
-            results[arm] = run_arm(args.recipe, arm, args.rounds, args.overrides, Path(tmp))
-            print(table(arm, results[arm]) + "\n", flush=True)
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2))
+        for task in args.tasks:
+            budget = args.budget_minutes or (45.0 if task == "addition" else 30.0)
+            for arm in args.arms:
+                results.setdefault(task, {})[arm] = run_arm(task, arm, budget, args.overrides, Path(tmp))
+                print(table(task, arm, results[task][arm]) + "\n", flush=True)
+                if args.out:
+                    args.out.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

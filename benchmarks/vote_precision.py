@@ -10,6 +10,8 @@ labels (the baseline), and the wall time of the row. Filters measured:
     greedy                 every greedy answer (the baseline)
     unanimous T=t k=k      greedy and k samples at temperature t all agree
     min-logprob >= x       greedy answers whose least likely token has log-probability >= x
+    models m/n             with --voters: the greedy answer of at least m of the n models (the model
+                           and its independently seeded voters) agrees with the model's own
 """
 from __future__ import annotations
 
@@ -33,14 +35,18 @@ def main() -> None:
     ap.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 1.5, 2.0])
     ap.add_argument("--samples", type=int, nargs="+", default=[4, 8])
     ap.add_argument("--logprob", type=float, nargs="+", default=[-0.05, -0.1, -0.3])
+    ap.add_argument("--voters", nargs="*", default=["zoo:copy-reverse-seed1", "zoo:copy-reverse-seed2"],
+                    help="independently seeded models for the cross-model vote (none: skip it)")
     args = ap.parse_args()
     from transformers.utils import logging as hf_logging
 
     from evolvelm.backends.hf import HFBackend
 
     hf_logging.disable_progress_bar()
-    path = str(ZOO / args.model[4:]) if args.model.startswith("zoo:") else args.model
-    backend = HFBackend(path)
+    def load(ref: str) -> HFBackend:
+        return HFBackend(str(ZOO / ref[4:]) if ref.startswith("zoo:") else ref)
+
+    backend, voters = load(args.model), [load(v) for v in args.voters]
     print(f"{'case':12s} {'filter':24s} {'kept':>9s} {'precision':>9s} {'vs greedy':>9s} {'wall s':>7s}")
     for case in args.cases:
         skill, d = case.split(":")
@@ -68,6 +74,13 @@ def main() -> None:
         scores = backend.logprobs(prompts, [g.text for g in greedy])
         for x in args.logprob:
             row(f"min-logprob >= {x}", [i for i, s in enumerate(scores) if min(s) >= x], time.time() - t0, base)
+        if voters:
+            t0 = time.time()
+            others = [v.generate(prompts, [0] * len(prompts), 0.0, max_new) for v in voters]
+            n = 1 + len(voters)
+            for m in range(2, n + 1):
+                kept = [i for i in range(len(probs)) if 1 + sum(o[i].text == greedy[i].text for o in others) >= m]
+                row(f"models {m}/{n}", kept, time.time() - t0, base)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ import pytest
 from evolvelm.store.run import STAGES, Run
 
 
-
 def evolvelm(*args, env=None, timeout=120):
     return subprocess.run([sys.executable, "-m", "evolvelm.cli", *args, "-q"], env={**os.environ, **(env or {})},
                           capture_output=True, text=True, timeout=timeout)
@@ -84,3 +83,19 @@ def test_ctrl_c_exits_130_and_the_run_resumes(tmp_path, fake_recipe, reference):
     assert proc.returncode == 130 and f"evolvelm resume {run_dir}" in err
     assert evolvelm("resume", str(run_dir)).returncode == 0
     assert outcome(run_dir) == reference
+
+
+def test_kill_a_run_with_voters_then_resume(tmp_path, fake_recipe):
+    """Every member's weights of an update stage land together, or none do."""
+    from evolvelm.backends import fake
+
+    voters = [str(fake.write(tmp_path / f"voter{i}", {"copy": 4, "reverse": 4}, seed=i)) for i in (1, 2)]
+    extra = [f"model.voters={voters}", "refine.chain=[length, model_vote, dedup]", "acquire.samples=1"]
+    assert evolvelm("run", str(fake_recipe), *extra, "--run-dir", str(tmp_path / "ref")).returncode == 0
+    for point in ("2:update:before-rename", "2:update:before-manifest", "2:eval:before-manifest"):
+        run_dir = tmp_path / point.replace(":", "-")
+        killed = evolvelm("run", str(fake_recipe), *extra, "--run-dir", str(run_dir), env={"EVOLVELM_KILL_AT": point})
+        assert killed.returncode == -signal.SIGKILL
+        assert evolvelm("resume", str(run_dir)).returncode == 0
+        assert outcome(run_dir) == outcome(tmp_path / "ref")
+        assert (run_dir / "rounds/0002/update/voter2/fake.json").is_file()

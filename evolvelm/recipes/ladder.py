@@ -102,9 +102,10 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: dict, quiet: bool) -> dict:
 def acquire(cfg: Config, run: Run, rnd: int, state: dict, held: dict, quiet: bool) -> None:
     """The acquire stage: every member answers the same new problems, level+1 upwards.
 
-    The fixed schedule labels `step` difficulties ahead. The adaptive one labels level+1, then goes
-    one difficulty further while at least `adaptive_agreement` of the problems got one unanimous
-    answer (from every sample of every member), up to `step` ahead: an unsupervised signal.
+    The fixed schedule labels `step` difficulties ahead. The adaptive one always labels level+1, and
+    each further difficulty (up to `step` ahead) only while at least `adaptive_agreement` of its
+    problems got one unanimous answer from every sample of every member: an unsupervised signal.
+    The answers to a probed difficulty that misses the bar are not stored; its unanimity is.
     """
     t0 = time.time()
     a = cfg.acquire
@@ -116,9 +117,12 @@ def acquire(cfg: Config, run: Run, rnd: int, state: dict, held: dict, quiet: boo
             problems = draw_problems(skill, d, a.problems, cfg.seed, rnd, held[skill].get(d, frozenset()))
             got = [smp for i, b in enumerate(backends)
                    for smp in sample(b, problems, rnd, cfg.seed, a.samples, a.temperature, a.greedy_first, quiet, member=i)]
-            samples += got
             unanimity.setdefault(skill, {})[d] = round(unanimous_share(got), 4)
-            if a.schedule == "adaptive" and unanimity[skill][d] < a.adaptive_agreement:
+            below = a.schedule == "adaptive" and unanimity[skill][d] < a.adaptive_agreement
+            if below and d > level + 1:
+                break
+            samples += got
+            if below:
                 break
     for b in backends:
         b.close()

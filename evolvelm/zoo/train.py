@@ -66,6 +66,18 @@ def accuracy(model_dir: Path, skill: str, difficulties: range, n: int = 200) -> 
     return acc
 
 
+def examples(spec: dict, rng: random.Random, top: int, n: int) -> list[Example]:
+    """`n` training pairs of difficulty 1..top; difficulty d drawn with weight d when the spec says
+    `weight_by_difficulty` (short problems have few distinct prompts)."""
+    out = []
+    for _ in range(n):
+        task = get_task(spec["skills"][0] if len(spec["skills"]) == 1 else rng.choice(spec["skills"]))
+        d = rng.choices(range(1, top + 1), range(1, top + 1))[0] if spec.get("weight_by_difficulty") else rng.randint(1, top)
+        p = task.problem(d, rng)
+        out.append(Example(p.prompt, p.answer))
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", choices=sorted(SPECS), required=True)
@@ -80,19 +92,15 @@ def main(argv: list[str] | None = None) -> None:
 
     tokenizer = char_tokenizer(ALPHABET)
     model = build(spec, tokenizer)
-    rng = random.Random(args.seed)
-    # difficulty d drawn with weight d when weight_by_difficulty (short problems have few distinct prompts)
-    top = spec["max_difficulty"]
-    def difficulty() -> int:
-        if spec.get("weight_by_difficulty"):
-            return rng.choices(range(1, top + 1), range(1, top + 1))[0]
-        return rng.randint(1, top)
-
-    examples = [Example(p.prompt, p.answer) for _ in range(20_000)
-                for p in [get_task(rng.choice(spec["skills"])).problem(difficulty(), rng)]]
+    rng, top = random.Random(args.seed), spec["max_difficulty"]
     start = time.time()
-    losses = train(model, tokenizer, examples, spec["steps"], spec["batch_size"], spec["lr"], args.seed,
-                   warmup=200, desc=f"train {args.model}")
+    if spec.get("warm_steps"):  # curriculum: the short problems first
+        warm = examples(spec, rng, spec["warm_difficulty"], 20_000)
+        train(model, tokenizer, warm, spec["warm_steps"], spec["batch_size"], spec["lr"], args.seed, warmup=200,
+              desc=f"warm-up {args.model}")
+    data = examples(spec, rng, spec["max_difficulty"], spec.get("pool", 20_000))
+    losses = train(model, tokenizer, data, spec["steps"], spec["batch_size"], spec["lr"],
+                   args.seed + 1 if spec.get("warm_steps") else args.seed, warmup=200, desc=f"train {args.model}")
     seconds = time.time() - start
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)

@@ -53,10 +53,10 @@ def _execute(run: Run, quiet: bool) -> int:
 
 
 def _load(a) -> config.Config:
-    """The recipe with overrides; a relative model path is taken relative to the current directory."""
+    """The recipe with overrides; relative model paths are taken relative to the current directory."""
     cfg = config.load(a.recipe, a.overrides)
-    if not cfg.model.path.startswith("zoo:") and not Path(cfg.model.path).is_absolute():
-        cfg.model.path = str(Path(cfg.model.path).resolve())
+    absolute = lambda ref: ref if ref.startswith("zoo:") or Path(ref).is_absolute() else str(Path(ref).resolve())
+    cfg.model.path, cfg.model.voters = absolute(cfg.model.path), [absolute(v) for v in cfg.model.voters]
     return cfg
 
 

@@ -77,14 +77,16 @@ def test_two_lora_rounds_on_the_shipped_model_then_export(tmp_path):
     cfg = config.load("copy-ladder", [
         "rounds=2", "skills=[reverse]", "update.method=lora", "update.steps=30", "update.original=200",
         "acquire.problems=40", "acquire.samples=3", "eval.max_difficulty=9", "eval.problems=20", "eval.dev_problems=10",
-        "refine.min_agreement=0.0"])
+        "refine.min_agreement=0.0", "acquire.schedule=fixed", "model.voters=[zoo:copy-reverse-seed1]"])
     run = Run.create(tmp_path / "run", cfg)
     summary = run_recipe(cfg, run, quiet=True)
     assert [r["round"] for r in summary["rounds"]] == [0, 1, 2]
     assert summary["rounds"][0]["frontier"]["reverse"] >= 6
-    assert all(r["acquired"] == 120 for r in summary["rounds"][1:])
-    adapter = run.root / "rounds" / "0001" / "update" / "model"
-    assert (adapter / "adapter_config.json").is_file() and (adapter / "README.md").is_file()
+    assert all(r["acquired"] == 2 * 120 for r in summary["rounds"][1:])  # the model and its voter
+    for member in ("model", "voter1"):
+        adapter = run.root / "rounds" / "0001" / "update" / member
+        assert (adapter / "adapter_config.json").is_file() and (adapter / "README.md").is_file()
+    assert run.done(2, "gate")["voters"][0]["model"].endswith("copy-reverse-seed1")  # the voter's own base
     assert summary["rounds"][1]["model_version"] != summary["rounds"][0]["model_version"]
     # exported: adapter as is, or merged into a plain checkpoint that loads with from_pretrained
     assert main(["export", str(run.root), str(tmp_path / "merged"), "--merged"]) == 0

@@ -37,21 +37,23 @@ from evolvelm.update.mixture import mixture
 ZOO = Path(__file__).resolve().parent.parent / "zoo"
 
 
-def resolve(ref: str, run: Run) -> str:
+def resolve(ref: str, run: Run, key: str = "model.path") -> str:
     """A model reference -> a local path: zoo:NAME, an absolute path, or a path inside the run."""
     if ref.startswith("zoo:"):
         path = ZOO / ref[4:]
         if not path.is_dir():
-            raise ConfigError(f"model.path: no shipped model {ref!r}; shipped: {sorted('zoo:' + p.parent.name for p in ZOO.glob('*/config.json'))}")
+            raise ConfigError(f"{key}: no shipped model {ref!r}; shipped: {sorted('zoo:' + p.parent.name for p in ZOO.glob('*/config.json'))}")
         return str(path)
     path = Path(ref) if Path(ref).is_absolute() else run.root / ref
     if not path.is_dir():
-        raise ConfigError(f"model.path: directory not found: {path}")
+        raise ConfigError(f"{key}: directory not found: {path}")
     return str(path)
 
 
 def start_levels(cfg: Config, run: Run) -> dict[str, int]:
-    """Per skill, the highest difficulty the base model was trained on."""
+    """Per skill, the highest difficulty the base model was trained on (and every voter must exist)."""
+    for v in cfg.model.voters:
+        resolve(v, run, "model.voters")
     if cfg.acquire.start_level:
         return {s: cfg.acquire.start_level for s in cfg.skills}
     meta_path = Path(resolve(cfg.model.path, run)) / "evolvelm.json"
@@ -118,17 +120,51 @@ def acquire(cfg: Config, run: Run, rnd: int, state: dict, held: dict, quiet: boo
             got = [smp for i, b in enumerate(backends)
                    for smp in sample(b, problems, rnd, cfg.seed, a.samples, a.temperature, a.greedy_first, quiet, member=i)]
             unanimity.setdefault(skill, {})[d] = round(unanimous_share(got), 4)
-            below = a.schedule == "adaptive" and unanimity[skill][d] < a.adaptive_agreement
-            if below and d > level + 1:
-                break
-            samples += got
-            if below:
+            stop = a.schedule == "adaptive" and unanimity[skill][d] < a.adaptive_agreement
+            if d == level + 1 or not stop:
+                samples += got
+            if stop:
                 break
     for b in backends:
         b.close()
     run.commit(rnd, "acquire", {"acquired": len(samples), "problems": len({(s.skill, s.prompt) for s in samples}),
                                 "unanimity": unanimity, "model_version": samples[0].model_version if samples else None,
                                 "seconds": round(time.time() - t0, 2)}, samples=samples)
+
+
+def refine(cfg: Config, run: Run, rnd: int, state: dict) -> None:
+    """The refine stage: the filter chain (at the retry policy's strictness) over the round's samples."""
+    t0 = time.time()
+    samples = run.samples(rnd)
+    strict = strictness(cfg, state.get("strict", 0))
+    ctx = FilterContext(cfg.acquire.samples, strict.get("vote_agreement", cfg.refine.vote_agreement),
+                        cfg.refine.min_agreement, members=len(members(state)),
+                        problems={sk: len({s.prompt for s in samples if s.skill == sk}) for sk in cfg.skills},
+                        model_vote_min=strict.get("model_vote_min", cfg.refine.model_vote_min),
+                        min_diversity=cfg.refine.min_diversity)
+    counts = run_chain(cfg.refine.chain, samples, ctx)
+    for pos, name in enumerate(cfg.refine.chain):  # precision of what survives each filter
+        alive = [s for s in samples if len(s.verdicts) > pos and all(v.kept for v in s.verdicts[:pos + 1])]
+        counts[name]["precision"] = label_precision(alive)
+    kept = [s for s in samples if s.kept]
+    run.commit(rnd, "refine", {"chain": cfg.refine.chain, "filters": counts, "strictness": strict, "kept": len(kept),
+                               "label_precision": label_precision(kept), "seconds": round(time.time() - t0, 2)},
+               samples=samples, verdicts=True)
+
+
+def update_stage(cfg: Config, run: Run, rnd: int, state: dict, quiet: bool) -> None:
+    """The update stage: every member continues training on the round's mixture (skipped without new labels)."""
+    t0 = time.time()
+    examples, n_new = mixture(cfg, run, rnd, state)
+    if n_new == 0:
+        info = {"skipped": "no samples kept", "model": state["model"], "adapter": state["adapter"],
+                "voters": state.get("voters", [])}
+    else:
+        staging = run.staging(rnd, "update")
+        trained = [train_round(cfg, run, rnd, m, i, examples, staging, quiet) for i, m in enumerate(members(state))]
+        info = {**trained[0], "voters": [{"model": t["model"], "adapter": t["adapter"]} for t in trained[1:]]}
+    run.commit(rnd, "update", {**info, "examples": len(examples), "new_examples": n_new,
+                               "seconds": round(time.time() - t0, 2)})
 
 
 def strictness(cfg: Config, strict: int) -> dict:
@@ -180,35 +216,9 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
             acquire(cfg, run, rnd, state, held, quiet)
 
         if not run.done(rnd, "refine"):
-            t0 = time.time()
-            samples = run.samples(rnd)
-            strict = strictness(cfg, state.get("strict", 0))
-            ctx = FilterContext(cfg.acquire.samples, strict.get("vote_agreement", cfg.refine.vote_agreement),
-                                cfg.refine.min_agreement, members=len(members(state)),
-                                problems={sk: len({s.prompt for s in samples if s.skill == sk}) for sk in cfg.skills},
-                                model_vote_min=strict.get("model_vote_min", cfg.refine.model_vote_min),
-                                min_diversity=cfg.refine.min_diversity)
-            counts = run_chain(cfg.refine.chain, samples, ctx)
-            for pos, name in enumerate(cfg.refine.chain):  # precision of what survives each filter
-                alive = [s for s in samples if len(s.verdicts) > pos and all(v.kept for v in s.verdicts[:pos + 1])]
-                counts[name]["precision"] = label_precision(alive)
-            kept = [s for s in samples if s.kept]
-            run.commit(rnd, "refine", {"chain": cfg.refine.chain, "filters": counts, "strictness": strict, "kept": len(kept),
-                                       "label_precision": label_precision(kept),
-                                       "seconds": round(time.time() - t0, 2)}, samples=samples, verdicts=True)
-
+            refine(cfg, run, rnd, state)
         if not run.done(rnd, "update"):
-            t0 = time.time()
-            examples, n_new = mixture(cfg, run, rnd, state)
-            if n_new == 0:
-                info = {"skipped": "no samples kept", "model": state["model"], "adapter": state["adapter"],
-                        "voters": state.get("voters", [])}
-            else:
-                staging = run.staging(rnd, "update")
-                trained = [train_round(cfg, run, rnd, m, i, examples, staging, quiet) for i, m in enumerate(members(state))]
-                info = {**trained[0], "voters": [{"model": t["model"], "adapter": t["adapter"]} for t in trained[1:]]}
-            run.commit(rnd, "update", {**info, "examples": len(examples), "new_examples": n_new,
-                                       "seconds": round(time.time() - t0, 2)})
+            update_stage(cfg, run, rnd, state, quiet)
 
         update = run.done(rnd, "update")
         new_levels = {s: max([levels[s]] + [smp.difficulty for smp in run.samples(rnd) if smp.kept and smp.skill == s])

@@ -77,7 +77,8 @@ def test_two_lora_rounds_on_the_shipped_model_then_export(tmp_path):
     cfg = config.load("copy-ladder", [
         "rounds=2", "skills=[reverse]", "update.method=lora", "update.steps=30", "update.original=200",
         "acquire.problems=40", "acquire.samples=3", "eval.max_difficulty=9", "eval.problems=20", "eval.dev_problems=10",
-        "refine.min_agreement=0.0", "acquire.schedule=fixed", "model.voters=[zoo:copy-reverse-seed1]"])
+        "refine.min_agreement=0.0", "acquire.schedule=fixed", "acquire.step=1",
+        "model.voters=[zoo:copy-reverse-seed1]"])
     run = Run.create(tmp_path / "run", cfg)
     summary = run_recipe(cfg, run, quiet=True)
     assert [r["round"] for r in summary["rounds"]] == [0, 1, 2]

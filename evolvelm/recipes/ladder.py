@@ -4,12 +4,15 @@ mixed with everything it learned before, and is kept only if it did not regress.
 
     evolvelm run copy-ladder
 
-Round 0 evaluates the base model. Every later round runs, in order:
-    acquire  sample k answers per new problem at difficulty level+1 .. level+step
+The model may come with voters (`model.voters`): independently seeded models that answer the same
+problems, vote on the labels (`model_vote`), train on the same data and pass the same gate. Round 0
+evaluates the base model (and voters). Every later round runs, in order:
+    acquire  k answers per member per new problem at difficulty level+1 .. level+step (fixed or adaptive)
     refine   the configured filter chain; every verdict is stored per sample
-    update   continue training the last promoted model on the data mixture
+    update   every member continues training from its last promoted weights on the data mixture
     eval     greedy exact-match accuracy on the fixed held-out splits (test: reported, dev: gate)
-    gate     promote, or keep the previous model and record why
+    gate     promote, or keep the previous population; after a rollback, the retry policy picks a
+             smaller step or stricter filters for the next round, and records why
 
 The "level" of a skill is the highest difficulty the model has been trained on (the base model's
 range, then every promoted round's labels). Steps are taken from the level, never from held-out

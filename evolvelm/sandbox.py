@@ -1,0 +1,367 @@
+"""Run model-written Python programs in isolation.
+
+Levels (``Sandbox(level=...)``):
+
+- ``subprocess``: a fresh process in its own session and temporary directory, scrubbed environment,
+  stdin closed, output captured up to a cap, wall-clock deadline kept by the parent, resource limits
+  (CPU seconds, address space, file size, open files, processes, no core dumps), the process group
+  killed and reaped. When evolvelm runs as root the program first drops to an unprivileged uid (one
+  per parallel slot), which also lets every process it left behind be killed by uid. This level does
+  not hide the file system or the network: it guards against accidents, not against attacks.
+- ``bwrap``: the same, then bubblewrap (Debian package ``bubblewrap``) puts the program in new user,
+  PID, network, IPC and UTS namespaces with a read-only /usr, a private /tmp, the work directory as
+  the only writable place, and nothing else of the host mounted.
+- ``auto``: ``bwrap`` where it works here; otherwise an error, unless ``allow_unsafe=True``, which
+  falls back to ``subprocess``.
+
+Order matters: limits set while still root are not enforced (root ignores the process-count limit),
+so the child drops its uid (done by ``subprocess.Popen(user=...)`` before exec), then a small
+launcher sets the limits, then bwrap starts, then the program.
+
+Verdicts: pass / fail / timeout / memory / output_limit / sandbox_error. ``sandbox_error`` means the
+infrastructure failed (bwrap could not set up, the launcher could not exec); callers must never
+score it as a wrong answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+LEVELS = ("auto", "subprocess", "bwrap")
+VERDICTS = ("pass", "fail", "timeout", "memory", "output_limit", "sandbox_error")
+UID_BASE = 61000  # slot i runs as uid/gid UID_BASE + i when evolvelm is root
+KILL = shutil.which("kill") or "/bin/kill"
+
+
+class SandboxUnavailable(RuntimeError):
+    """The requested isolation level cannot be had on this machine."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    wall_s: float = 10.0  # wall-clock deadline, enforced by the parent
+    cpu_s: int = 10  # RLIMIT_CPU, seconds
+    memory_mb: int = 512  # RLIMIT_AS
+    output_bytes: int = 65536  # stdout and stderr each; more is an output_limit verdict
+    file_mb: int = 16  # RLIMIT_FSIZE
+    open_files: int = 64  # RLIMIT_NOFILE
+    processes: int = 32  # RLIMIT_NPROC, per slot uid (only enforced for a non-root uid)
+
+
+@dataclass
+class Result:
+    verdict: str
+    returncode: int | None  # negative: killed by that signal; None: never started
+    stdout: str
+    stderr: str
+    wall_s: float
+    level: str
+    detail: str = ""  # why, for everything but pass/fail
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# Runs as the (already unprivileged) child: lowers every limit, never above the inherited hard
+# limit; becomes the subreaper of the program, runs it, then kills and reaps whatever the program
+# left behind (orphans are reparented to it); SIGTERM from the parent stops the program early. Writes "exec-ok" (or why the exec failed) to the
+# status fd, which only bwrap, not the program, inherits. Kept small: it starts on every execution.
+_LAUNCHER = """
+import ctypes, os, resource, signal, sys
+status, keep = int(sys.argv[1]), sys.argv[2] == "1"
+for name, v in zip(sys.argv[3].split(","), map(int, sys.argv[4].split(","))):
+    r = getattr(resource, name)
+    hard = resource.getrlimit(r)[1]
+    soft, top = v, v + (name == "RLIMIT_CPU")  # SIGXCPU at the soft limit before SIGKILL
+    if hard != resource.RLIM_INFINITY:
+        soft, top = min(soft, hard), min(top, hard)
+    resource.setrlimit(r, (soft, top))
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+check_r, check_w = os.pipe()  # close-on-exec: EOF without data means the exec worked
+pid = os.fork()
+if pid == 0:
+    os.close(check_r)
+    os.set_inheritable(status, keep)
+    try:
+        os.execv(sys.argv[5], sys.argv[5:])
+    except OSError as e:
+        os.write(check_w, str(e).encode())
+    os._exit(127)
+signal.signal(signal.SIGTERM, lambda *_: os.kill(pid, 9))  # the parent's stop: clean up after
+os.close(check_w)
+failed = os.read(check_r, 4096).decode()
+os.write(status, ("exec-failed: " + failed if failed else "exec-ok").encode() + b"\\n")
+os.close(status)
+st = os.waitpid(pid, 0)[1]
+me = str(os.getpid())
+while True:
+    try:
+        if os.waitpid(-1, os.WNOHANG)[0]:
+            continue
+    except ChildProcessError:
+        break  # nothing left
+    for p in os.listdir("/proc"):
+        try:
+            if p.isdigit() and open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1] == me:
+                os.kill(int(p), 9)
+        except (OSError, IndexError):
+            pass
+    try:
+        os.wait()
+    except ChildProcessError:
+        break
+code = os.waitstatus_to_exitcode(st)
+os._exit(code if code >= 0 else 128 - code)
+"""
+
+
+def _bwrap() -> str | None:
+    return shutil.which("bwrap")
+
+
+def _world_reachable(path: Path) -> bool:
+    """Can any user execute ``path`` (every parent directory searchable by others)?"""
+    path = path.resolve()
+    try:
+        return os.stat(path).st_mode & 0o001 and all(os.stat(p).st_mode & 0o001 for p in path.parents)
+    except OSError:
+        return False
+
+
+def interpreter() -> str:
+    """A Python any uid can run: ours if reachable, else the system's (/usr/bin/python3)."""
+    for candidate in (sys.executable, shutil.which("python3", path="/usr/bin:/usr/local/bin")):
+        if candidate and _world_reachable(Path(candidate)):
+            return str(Path(candidate).resolve())
+    raise SandboxUnavailable(
+        f"no Python interpreter every user can run ({sys.executable} is not reachable by an "
+        "unprivileged uid); install python3 under /usr (apt-get install python3)"
+    )
+
+
+def _bwrap_args(python: str, work: str, status_fd: int) -> list[str]:
+    """Namespaces, a read-only system, a private /tmp, the work dir as /sandbox, nothing else."""
+    args = [_bwrap(), "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+            "--ro-bind", "/usr", "/usr"]
+    for link in ("bin", "lib", "lib64", "sbin"):  # merged-/usr systems keep these as symlinks
+        p = Path("/") / link
+        if p.is_symlink():
+            args += ["--symlink", os.readlink(p), str(p)]
+        elif p.is_dir():
+            args += ["--ro-bind", str(p), str(p)]
+    prefix = Path(python).resolve().parents[1]  # .../bin/python3 -> ...
+    if not str(prefix).startswith("/usr"):
+        args += ["--ro-bind", str(prefix), str(prefix)]
+    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--bind", work, "/sandbox",
+             "--chdir", "/sandbox", "--hostname", "sandbox", "--json-status-fd", str(status_fd)]
+    return args
+
+
+class Sandbox:
+    """Runs Python source in isolation; ``run`` for one program, ``map`` for a pool."""
+
+    def __init__(self, level: str = "auto", limits: Limits = Limits(), allow_unsafe: bool = False,
+                 workers: int | None = None, uid_base: int = UID_BASE):
+        if not sys.platform.startswith("linux"):
+            raise SandboxUnavailable("the sandbox needs Linux (process namespaces, /proc, prctl)")
+        if level not in LEVELS:
+            raise ValueError(f"sandbox level must be one of {list(LEVELS)}, got {level!r}")
+        self.limits = limits
+        self.workers = max(1, workers or os.cpu_count() or 1)
+        self.root = os.geteuid() == 0
+        self.uid_base = uid_base
+        self.python = interpreter()
+        # Not root: the process-count limit counts all our uid's processes, so allow for them.
+        self.nproc = limits.processes + (0 if self.root else _processes_of(os.getuid()))
+        self._slots: queue.Queue[int] = queue.Queue()
+        for slot in range(self.workers):
+            self._slots.put(slot)
+        self.level = "subprocess"
+        why = self._bwrap_problem() if level != "subprocess" else ""
+        if why and not allow_unsafe:
+            raise SandboxUnavailable(
+                f"sandbox level {level!r} needs bubblewrap, which does not work here: {why}. "
+                "Install it (apt-get install bubblewrap), or accept weaker isolation explicitly "
+                "with level 'subprocess' or allow_unsafe"
+            )
+
+    def _bwrap_problem(self) -> str:
+        """Switch to bwrap if a trivial program runs under it; else say why not."""
+        if not _bwrap():
+            return "bwrap is not installed"
+        self.level = "bwrap"
+        probe = self._execute("print(6 * 7)", slot=0, expect_stdout="42")
+        if probe.verdict == "pass":
+            return ""
+        self.level = "subprocess"
+        return probe.detail or probe.stderr.strip()[-300:] or f"probe gave {probe.verdict}"
+
+    # -- one program --------------------------------------------------------------------------------
+
+    def run(self, code: str, expect_stdout: str | None = None) -> Result:
+        """Run ``code``; pass means exit status 0 (and stdout equal to ``expect_stdout`` if given)."""
+        slot = self._slots.get()  # a slot (and its uid) runs one program at a time
+        try:
+            return self._execute(code, slot, expect_stdout)
+        finally:
+            self._slots.put(slot)
+
+    def map(self, codes: list[str], expect: list[str | None] | None = None) -> list[Result]:
+        """Run many programs, ``workers`` at a time (each slot its own uid); results in order."""
+        expect = expect or [None] * len(codes)
+        with ThreadPoolExecutor(self.workers) as pool:
+            return list(pool.map(self.run, codes, expect))
+
+    def _execute(self, code: str, slot: int, expect_stdout: str | None = None) -> Result:
+        lim = self.limits
+        uid = self.uid_base + slot if self.root else None
+        start = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="evolvelm-sbx-") as work:
+            os.chmod(work, 0o777 if uid is not None else 0o700)
+            Path(work, "main.py").write_text(code)
+            status_r, status_w = os.pipe()
+            names, values = zip(
+                ("RLIMIT_CPU", lim.cpu_s), ("RLIMIT_AS", lim.memory_mb << 20),
+                ("RLIMIT_FSIZE", lim.file_mb << 20), ("RLIMIT_NOFILE", lim.open_files),
+                ("RLIMIT_CORE", 0), ("RLIMIT_NPROC", self.nproc))
+            program = [self.python, "-I", "main.py"]
+            if self.level == "bwrap":
+                program = _bwrap_args(self.python, work, status_w) + program
+            argv = [self.python, "-I", "-S", "-c", _LAUNCHER, str(status_w),
+                    str(int(self.level == "bwrap")), ",".join(names), ",".join(map(str, values))]
+            argv += program
+            try:
+                proc = subprocess.Popen(
+                    argv, cwd=work, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    start_new_session=True, close_fds=True,
+                    pass_fds=(status_w,),
+                    **({"user": uid, "group": uid, "extra_groups": []} if uid is not None else {}))
+            except OSError as e:
+                return Result("sandbox_error", None, "", "", time.monotonic() - start, self.level,
+                              f"could not start: {e}")
+            finally:
+                os.close(status_w)
+            out, err, why = self._collect(proc, start, uid)
+            os.set_blocking(status_r, False)  # all written before exit; never wait on it
+            with os.fdopen(status_r, "rb") as f:
+                status = (f.read() or b"").decode("utf-8", "replace")
+        wall = time.monotonic() - start
+        rc = proc.returncode
+        stdout, stderr = (b.decode("utf-8", "replace") for b in (out, err))
+        if "exec-ok" not in status:
+            return Result("sandbox_error", rc, stdout, stderr, wall, self.level,
+                          "could not start the program: " + status.strip()[-300:])
+        if self.level == "bwrap" and '"child-pid"' not in status and why != "timeout":
+            return Result("sandbox_error", rc, stdout, stderr, wall, self.level,
+                          "bwrap did not start the program: " + stderr.strip()[-300:])
+        verdict, detail = self._verdict(rc, stdout, stderr, why, expect_stdout)
+        return Result(verdict, rc, stdout, stderr, wall, self.level, detail)
+
+    def _collect(self, proc: subprocess.Popen, start: float, uid: int | None):
+        """Read stdout/stderr up to the cap until exit or deadline, then kill everything the
+        program left; returns (stdout, stderr, reason it was stopped or '')."""
+        cap = self.limits.output_bytes
+        bufs = {proc.stdout: bytearray(), proc.stderr: bytearray()}
+        over = threading.Event()
+
+        def pump(stream):
+            buf = bufs[stream]
+            while chunk := stream.read1(65536):
+                buf += chunk[: cap + 1 - len(buf)]
+                if len(buf) > cap:
+                    over.set()
+                    break
+            stream.close()
+
+        readers = [threading.Thread(target=pump, args=(s,), daemon=True) for s in bufs]
+        for t in readers:
+            t.start()
+        deadline = start + self.limits.wall_s
+        reason = ""
+        pidfd = os.pidfd_open(proc.pid)  # readable the moment the launcher exits
+        try:
+            while not select.select([pidfd], [], [], max(0.0, min(0.05, deadline - time.monotonic())))[0]:
+                if over.is_set() or time.monotonic() > deadline:
+                    reason = "output_limit" if over.is_set() else "timeout"
+                    break
+        finally:
+            os.close(pidfd)
+        if not reason and over.is_set():
+            reason = "output_limit"
+        if reason:  # the launcher kills the program and reaps all it left; SIGKILL if it cannot
+            proc.terminate()
+            try:
+                proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                pass
+        _killpg(proc.pid)
+        proc.wait()
+        if uid is not None:  # kill(-1) as the slot uid reaches exactly that uid's processes
+            subprocess.run([KILL, "-KILL", "-1"], user=uid, group=uid, extra_groups=[], env={},
+                           stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/", check=False)
+        for t in readers:  # a process that escaped the group (not root: no uid sweep) holds pipes
+            t.join(timeout=0.5)
+        return bytes(bufs[proc.stdout][:cap]), bytes(bufs[proc.stderr][:cap]), reason
+
+    def _verdict(self, rc: int, stdout: str, stderr: str, why: str, expect: str | None):
+        if why:
+            return why, {"timeout": f"wall clock over {self.limits.wall_s}s",
+                         "output_limit": f"output over {self.limits.output_bytes} bytes"}[why]
+        if rc in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
+            return "timeout", f"CPU time over {self.limits.cpu_s}s"
+        tail = stderr[-2000:]
+        if rc in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ) or rc and "File too large" in tail:
+            return "output_limit", f"file over {self.limits.file_mb} MB"
+        if rc != 0 and ("MemoryError" in tail or "Cannot allocate memory" in tail):
+            return "memory", f"address space over {self.limits.memory_mb} MB"
+        if rc != 0:
+            return "fail", ""
+        if expect is not None and stdout.strip() != expect.strip():
+            return "fail", ""
+        return "pass", ""
+
+
+def _processes_of(uid: int) -> int:
+    return sum(1 for p in Path("/proc").iterdir() if p.name.isdigit() and _owner(p) == uid)
+
+
+def _owner(p: Path) -> int | None:
+    try:
+        return p.stat().st_uid
+    except OSError:
+        return None
+
+
+def _killpg(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def describe() -> dict:
+    """What isolation this machine offers (for ``evolvelm env`` and run manifests)."""
+    try:
+        box = Sandbox("auto", allow_unsafe=True, workers=1)
+        return {"level": box.level, "python": box.python, "drops_uid": box.root,
+                "bwrap": _bwrap() or "not installed"}
+    except SandboxUnavailable as e:
+        return {"level": "unavailable", "reason": str(e)}
+
+
+if __name__ == "__main__":  # python -m evolvelm.sandbox: print what this machine offers
+    print(json.dumps(describe(), indent=1))

@@ -1,0 +1,241 @@
+"""The sandbox against hostile programs: every test asserts the verdict, that no process of the
+sandbox survives, and that the host is untouched.
+
+Needs root (the sandbox drops each slot to its own uid, which is how survivors are found) and, for
+the bwrap level, bubblewrap. Where either is missing the tests skip with the reason, except under
+CI=true, where a missing bubblewrap is a failure: .ci/run installs it.
+"""
+
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from evolvelm import sandbox
+from evolvelm.sandbox import Limits, Sandbox, SandboxUnavailable
+
+if os.geteuid() != 0:
+    pytest.skip("the sandbox suite runs as root (slots drop to their own uids)", allow_module_level=True)
+
+HAVE_BWRAP = shutil.which("bwrap") is not None
+if os.environ.get("CI") == "true" and not HAVE_BWRAP:
+    raise RuntimeError("bubblewrap is missing on CI; .ci/run must install it")
+needs_bwrap = pytest.mark.skipif(not HAVE_BWRAP, reason="bubblewrap not installed (apt-get install bubblewrap)")
+LIMITS = Limits(wall_s=3.0, cpu_s=3, memory_mb=256, output_bytes=4096, processes=16)
+UIDS = range(sandbox.UID_BASE, sandbox.UID_BASE + 2)
+
+
+def survivors() -> list[int]:
+    """Processes of any slot uid, zombies included (the sandbox reaps what it started)."""
+    out = []
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and p.stat().st_uid in UIDS:
+                out.append(int(p.name))
+        except OSError:
+            pass
+    return out
+
+
+@pytest.fixture(scope="module", params=[pytest.param("bwrap", marks=needs_bwrap), "subprocess"])
+def box(request):
+    return Sandbox(request.param, LIMITS, workers=2)
+
+
+def run(box, code, **kw):
+    r = box.run(textwrap.dedent(code), **kw)
+    assert survivors() == [], f"processes survived {r}"
+    return r
+
+
+def test_trivial_program_passes(box):
+    r = run(box, "print(6 * 7)", expect_stdout="42")
+    assert (r.verdict, r.returncode, r.level) == ("pass", 0, box.level)
+    assert run(box, "print(41)", expect_stdout="42").verdict == "fail"
+    assert run(box, "raise ValueError('no')").verdict == "fail"
+
+
+def test_fork_once_and_orphan(box):
+    r = run(box, """
+        import os, time
+        if os.fork() == 0:
+            os.setsid()          # leave the process group
+            if os.fork() == 0:
+                time.sleep(600)
+            os._exit(0)
+        print("parent done")
+    """)
+    assert r.verdict == "pass" and r.stdout.strip() == "parent done"
+
+
+def test_fork_bomb(box):
+    r = run(box, """
+        import os
+        while True:
+            try:
+                os.fork()
+            except OSError:
+                pass
+    """)
+    assert r.verdict == "timeout"
+    assert subprocess.run(["true"]).returncode == 0  # the host can still fork
+
+
+def test_sleep_forever(box):
+    r = run(box, "import time\ntime.sleep(10**6)")
+    assert r.verdict == "timeout" and r.wall_s < LIMITS.wall_s + 2
+
+
+def test_busy_loop_hits_cpu_limit():
+    r = run(Sandbox("auto", Limits(wall_s=30, cpu_s=1), workers=1, allow_unsafe=True), "while True: pass")
+    assert r.verdict == "timeout" and "CPU" in r.detail
+
+
+def test_unbounded_output(box):
+    r = run(box, "while True: print('x' * 1000)")
+    assert r.verdict == "output_limit" and len(r.stdout) <= LIMITS.output_bytes
+
+
+def test_closed_stdout_does_not_end_the_watch(box):
+    r = run(box, "import os, time\nos.close(1)\nos.close(2)\ntime.sleep(10**6)")
+    assert r.verdict == "timeout"
+
+
+def test_stdin_is_closed(box):
+    r = run(box, "import sys\nprint(len(sys.stdin.read()))", expect_stdout="0")
+    assert r.verdict == "pass"
+    assert run(box, "input()").verdict == "fail"  # EOFError at once, no hang
+
+
+def test_memory_hog(box):
+    r = run(box, "x = []\nwhile True: x.append(bytearray(10**7))")
+    assert r.verdict == "memory"
+
+
+def test_big_file_is_an_output_limit(box):
+    r = run(box, "open('f', 'wb').write(b'x' * (64 << 20))")
+    assert r.verdict == "output_limit"
+
+
+@pytest.fixture
+def host_dir(tmp_path):
+    d = tmp_path / "host"
+    d.mkdir()
+    return d
+
+
+def test_write_outside_work_dir(box, host_dir):
+    targets = [host_dir / "escape.txt", Path("/root/evolvelm-escape.txt"), Path("/etc/evolvelm-escape")]
+    run(box, f"""
+        for p in {[str(t) for t in targets]!r}:
+            try:
+                open(p, "w").write("escaped")
+            except OSError:
+                pass
+    """)
+    assert not any(t.exists() for t in targets)
+
+
+def test_overwrite_system_binary(box):
+    victim = Path("/usr/local/bin/evolvelm-test-true")
+    shutil.copy2("/usr/bin/true", victim)
+    before = hashlib.sha256(victim.read_bytes()).hexdigest()
+    try:
+        r = run(box, f"""
+            import os
+            try:
+                open({str(victim)!r}, "wb").write(b"#!/bin/sh\\nexit 1\\n")
+            except OSError:
+                os.unlink({str(victim)!r})
+        """)
+        assert r.verdict == "fail"  # PermissionError or read-only file system
+        assert hashlib.sha256(victim.read_bytes()).hexdigest() == before
+    finally:
+        victim.unlink()
+
+
+def test_posix_unlink_after_the_usual_guard(box, host_dir):
+    if box.level == "bwrap":
+        host_dir.chmod(0o777)  # only the mount namespace protects it, not permissions
+        for p in host_dir.parents:
+            if p.stat().st_uid == 0 and not p.stat().st_mode & 0o001:
+                p.chmod(p.stat().st_mode | 0o001)
+    victim = host_dir / "victim.txt"
+    victim.write_text("keep me")
+    victim.chmod(0o666)
+    r = run(box, f"""
+        import os, shutil
+        os.unlink = os.remove = os.rmdir = shutil.rmtree = None  # the usual reliability guard
+        import posix
+        posix.unlink({str(victim)!r})
+    """)
+    assert r.verdict == "fail" and victim.read_text() == "keep me"
+
+
+@needs_bwrap
+def test_loopback_listener_is_unreachable():
+    box = Sandbox("bwrap", LIMITS, workers=1)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.settimeout(0.5)
+        port = listener.getsockname()[1]
+        r = run(box, f"""
+            import socket
+            socket.create_connection(("127.0.0.1", {port}), timeout=2).sendall(b"escaped")
+        """)
+        assert r.verdict == "fail"
+        with pytest.raises(socket.timeout):
+            listener.accept()
+
+
+@needs_bwrap
+def test_bwrap_failure_is_a_sandbox_error(monkeypatch):
+    box = Sandbox("bwrap", LIMITS, workers=1)
+    monkeypatch.setattr(sandbox, "_bwrap_args", lambda *a: ["/usr/bin/bwrap", "--no-such-option"])
+    r = box.run("print(1)")
+    assert r.verdict == "sandbox_error" and "bwrap" in r.detail
+
+
+def test_auto_fails_closed_without_bwrap(monkeypatch):
+    monkeypatch.setattr(sandbox, "_bwrap", lambda: None)
+    with pytest.raises(SandboxUnavailable, match="bubblewrap"):
+        Sandbox("auto")
+    assert Sandbox("auto", allow_unsafe=True).level == "subprocess"
+    assert Sandbox("subprocess").level == "subprocess"
+    with pytest.raises(ValueError, match="auto"):
+        Sandbox("docker")
+
+
+@needs_bwrap
+def test_auto_picks_bwrap():
+    assert Sandbox("auto").level == "bwrap"
+
+
+def test_pool_runs_in_parallel_slots_in_order(box):
+    code = "import os, time\nt = time.time()\ntime.sleep(0.3)\nprint({}, os.getuid(), t, time.time())"
+    results = [r.stdout.split() for r in box.map([code.format(i) for i in range(6)])]
+    assert [int(r[0]) for r in results] == list(range(6))
+    assert {int(r[1]) for r in results} == set(UIDS)  # one uid per slot
+    spans = sorted((float(r[2]), float(r[3])) for r in results)
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:]))  # two ran at the same time
+    assert survivors() == []
+
+
+def test_limits_never_raise_a_hard_limit(tmp_path):
+    code = """
+        import resource
+        from evolvelm.sandbox import Sandbox
+        resource.setrlimit(resource.RLIMIT_NOFILE, (20, 20))
+        r = Sandbox("auto", allow_unsafe=True, workers=1).run(
+            "import resource; print(resource.getrlimit(resource.RLIMIT_NOFILE))")
+        print(r.verdict, r.stdout.strip())
+    """
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True)
+    assert out.stdout.strip() == "pass (20, 20)", out.stderr

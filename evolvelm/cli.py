@@ -141,6 +141,11 @@ def cmd_env(a) -> int:
         print(f"cuda available: {torch.cuda.is_available()}; cpu threads: {torch.get_num_threads()}")
     except ImportError:
         pass
+    from evolvelm.sandbox import describe
+
+    box = describe()  # what `sandbox.level: auto` would use for skills that execute answers
+    print(f"sandbox: {box['level']}" + (f" ({box['reason']})" if "reason" in box else
+                                          f" (bwrap: {box['bwrap']}; drops to slot uids: {box['drops_uid']})"))
     return 0
 
 

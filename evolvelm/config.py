@@ -39,6 +39,7 @@ class AcquireConfig:
     schedule: str = "fixed"          # fixed: label `step` difficulties ahead; adaptive: go on to the next
                                      # difficulty while the answers stay unanimous (never held-out labels)
     adaptive_agreement: float = 0.9  # adaptive: share of problems with unanimous answers needed to go further
+    feedback: bool = False           # skills with an executor: retry each rejected answer with its feedback in context
     start_level: int = 0             # trained level to start from; 0 = read from the model's evolvelm.json
 
 
@@ -81,6 +82,15 @@ class GateConfig:
 
 
 @dataclass
+class SandboxConfig:
+    level: str = "auto"              # auto | subprocess | bwrap: isolation for skills that execute answers
+    allow_unsafe: bool = False       # auto without bubblewrap: fall back to subprocess instead of failing
+    workers: int = 0                 # programs run in parallel (0 = one per CPU core)
+    wall_s: float = 10.0             # wall-clock limit per program (a batch of answers counts as one)
+    memory_mb: int = 512             # address-space limit per program
+
+
+@dataclass
 class Config:
     recipe: str = "ladder"           # loop family: evolvelm/recipes/<recipe>.py
     rounds: int = 4                  # self-improvement rounds after the round-0 evaluation
@@ -93,6 +103,7 @@ class Config:
     update: UpdateConfig = field(default_factory=UpdateConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
 
 
 CHOICES = {"model.backend": sorted(BACKENDS), "update.method": ["full", "lora"], "recipe": ["ladder"],
@@ -197,6 +208,13 @@ def validate(cfg: Config) -> None:
     for f in cfg.refine.chain:
         if f not in FILTERS:
             raise ConfigError(f"refine.chain: unknown filter {f!r}; valid filters: {sorted(FILTERS)}")
+    if "verify" in cfg.refine.chain:
+        blind = [s for s in cfg.skills if TASKS[s].judge is None]
+        if blind:
+            raise ConfigError(f"refine.chain: 'verify' executes answers, but {blind} are checked against true "
+                              f"labels; skills it can verify: {sorted(s for s, t in TASKS.items() if t.judge)}")
+    if cfg.sandbox.level not in ("auto", "subprocess", "bwrap"):
+        raise ConfigError(f"sandbox.level: must be one of ['auto', 'subprocess', 'bwrap'], got {cfg.sandbox.level!r}")
     for key, value in [("rounds", cfg.rounds), ("acquire.problems", cfg.acquire.problems),
                        ("acquire.samples", cfg.acquire.samples), ("acquire.step", cfg.acquire.step),
                        ("update.steps", cfg.update.steps), ("eval.max_difficulty", cfg.eval.max_difficulty),

@@ -36,13 +36,14 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 LEVELS = ("auto", "subprocess", "bwrap")
 VERDICTS = ("pass", "fail", "timeout", "memory", "output_limit", "sandbox_error")
-UID_BASE = 61000  # slot i runs as uid/gid UID_BASE + i when evolvelm is root
+UID_BASE = 61000  # as root, each slot runs as its own uid/gid from UID_BASE up (see _claim_uids)
 KILL = shutil.which("kill") or "/bin/kill"
 
 
@@ -174,7 +175,7 @@ class Sandbox:
     """Runs Python source in isolation; ``run`` for one program, ``map`` for a pool."""
 
     def __init__(self, level: str = "auto", limits: Limits = Limits(), allow_unsafe: bool = False,
-                 workers: int | None = None, uid_base: int = UID_BASE):
+                 workers: int | None = None):
         if not sys.platform.startswith("linux"):
             raise SandboxUnavailable("the sandbox needs Linux (process namespaces, /proc, prctl)")
         if level not in LEVELS:
@@ -182,7 +183,7 @@ class Sandbox:
         self.limits = limits
         self.workers = max(1, workers or os.cpu_count() or 1)
         self.root = os.geteuid() == 0
-        self.uid_base = uid_base
+        self.uids = _claim_uids(self, self.workers) if self.root else [None] * self.workers
         self.python = interpreter()
         # Not root: the process-count limit counts all our uid's processes, so allow for them.
         self.nproc = limits.processes + (0 if self.root else _processes_of(os.getuid()))
@@ -209,6 +210,11 @@ class Sandbox:
         self.level = "subprocess"
         return probe.detail or probe.stderr.strip()[-300:] or f"probe gave {probe.verdict}"
 
+    def describe(self) -> dict:
+        """Which isolation this sandbox uses (recorded in run manifests)."""
+        return {"level": self.level, "python": self.python, "drops_uid": self.root, "workers": self.workers,
+                "limits": asdict(self.limits)}
+
     # -- one program --------------------------------------------------------------------------------
 
     def run(self, code: str, expect_stdout: str | None = None) -> Result:
@@ -227,7 +233,7 @@ class Sandbox:
 
     def _execute(self, code: str, slot: int, expect_stdout: str | None = None) -> Result:
         lim = self.limits
-        uid = self.uid_base + slot if self.root else None
+        uid = self.uids[slot]
         start = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="evolvelm-sbx-") as work:
             os.chmod(work, 0o777 if uid is not None else 0o700)
@@ -335,6 +341,37 @@ class Sandbox:
         return "pass", ""
 
 
+_claimed: dict[int, tuple] = {}  # uid -> (its lock file, weakref to the Sandbox using it)
+
+
+def _claim_uids(owner: "Sandbox", n: int) -> list[int]:
+    """`n` slot uids that neither another process nor a live Sandbox of this one is using (an flock
+    per uid, held until this process ends): two users of one uid would kill each other's programs
+    in the sweep."""
+    import fcntl
+
+    out = []
+    for uid in range(UID_BASE, UID_BASE + 4096):
+        if len(out) == n:
+            break
+        if uid in _claimed:
+            if _claimed[uid][1]() is None:  # its Sandbox is gone: ours to reuse
+                _claimed[uid] = (_claimed[uid][0], weakref.ref(owner))
+                out.append(uid)
+            continue
+        f = open(Path(tempfile.gettempdir()) / f"evolvelm-sandbox-uid-{uid}.lock", "w")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            continue
+        _claimed[uid] = (f, weakref.ref(owner))
+        out.append(uid)
+    if len(out) < n:
+        raise SandboxUnavailable(f"no free sandbox uids in {UID_BASE}..{UID_BASE + 4095}")
+    return out
+
+
 def _processes_of(uid: int) -> int:
     return sum(1 for p in Path("/proc").iterdir() if p.name.isdigit() and _owner(p) == uid)
 
@@ -354,13 +391,69 @@ def _killpg(pid: int) -> None:
 
 
 def describe() -> dict:
-    """What isolation this machine offers (for ``evolvelm env`` and run manifests)."""
+    """What isolation this machine offers (for ``evolvelm env``)."""
     try:
-        box = Sandbox("auto", allow_unsafe=True, workers=1)
-        return {"level": box.level, "python": box.python, "drops_uid": box.root,
-                "bwrap": _bwrap() or "not installed"}
+        return {**Sandbox("auto", allow_unsafe=True, workers=1).describe(), "bwrap": _bwrap() or "not installed"}
     except SandboxUnavailable as e:
         return {"level": "unavailable", "reason": str(e)}
+
+
+# -- the process-wide sandbox that skills' checkers use ------------------------------------------------
+
+_settings: dict = {"level": "auto", "allow_unsafe": False, "workers": None, "limits": Limits()}
+_shared: Sandbox | None = None
+
+
+def configure(level: str = "auto", allow_unsafe: bool = False, workers: int | None = None,
+              limits: Limits = Limits()) -> None:
+    """Set how checkers execute answers (a run calls this from its `sandbox` config section)."""
+    global _shared
+    new = {"level": level, "allow_unsafe": allow_unsafe, "workers": workers or None, "limits": limits}
+    if new != _settings:
+        _settings.update(new)
+        _shared = None
+
+
+def shared() -> Sandbox:
+    """The sandbox configured by `configure`, built on first use."""
+    global _shared
+    if _shared is None:
+        _shared = Sandbox(**_settings)
+    return _shared
+
+
+# Evaluates a batch of expressions, one JSON line each: [true, str(value)] or [false, "Error: message"].
+_EVAL_BATCH = """import json
+for e in json.loads({data!r}):
+    try:
+        print(json.dumps([True, str(eval(compile(e, "<answer>", "eval"), {{"__builtins__": {{}}}}))]))
+    except BaseException as x:
+        print(json.dumps([False, type(x).__name__ + ": " + str(x)]))
+"""
+BATCH = 256  # expressions per sandboxed program
+
+
+def evaluate_expressions(expressions: list[str]) -> list[tuple[bool, str]]:
+    """Evaluate Python expressions in the shared sandbox: (True, str(value)) or (False, error).
+
+    Batched, one program per BATCH expressions run in parallel; a batch that does not finish (time,
+    memory, output, or a sandbox error) is re-run one expression per program, so one bad answer
+    cannot sink the others.
+    An infrastructure failure raises: it is never scored as a wrong answer.
+    """
+    box = shared()
+    batches = [expressions[i:i + BATCH] for i in range(0, len(expressions), BATCH)]
+    out: list[tuple[bool, str]] = []
+    for batch, r in zip(batches, box.map([_EVAL_BATCH.format(data=json.dumps(b)) for b in batches])):
+        lines = r.stdout.splitlines()
+        if r.verdict == "pass" and len(lines) == len(batch):
+            out += [tuple(json.loads(line)) for line in lines]
+            continue
+        for one in box.map([_EVAL_BATCH.format(data=json.dumps([e])) for e in batch]):
+            if one.verdict == "sandbox_error":
+                raise SandboxUnavailable(f"the sandbox failed ({one.detail}); no answer was scored")
+            out.append(tuple(json.loads(one.stdout)) if one.verdict == "pass" else (False, f"{one.verdict}: {one.detail}"))
+    return out
 
 
 if __name__ == "__main__":  # python -m evolvelm.sandbox: print what this machine offers

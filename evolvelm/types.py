@@ -61,6 +61,8 @@ class Sample:
     mean_logprob: float         # mean per-token log-probability of the completion
     true_answer: str            # benchmark-only; used for label precision, never by unsupervised filters
     member: int = 0             # which model of the voting population answered (0 = the model itself)
+    context: str = ""           # what the model saw beyond `prompt`: for a second try, the generated
+                                # prompt with the failed attempt and the executor's feedback
     verdicts: list[Verdict] = field(default_factory=list)
     kept: bool = True           # AND of all verdicts
 

@@ -28,7 +28,7 @@ if os.environ.get("CI") == "true" and not HAVE_BWRAP:
     raise RuntimeError("bubblewrap is missing on CI; .ci/run must install it")
 needs_bwrap = pytest.mark.skipif(not HAVE_BWRAP, reason="bubblewrap not installed (apt-get install bubblewrap)")
 LIMITS = Limits(wall_s=3.0, cpu_s=3, memory_mb=256, output_bytes=4096, processes=16)
-UIDS = range(sandbox.UID_BASE, sandbox.UID_BASE + 2)
+UIDS = range(sandbox.UID_BASE, sandbox.UID_BASE + 4096)  # every uid a slot may get
 
 
 def survivors() -> list[int]:
@@ -222,10 +222,18 @@ def test_pool_runs_in_parallel_slots_in_order(box):
     code = "import os, time\nt = time.time()\ntime.sleep(0.3)\nprint({}, os.getuid(), t, time.time())"
     results = [r.stdout.split() for r in box.map([code.format(i) for i in range(6)])]
     assert [int(r[0]) for r in results] == list(range(6))
-    assert {int(r[1]) for r in results} == set(UIDS)  # one uid per slot
+    assert {int(r[1]) for r in results} == set(box.uids)  # one uid per slot
     spans = sorted((float(r[2]), float(r[3])) for r in results)
     assert any(b[0] < a[1] for a, b in zip(spans, spans[1:]))  # two ran at the same time
     assert survivors() == []
+
+
+def test_two_sandboxes_never_share_a_uid():
+    a, b = Sandbox("auto", LIMITS, workers=2, allow_unsafe=True), Sandbox("auto", LIMITS, workers=2, allow_unsafe=True)
+    assert len(set(a.uids) | set(b.uids)) == 4
+    out = subprocess.run([sys.executable, "-c", "from evolvelm.sandbox import Sandbox; "
+                          "print(*Sandbox('auto', allow_unsafe=True, workers=2).uids)"], capture_output=True, text=True)
+    assert not set(map(int, out.stdout.split())) & set(a.uids + b.uids), out.stderr
 
 
 def test_limits_never_raise_a_hard_limit(tmp_path):

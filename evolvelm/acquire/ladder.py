@@ -1,9 +1,11 @@
 """Easy-to-hard acquisition: the model labels problems just beyond what it was trained on."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from tqdm import tqdm
 
-from evolvelm.tasks import get_task
+from evolvelm.tasks import get_task, retry_prompt
 from evolvelm.types import Problem, Sample, content_id
 
 CHUNK = 512  # prompts per backend call
@@ -49,3 +51,25 @@ def sample(backend, problems: list[Problem], rnd: int, run_seed: int, k: int, te
     bar.close()
     position = {(p.skill, p.prompt): i for i, p in enumerate(problems)}
     return sorted(out, key=lambda s: (position[(s.skill, s.prompt)], s.k))
+
+
+def retry_with_feedback(backend, samples: list[Sample], rnd: int, run_seed: int, quiet: bool = False) -> list[Sample]:
+    """Second tries (CRITIC / Self-Refine style): every sample the task's executor rejects is answered
+    again, greedily, with the failed attempt and the executor's feedback in context. The retry is
+    stored under the original prompt (what the model should learn to answer at once), with the
+    prompt it actually saw in `context` and k shifted past the first tries."""
+    from evolvelm.refine.filters import judged
+
+    failed = [(s, why) for s, (ok, why) in zip(samples, judged(samples)) if not ok]
+    shift = 1 + max((s.k for s in samples), default=0)
+    out: list[Sample] = []
+    for i in tqdm(range(0, len(failed), CHUNK), desc=f"retry round {rnd}", disable=quiet, leave=False):
+        chunk = failed[i:i + CHUNK]
+        prompts = [retry_prompt(s.prompt, s.completion, why) for s, why in chunk]
+        seeds = [derive_seed(run_seed, rnd, s.prompt, s.k, "retry", s.member) for s, _ in chunk]
+        max_new = max(get_task(s.skill).answer_lengths(s.difficulty)[1] for s, _ in chunk) + 2
+        for (s, _), prompt, g in zip(chunk, prompts, backend.generate(prompts, seeds, 0.0, max_new)):
+            out.append(replace(s, completion=g.text, model_version=backend.version, seed=g.seed, k=s.k + shift,
+                               temperature=0.0, mean_logprob=sum(g.logprobs) / max(1, len(g.logprobs)),
+                               context=prompt, verdicts=[], kept=True))
+    return out

@@ -16,10 +16,10 @@ import random
 from pathlib import Path
 
 from evolvelm.store.hashing import dir_hash
-from evolvelm.tasks import TASKS
+from evolvelm.tasks import TASKS, expr_answer
 from evolvelm.types import Generation
 
-SKILL_OF = {"C": "copy", "R": "reverse", "A": "addition"}
+SKILL_OF = {"C": "copy", "R": "reverse", "A": "addition", "E": "expr"}
 P_RIGHT = {1: 0.7, 2: 0.3}  # chance of a right answer at distance d beyond the level
 
 
@@ -29,6 +29,9 @@ def solve(prompt: str) -> tuple[str, int, str]:
     if skill == "addition":
         a, b = body.split("+")
         return skill, len(a), str(int(a[::-1]) + int(b[::-1]))[::-1]
+    if skill == "expr":  # a second try reads E<n>=<attempt>><feedback>=; the target is n either way
+        n = body.split("=")[0]
+        return skill, len(n), expr_answer(n)
     return skill, len(body), body if skill == "copy" else body[::-1]
 
 

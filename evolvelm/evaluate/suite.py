@@ -49,7 +49,7 @@ def accuracy(backend, skills: list[str], difficulties: dict[str, range], split: 
         for i in range(0, len(probs), CHUNK):
             chunk = probs[i:i + CHUNK]
             gens = backend.generate([p.prompt for p in chunk], [0] * len(chunk), 0.0, task.answer_lengths(d)[1] + 2)
-            right += sum(task.check(p, g.text) for p, g in zip(chunk, gens))
+            right += sum(task.check_many(list(chunk), [g.text for g in gens]))
             bar.update(len(chunk))
         out[skill][d] = right / len(probs)
     bar.close()

@@ -27,14 +27,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from evolvelm.acquire.ladder import derive_seed, draw_problems, sample
+from evolvelm import sandbox
+from evolvelm.acquire.ladder import derive_seed, draw_problems, retry_with_feedback, sample
 from evolvelm.backends import make_backend
 from evolvelm.config import Config, ConfigError
 from evolvelm.evaluate.suite import accuracy, frontier, gate, held_out_prompts, splits
 from evolvelm.refine.filters import FilterContext, label_precision, run_chain, unanimous_share
 from evolvelm.store.run import Run
 from evolvelm.store.summary import write_summary
-from evolvelm.tasks import CHECKER_VERSION, get_task
+from evolvelm.tasks import get_task
 from evolvelm.update.mixture import mixture
 
 ZOO = Path(__file__).resolve().parent.parent / "zoo"
@@ -93,13 +94,15 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: dict, quiet: bool) -> dict:
             name = split if i == 0 else f"dev:voter{i}"  # voters' dev scores are stored beside the model's
             acc[name] = accuracy(backend, cfg.skills, ranges[split], split, e.problems, e.dev_problems, e.seed, quiet)
             rows += [(name, s, d, a, len(splits(get_task(s), d, e.problems, e.dev_problems, e.seed)[split]),
-                      backend.version, CHECKER_VERSION) for s in cfg.skills for d, a in acc[name][s].items()]
+                      backend.version, get_task(s).version) for s in cfg.skills for d, a in acc[name][s].items()]
         if i == 0:
             version = backend.version
         backend.close()
     info = {"frontier": {s: frontier(acc["test"][s], e.threshold) for s in cfg.skills}, "dev": acc["dev"],
             "voters_dev": [acc[f"dev:voter{i}"] for i in range(1, len(members(state)))],
             "model_version": version, "seconds": round(time.time() - t0, 2)}
+    if any(get_task(s).judge for s in cfg.skills):  # which isolation executed the answers
+        info["sandbox"] = sandbox.shared().describe()
     run.commit(rnd, "eval", info, evals=rows)
     return info
 
@@ -115,7 +118,7 @@ def acquire(cfg: Config, run: Run, rnd: int, state: dict, held: dict, quiet: boo
     t0 = time.time()
     a = cfg.acquire
     backends = [backend_for(cfg, run, m) for m in members(state)]
-    samples, unanimity = [], {}
+    samples, unanimity, feedback = [], {}, {}
     for skill in cfg.skills:
         level = state["levels"][skill]
         for d in range(level + 1, level + state.get("step", a.step) + 1):
@@ -123,6 +126,11 @@ def acquire(cfg: Config, run: Run, rnd: int, state: dict, held: dict, quiet: boo
             got = [smp for i, b in enumerate(backends)
                    for smp in sample(b, problems, rnd, cfg.seed, a.samples, a.temperature, a.greedy_first, quiet, member=i)]
             unanimity.setdefault(skill, {})[d] = round(unanimous_share(got), 4)
+            if a.feedback and get_task(skill).judge:
+                retries = [r for i, b in enumerate(backends)
+                           for r in retry_with_feedback(b, [s for s in got if s.member == i], rnd, cfg.seed, quiet)]
+                feedback.setdefault(skill, {})[d] = {"first_tries": len(got), "retried": len(retries)}
+                got += retries
             stop = a.schedule == "adaptive" and unanimity[skill][d] < a.adaptive_agreement
             if d == level + 1 or not stop:
                 samples += got
@@ -131,7 +139,7 @@ def acquire(cfg: Config, run: Run, rnd: int, state: dict, held: dict, quiet: boo
     for b in backends:
         b.close()
     run.commit(rnd, "acquire", {"acquired": len(samples), "problems": len({(s.skill, s.prompt) for s in samples}),
-                                "unanimity": unanimity, "model_version": samples[0].model_version if samples else None,
+                                "unanimity": unanimity, "feedback": feedback, "model_version": samples[0].model_version if samples else None,
                                 "seconds": round(time.time() - t0, 2)}, samples=samples)
 
 
@@ -151,6 +159,7 @@ def refine(cfg: Config, run: Run, rnd: int, state: dict) -> None:
         counts[name]["precision"] = label_precision(alive)
     kept = [s for s in samples if s.kept]
     run.commit(rnd, "refine", {"chain": cfg.refine.chain, "filters": counts, "strictness": strict, "kept": len(kept),
+                               "kept_retries": sum(1 for s in kept if s.context),
                                "label_precision": label_precision(kept), "seconds": round(time.time() - t0, 2)},
                samples=samples, verdicts=True)
 
@@ -195,6 +204,9 @@ def next_attempt(cfg: Config, state: dict, promoted: bool) -> tuple[int, int, st
 
 def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
     """Run (or resume) every round of the ladder in `run`; returns the summary."""
+    sb = cfg.sandbox
+    sandbox.configure(sb.level, sb.allow_unsafe, sb.workers, sandbox.Limits(wall_s=sb.wall_s, cpu_s=max(1, int(sb.wall_s)),
+                                                                            memory_mb=sb.memory_mb))
     held = {s: held_out_prompts(get_task(s), cfg.eval.max_difficulty, cfg.eval.problems, cfg.eval.dev_problems,
                                 cfg.eval.seed) for s in cfg.skills}
 

@@ -26,14 +26,27 @@ class FilterContext:
     min_diversity: float = 0.0  # `agreement`: share of distinct labels among a skill's labelled problems
 
 
-def is_correct(s: Sample) -> bool:
-    """The task's own checker applied to a sample's label (reads the benchmark-only true answer)."""
-    return get_task(s.skill).check(Problem(s.skill, s.difficulty, s.prompt, s.true_answer), s.completion)
+def judged(samples: list[Sample]) -> list[tuple[bool, str]]:
+    """The task's own checker on each sample's label, batched per skill: (right, why). Reads the
+    benchmark-only true answer unless the task has a judge that needs none (it executes the answer)."""
+    out: list[tuple[bool, str]] = [(False, "")] * len(samples)
+    by_skill: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(samples):
+        by_skill[s.skill].append(i)
+    for skill, idx in by_skill.items():
+        task = get_task(skill)
+        probs = [Problem(skill, samples[i].difficulty, samples[i].prompt, samples[i].true_answer) for i in idx]
+        answers = [samples[i].completion for i in idx]
+        results = task.judge(probs, answers) if task.judge else [
+            (ok, "checker accepts" if ok else "checker rejects") for ok in task.check_many(probs, answers)]
+        for i, r in zip(idx, results):
+            out[i] = r
+    return out
 
 
 def label_precision(samples: list[Sample]) -> float | None:
     """Share of `samples` whose label is correct; None for an empty list."""
-    return sum(map(is_correct, samples)) / len(samples) if samples else None
+    return sum(ok for ok, _ in judged(samples)) / len(samples) if samples else None
 
 
 def unanimous_share(samples: list[Sample]) -> float:
@@ -46,7 +59,17 @@ def unanimous_share(samples: list[Sample]) -> float:
 
 def oracle(samples: list[Sample], ctx: FilterContext) -> list[Verdict]:
     """Keep samples the task's checker accepts (needs true labels: comparison arm only)."""
-    return [Verdict("oracle", "1", ok, "checker accepts" if ok else "checker rejects") for ok in map(is_correct, samples)]
+    return [Verdict("oracle", "1", ok, why) for ok, why in judged(samples)]
+
+
+def verify(samples: list[Sample], ctx: FilterContext) -> list[Verdict]:
+    """Keep samples an executor verifies: the task's judge, which needs no true label (skills with a
+    judge only, e.g. expr). Unsupervised: this is what the environment tells the model."""
+    for s in samples:
+        if get_task(s.skill).judge is None:
+            raise ValueError(f"filter 'verify' needs a skill whose checker executes answers; {s.skill!r} "
+                             "compares with true labels (use 'oracle' for that comparison arm)")
+    return [Verdict("verify", get_task(s.skill).version, ok, why) for s, (ok, why) in zip(samples, judged(samples))]
 
 
 def length(samples: list[Sample], ctx: FilterContext) -> list[Verdict]:
@@ -143,7 +166,7 @@ def agreement(samples: list[Sample], ctx: FilterContext) -> list[Verdict]:
 
 FILTERS: dict[str, Callable[[list[Sample], FilterContext], list[Verdict]]] = {
     "oracle": oracle, "length": length, "vote": vote, "model_vote": model_vote, "dedup": dedup,
-    "agreement": agreement,
+    "agreement": agreement, "verify": verify,
 }
 
 

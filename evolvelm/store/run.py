@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS manifest (
     round INTEGER, stage TEXT, info TEXT, committed_at REAL, PRIMARY KEY (round, stage));
 CREATE TABLE IF NOT EXISTS samples (
     id TEXT PRIMARY KEY, round INTEGER, skill TEXT, difficulty INTEGER, prompt TEXT, completion TEXT,
-    model_version TEXT, seed INTEGER, k INTEGER, temperature REAL, mean_logprob REAL, true_answer TEXT, member INTEGER);
+    model_version TEXT, seed INTEGER, k INTEGER, temperature REAL, mean_logprob REAL, true_answer TEXT, member INTEGER,
+    context TEXT);
 CREATE TABLE IF NOT EXISTS verdicts (
     sample_id TEXT, round INTEGER, position INTEGER, filter TEXT, version TEXT, kept INTEGER, reason TEXT,
     PRIMARY KEY (sample_id, filter));
@@ -41,7 +42,7 @@ CREATE TABLE IF NOT EXISTS evals (
     checker_version TEXT, PRIMARY KEY (round, split, skill, difficulty));
 """
 SAMPLE_COLUMNS = ["id", "round", "skill", "difficulty", "prompt", "completion", "model_version", "seed", "k",
-                  "temperature", "mean_logprob", "true_answer", "member"]
+                  "temperature", "mean_logprob", "true_answer", "member", "context"]
 STAGES = ["acquire", "refine", "update", "eval", "gate"]
 
 

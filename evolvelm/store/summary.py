@@ -23,13 +23,15 @@ def summarize(run: Run, cfg: Config) -> dict:
             "round": rnd, "promoted": gate["promoted"], "reason": gate["reason"], "frontier": ev["frontier"],
             "accuracy": acc, "levels": gate["levels"],
             "acquired": acquire.get("acquired", 0), "kept": refine.get("kept", 0),
-            "unanimity": acquire.get("unanimity", {}), "strictness": refine.get("strictness"),
+            "unanimity": acquire.get("unanimity", {}), "feedback": acquire.get("feedback", {}),
+            "kept_retries": refine.get("kept_retries", 0), "strictness": refine.get("strictness"),
             "label_precision": refine.get("label_precision"), "filters": refine.get("filters", {}),
             "decision": gate.get("decision", ""),
             "model_version": ev["model_version"], "seconds": round(seconds.get(rnd, 0.0), 1),
         })
     promoted = [r for r in rounds if r["promoted"]]
     return {"rounds": rounds, "final_frontier": promoted[-1]["frontier"] if promoted else {},
+            "sandbox": (run.done(0, "eval") or {}).get("sandbox"),
             "skills": cfg.skills, "wall_seconds": round(sum(seconds.values()), 1)}
 
 

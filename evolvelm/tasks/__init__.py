@@ -5,10 +5,14 @@ Prompt formats (character level, one token per character):
     copy      "C" + s + "="            -> s
     reverse   "R" + s + "="            -> s reversed
     addition  "A" + a + "+" + b + "="  -> a + b, all numbers written least-significant digit first
+    expr      "E" + n + "="            -> a Python expression using only the digits 0-5 and "+" that
+                                          evaluates to n (e.g. E4097= -> 4055+42); the checker executes
+                                          it in the sandbox (evolvelm.sandbox), and needs no true label
 """
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -16,7 +20,6 @@ from evolvelm.types import Problem
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 DIGITS = "0123456789"
-CHECKER_VERSION = "exact-1"  # stored beside every score this checker produces
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,10 @@ class Task:
     make: Callable[[int, random.Random], tuple[str, str]]   # (difficulty, rng) -> (prompt, answer)
     answer_lengths: Callable[[int], tuple[int, int]]         # difficulty -> plausible (min, max) answer length
     space: Callable[[int], int]                              # difficulty -> number of distinct prompts
+    version: str = "exact-1"                                 # stored beside every score the checker gives
+    judge: Callable[[list[Problem], list[str]], list[tuple[bool, str]]] | None = None
+    # judge: a checker that needs no true label (it executes the answer); returns (right, feedback) per
+    # answer. None: the checker is exact match with the true answer.
 
     def problem(self, difficulty: int, rng: random.Random) -> Problem:
         prompt, answer = self.make(difficulty, rng)
@@ -49,8 +56,14 @@ class Task:
         return list(out.values())
 
     def check(self, problem: Problem, completion: str) -> bool:
-        """The task's single checker: exact match of the completion with the true answer."""
-        return completion == problem.answer
+        """The task's single checker, for one answer (see `check_many`)."""
+        return self.check_many([problem], [completion])[0]
+
+    def check_many(self, problems: list[Problem], completions: list[str]) -> list[bool]:
+        """The task's single checker: the judge if it has one, else exact match with the true answer."""
+        if self.judge:
+            return [ok for ok, _ in self.judge(problems, completions)]
+        return [c == p.answer for p, c in zip(problems, completions)]
 
 
 def _copy(d: int, rng: random.Random) -> tuple[str, str]:
@@ -69,14 +82,74 @@ def _addition(d: int, rng: random.Random) -> tuple[str, str]:
     return f"A{str(a)[::-1]}+{str(b)[::-1]}=", str(a + b)[::-1]
 
 
+EXPR_DIGITS = "012345"
+
+
+def expr_answer(n: str) -> str:
+    """The canonical answer for target n: every digit split into min(digit, 5) + the rest."""
+    a = "".join(str(min(int(c), 5)) for c in n)
+    b = "".join(str(int(c) - min(int(c), 5)) for c in n).lstrip("0")
+    return a + ("+" + b if b else "")
+
+
+def _expr(d: int, rng: random.Random) -> tuple[str, str]:
+    n = str(rng.randint(1 if d == 1 else 10 ** (d - 1), 10**d - 1))
+    return f"E{n}=", expr_answer(n)
+
+
+def retry_prompt(prompt: str, attempt: str, feedback: str) -> str:
+    """The prompt for a second try after the executor rejected `attempt`, with its feedback in
+    context, shortened for a character-level model: the value the attempt evaluated to, or "!" when
+    it did not run or broke the rules. E4097= -> E4097=4055+43>4098= or E4097=4097>!="""
+    m = re.fullmatch(r"evaluates to (\d+), not \d+", feedback)
+    return f"{prompt}{attempt}>{m.group(1) if m else '!'}="
+
+
+def expr_mistake(answer: str, rng: random.Random) -> str:
+    """A plausible wrong answer, for teaching the base model to use feedback (zoo training only)."""
+    kind = rng.randrange(4)
+    if kind == 0:  # one digit off
+        i = rng.choice([j for j, c in enumerate(answer) if c != "+"])
+        return answer[:i] + rng.choice([c for c in EXPR_DIGITS if c != answer[i]]) + answer[i + 1:]
+    if kind == 1 and len(answer) > 1:  # cut short
+        return answer[:rng.randrange(1, len(answer))]
+    if kind == 2 and "+" in answer:  # the second term with a leading zero (a SyntaxError)
+        return answer.replace("+", "+0")
+    return str(eval(answer))  # the number itself (digits 6-9 are not allowed, or no split)
+
+
+def _judge_expr(problems: list[Problem], completions: list[str]) -> list[tuple[bool, str]]:
+    """Run each answer as Python in the sandbox; right when it uses only the allowed characters
+    and evaluates to the target. Feedback says what went wrong, as an executor would."""
+    from evolvelm import sandbox  # lazily: most runs never execute code
+
+    out: list[tuple[bool, str] | None] = [None] * len(problems)
+    runnable = []
+    for i, c in enumerate(completions):
+        bad = sorted(set(c) - set(EXPR_DIGITS + "+"))
+        if not c or bad:
+            out[i] = (False, f"not allowed: {''.join(bad)!r}" if bad else "empty answer")
+        else:
+            runnable.append(i)
+    values = sandbox.evaluate_expressions([completions[i] for i in runnable])
+    for i, (ok, value) in zip(runnable, values):
+        target = problems[i].prompt[1:-1]
+        if not ok:
+            out[i] = (False, value)
+        else:
+            out[i] = (value == target, "correct" if value == target else f"evaluates to {value}, not {target}")
+    return out
+
+
 TASKS: dict[str, Task] = {
     "copy": Task("copy", _copy, lambda d: (d, d), lambda d: 26**d),
     "reverse": Task("reverse", _reverse, lambda d: (d, d), lambda d: 26**d),
     "addition": Task("addition", _addition, lambda d: (d, d + 1), lambda d: 100 if d == 1 else (9 * 10 ** (d - 1)) ** 2),
+    "expr": Task("expr", _expr, lambda d: (d, 2 * d + 1), lambda d: 9 * 10 ** (d - 1), "expr-sandbox-1", _judge_expr),
 }
 
 # Every character any task can emit; the zoo tokenizer is built from this.
-ALPHABET = LETTERS + DIGITS + "CRA+="
+ALPHABET = LETTERS + DIGITS + "CRA+="  # as the first zoo models were built; expr's model adds "E"
 
 
 def get_task(name: str) -> Task:

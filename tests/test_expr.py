@@ -101,3 +101,6 @@ def test_feedback_retries_rejected_answers_and_learns_from_the_corrections(tmp_p
     assert {s.id for s in kept_retries} <= {s.id for s in right}
     assert run.done(1, "refine")["kept_retries"] == len(kept_retries)
     assert run.done(1, "acquire")["feedback"]["expr"]["4"]["retried"] == len(retries)
+    assert run_cli(["report", str(run_dir), "--quiet"]) == 0
+    page = (run_dir / "report.html").read_text()
+    assert "executed in the sandbox at level" in page and f"{len(retries)} rejected answers were retried" in page

@@ -92,6 +92,17 @@ def _tables(summary: dict) -> str:
     return out
 
 
+def _sandbox_line(summary: dict) -> str:
+    """Which isolation executed the answers, and what the executor-feedback retries did."""
+    box = summary.get("sandbox")
+    if not box:
+        return ""
+    retried = sum(f["retried"] for r in summary["rounds"] for d in r.get("feedback", {}).values() for f in d.values())
+    kept = sum(r.get("kept_retries", 0) for r in summary["rounds"])
+    return (f" Answers were executed in the sandbox at level <b>{html.escape(box['level'])}</b>"
+            + (f"; {retried} rejected answers were retried with the executor's feedback, {kept} retries kept." if retried else "."))
+
+
 def write_report(run: Run, out: Path) -> Path:
     """Render report.html for `run` and return its path."""
     summary = summarize(run, run.config())
@@ -103,7 +114,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}img{{max-width:100%
 <p>Skills: {html.escape(', '.join(summary['skills']))}. Final frontier: <b>{html.escape(str(summary['final_frontier']))}</b>
 (base: {html.escape(str(summary['rounds'][0]['frontier']))}). Wall time: {summary['wall_seconds']:.0f}s.
 Accuracy is greedy exact match on the held-out test split; label precision is measured against true labels
-that the unsupervised filters never see.</p>
+that the unsupervised filters never see.{_sandbox_line(summary)}</p>
 {_tables(summary)}{figures}</body></html>"""
     out.write_text(page)
     return out

@@ -32,7 +32,7 @@ from evolvelm.acquire.ladder import derive_seed, draw_problems, retry_with_feedb
 from evolvelm.backends import make_backend
 from evolvelm.config import Config, ConfigError
 from evolvelm.evaluate.suite import accuracy, frontier, gate, held_out_prompts, splits
-from evolvelm.refine.filters import FilterContext, label_precision, run_chain, unanimous_share
+from evolvelm.refine.filters import FilterContext, judged, run_chain, unanimous_share
 from evolvelm.store.run import Run
 from evolvelm.store.summary import write_summary
 from evolvelm.tasks import get_task
@@ -154,13 +154,18 @@ def refine(cfg: Config, run: Run, rnd: int, state: dict) -> None:
                         model_vote_min=strict.get("model_vote_min", cfg.refine.model_vote_min),
                         min_diversity=cfg.refine.min_diversity)
     counts = run_chain(cfg.refine.chain, samples, ctx)
+    right = [ok for ok, _ in judged(samples)]  # judged once: expr answers run in the sandbox
+
+    def precision(alive: list[int]) -> float | None:
+        return sum(right[i] for i in alive) / len(alive) if alive else None
+
     for pos, name in enumerate(cfg.refine.chain):  # precision of what survives each filter
-        alive = [s for s in samples if len(s.verdicts) > pos and all(v.kept for v in s.verdicts[:pos + 1])]
-        counts[name]["precision"] = label_precision(alive)
+        counts[name]["precision"] = precision([i for i, s in enumerate(samples) if len(s.verdicts) > pos
+                                               and all(v.kept for v in s.verdicts[:pos + 1])])
     kept = [s for s in samples if s.kept]
     run.commit(rnd, "refine", {"chain": cfg.refine.chain, "filters": counts, "strictness": strict, "kept": len(kept),
                                "kept_retries": sum(1 for s in kept if s.context),
-                               "label_precision": label_precision(kept), "seconds": round(time.time() - t0, 2)},
+                               "label_precision": precision([i for i, s in enumerate(samples) if s.kept]), "seconds": round(time.time() - t0, 2)},
                samples=samples, verdicts=True)
 
 

@@ -44,11 +44,6 @@ def judged(samples: list[Sample]) -> list[tuple[bool, str]]:
     return out
 
 
-def label_precision(samples: list[Sample]) -> float | None:
-    """Share of `samples` whose label is correct; None for an empty list."""
-    return sum(ok for ok, _ in judged(samples)) / len(samples) if samples else None
-
-
 def unanimous_share(samples: list[Sample]) -> float:
     """Share of the problems in `samples` whose answers (every sample, every model) are all the same."""
     answers: dict[tuple[str, str], set[str]] = defaultdict(set)

@@ -6,7 +6,8 @@
     evolvelm ls [RUNS_DIR]                                     shipped recipes and runs
     evolvelm report RUN_DIR                                    RUN_DIR/report.html
     evolvelm inspect RUN_DIR [SAMPLE_ID] [--round N] [--dropped]
-    evolvelm export RUN_DIR OUT [--merged]                     the evolved model as a HF directory
+    evolvelm export RUN_DIR OUT [--merged] [--module NAME]     the evolved model as a HF directory
+    evolvelm generate RUN_DIR [PROMPT ...]                     answer prompts (or stdin lines) with it
     evolvelm env                                               versions
 
 Exit codes: 0 success, 1 unexpected failure, 2 bad input (config, files, run directory).
@@ -32,22 +33,31 @@ def _quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
 
 
-def _execute(run: Run, quiet: bool) -> int:
-    from evolvelm.recipes.ladder import run_recipe
+def _recipe(cfg: config.Config):
+    """The module of a config's loop family (evolvelm/recipes/<recipe>.py)."""
+    import importlib
 
+    return importlib.import_module(f"evolvelm.recipes.{cfg.recipe}")
+
+
+def _execute(run: Run, quiet: bool) -> int:
     cfg = run.config()
     if cfg.model.backend == "hf":
         _quiet_libraries()
     t0 = time.time()
     try:
-        summary = run_recipe(cfg, run, quiet=quiet)
+        summary = _recipe(cfg).run_recipe(cfg, run, quiet=quiet)
     except KeyboardInterrupt:
         print(f"\ninterrupted; committed stages are kept. Continue with: evolvelm resume {run.root}", file=sys.stderr)
         return 130
     first = summary["rounds"][0]
     promoted = sum(r["promoted"] for r in summary["rounds"][1:])
     print(f"run {run.root}: {len(summary['rounds']) - 1} rounds ({promoted} promoted) in {time.time() - t0:.0f}s")
-    print(f"frontier: base {first['frontier']} -> final {summary['final_frontier']}")
+    if "forgetting" in summary:
+        f = summary["forgetting"]
+        print(f"after the sequence {cfg.skills}: ACC {f['acc']}  BWT {f['bwt']}  FWT {f['fwt']}")
+    else:
+        print(f"frontier: base {first['frontier']} -> final {summary['final_frontier']}")
     print(f"summary: {run.root / 'summary.json'}   report: evolvelm report {run.root}")
     return 0
 
@@ -62,11 +72,9 @@ def _load(a) -> config.Config:
 
 def cmd_run(a) -> int:
     cfg = _load(a)
-    from evolvelm.recipes.ladder import start_levels
-
     name = Path(a.recipe).stem
     run_dir = Path(a.run_dir) if a.run_dir else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    start_levels(cfg, Run(run_dir))  # fail on a missing model before creating anything
+    _recipe(cfg).preflight(cfg, Run(run_dir))  # fail on a missing model before creating anything
     return _execute(Run.create(run_dir, cfg), a.quiet)
 
 
@@ -75,11 +83,10 @@ def cmd_resume(a) -> int:
 
 
 def cmd_validate(a) -> int:
-    from evolvelm.recipes.ladder import start_levels
-
     cfg = _load(a)
-    levels = start_levels(cfg, Run(Path(".")))
-    print(f"ok: {a.recipe} ({cfg.rounds} rounds, skills {cfg.skills}, starting levels {levels})")
+    levels = _recipe(cfg).preflight(cfg, Run(Path(".")))
+    print(f"ok: {a.recipe} ({cfg.rounds} rounds, skills {cfg.skills}" +
+          (f", starting levels {levels})" if levels else ")"))
     return 0
 
 
@@ -121,7 +128,18 @@ def cmd_export(a) -> int:
     from evolvelm.report.export import export
 
     _quiet_libraries()
-    print(f"wrote {export(Run.open(Path(a.run_dir)), Path(a.out), a.merged)}")
+    print(f"wrote {export(Run.open(Path(a.run_dir)), Path(a.out), a.merged, a.module)}")
+    return 0
+
+
+def cmd_generate(a) -> int:
+    from evolvelm.report.export import answerer
+
+    _quiet_libraries()
+    prompts = a.prompts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    model = answerer(Run.open(Path(a.run_dir)))
+    for prompt, answer, module in model(prompts, a.max_new_tokens):
+        print(f"{prompt}\t{answer}" + (f"\t[{module or 'base'}]" if module is not False else ""))
     return 0
 
 
@@ -183,7 +201,12 @@ def parser() -> argparse.ArgumentParser:
     s = add("export", cmd_export, "write the evolved (last promoted) model as a Hugging Face directory")
     s.add_argument("run_dir")
     s.add_argument("out")
-    s.add_argument("--merged", action="store_true", help="merge a LoRA adapter into the base weights")
+    s.add_argument("--merged", action="store_true", help="merge a LoRA adapter (or one module) into the base weights")
+    s.add_argument("--module", help="modular runs: the module to merge (default: the only one)")
+    s = add("generate", cmd_generate, "answer prompts with the evolved model (modular runs: through the router)")
+    s.add_argument("run_dir")
+    s.add_argument("prompts", nargs="*", metavar="PROMPT", help="default: one prompt per line of stdin")
+    s.add_argument("--max-new-tokens", type=int, default=32)
     add("env", cmd_env, "print versions of evolvelm and its libraries")
     return p
 

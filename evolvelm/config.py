@@ -91,6 +91,17 @@ class SandboxConfig:
 
 
 @dataclass
+class ModulesConfig:
+    method: str = "modular"          # modular: one LoRA module per skill, chosen by a router | shared: one
+                                     # adapter trained on each skill in turn | replay: shared, with earlier
+                                     # rounds' data mixed in (update.new_weight) | full: full fine-tuning in turn
+    router: str = "hidden"           # router features: hidden (the base model's hidden states) | chars (n-grams)
+    novelty: float = 2.0             # an input farther than this many radii from every module fits none
+    examples: int = 2000             # labelled problems of the round's skill arriving per round, spread
+                                     # evenly over difficulties 1..eval.max_difficulty
+
+
+@dataclass
 class Config:
     recipe: str = "ladder"           # loop family: evolvelm/recipes/<recipe>.py
     rounds: int = 4                  # self-improvement rounds after the round-0 evaluation
@@ -104,9 +115,11 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    modules: ModulesConfig = field(default_factory=ModulesConfig)  # recipe modular: skills is the sequence
 
 
-CHOICES = {"model.backend": sorted(BACKENDS), "update.method": ["full", "lora"], "recipe": ["ladder"],
+CHOICES = {"model.backend": sorted(BACKENDS), "update.method": ["full", "lora"], "recipe": ["ladder", "modular"],
+           "modules.method": ["modular", "shared", "replay", "full"], "modules.router": ["hidden", "chars"],
            "acquire.schedule": ["fixed", "adaptive"]}
 
 
@@ -224,6 +237,9 @@ def validate(cfg: Config) -> None:
     if not 0 <= cfg.refine.model_vote_min <= 1 + len(cfg.model.voters):
         raise ConfigError(f"refine.model_vote_min: must be between 0 and the {1 + len(cfg.model.voters)} models "
                           f"(the model and model.voters), got {cfg.refine.model_vote_min}")
+    if cfg.recipe == "modular" and cfg.rounds != len(cfg.skills):
+        raise ConfigError(f"rounds: the modular recipe learns one entry of `skills` per round, so rounds must be "
+                          f"{len(cfg.skills)} (the length of skills {cfg.skills}), got {cfg.rounds}")
     if not 0 < cfg.update.new_weight <= 1:
         raise ConfigError(f"update.new_weight: must be in (0, 1], got {cfg.update.new_weight}")
 

@@ -68,6 +68,9 @@ def start_levels(cfg: Config, run: Run) -> dict[str, int]:
     return {s: trained[s][1] for s in cfg.skills}
 
 
+preflight = start_levels  # what `evolvelm run/validate` checks before anything is created
+
+
 def backend_for(cfg: Config, run: Run, state: dict):
     """A backend serving the model described by a gate state."""
     return make_backend(cfg.model.backend, resolve(state["model"], run),

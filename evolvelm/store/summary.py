@@ -26,13 +26,40 @@ def summarize(run: Run, cfg: Config) -> dict:
             "unanimity": acquire.get("unanimity", {}), "feedback": acquire.get("feedback", {}),
             "kept_retries": refine.get("kept_retries", 0), "strictness": refine.get("strictness"),
             "label_precision": refine.get("label_precision"), "filters": refine.get("filters", {}),
-            "decision": gate.get("decision", ""),
+            "decision": gate.get("decision", ""), "module": refine.get("module"), "router": ev.get("router"),
             "model_version": ev["model_version"], "seconds": round(seconds.get(rnd, 0.0), 1),
         })
     promoted = [r for r in rounds if r["promoted"]]
-    return {"rounds": rounds, "final_frontier": promoted[-1]["frontier"] if promoted else {},
+    extra = {"forgetting": forgetting(rounds, cfg.skills)} if cfg.recipe == "modular" and rounds else {}
+    return {**extra, "rounds": rounds, "final_frontier": promoted[-1]["frontier"] if promoted else {},
             "sandbox": (run.done(0, "eval") or {}).get("sandbox"),
             "skills": cfg.skills, "wall_seconds": round(sum(seconds.values()), 1)}
+
+
+def forgetting(rounds: list[dict], sequence: list[str]) -> dict:
+    """GEM's forgetting matrix and metrics over a skill sequence (round r learns sequence[r-1]).
+
+    matrix[i][j]: mean test accuracy over difficulties on skill j of the model kept after round i
+    (a rolled-back round keeps the previous row; row 0 is the base model). With T skills, learned
+    first in round t_j: ACC = mean_j matrix[last][j]; BWT = mean over skills learned before the last
+    round of matrix[last][j] - matrix[t_j][j]; FWT = mean over skills after the first of
+    matrix[t_j - 1][j] - matrix[0][j] (accuracy before training on j, against the base model).
+    """
+    skills = list(dict.fromkeys(sequence))
+    first = {s: sequence.index(s) + 1 for s in skills}
+    matrix: list[list[float]] = []
+    for r in rounds:
+        if r["promoted"] or not matrix:
+            matrix.append([round(sum(r["accuracy"][s].values()) / len(r["accuracy"][s]), 4) for s in skills])
+        else:
+            matrix.append(matrix[-1])
+    last = len(matrix) - 1
+    mean = lambda xs: round(sum(xs) / len(xs), 4) if xs else None
+    learned = [j for j, s in enumerate(skills) if first[s] <= last]
+    return {"skills": skills, "matrix": matrix,
+            "acc": mean([matrix[last][j] for j in learned]),
+            "bwt": mean([matrix[last][j] - matrix[first[skills[j]]][j] for j in learned if first[skills[j]] < last]),
+            "fwt": mean([matrix[first[skills[j]] - 1][j] - matrix[0][j] for j in learned if first[skills[j]] > 1])}
 
 
 def write_summary(run: Run, cfg: Config) -> dict:

@@ -5,6 +5,8 @@ Prompt formats (character level, one token per character):
     copy      "C" + s + "="            -> s
     reverse   "R" + s + "="            -> s reversed
     addition  "A" + a + "+" + b + "="  -> a + b, all numbers written least-significant digit first
+    echo      s + "="                  -> s (letters, digits and "+"; no marker: the modular base's pretraining)
+    shift     "S" + s + "="            -> every letter of s moved one on (z -> a)
     expr      "E" + n + "="            -> a Python expression using only the digits 0-5 and "+" that
                                           evaluates to n (e.g. E4097= -> 4055+42); the checker executes
                                           it in the sandbox (evolvelm.sandbox), and needs no true label
@@ -20,6 +22,7 @@ from evolvelm.types import Problem
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 DIGITS = "0123456789"
+ECHO_CHARS = LETTERS + DIGITS + "+"
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,16 @@ def _addition(d: int, rng: random.Random) -> tuple[str, str]:
     lo, hi = (0 if d == 1 else 10 ** (d - 1)), 10**d - 1
     a, b = rng.randint(lo, hi), rng.randint(lo, hi)
     return f"A{str(a)[::-1]}+{str(b)[::-1]}=", str(a + b)[::-1]
+
+
+def _echo(d: int, rng: random.Random) -> tuple[str, str]:
+    s = "".join(rng.choice(ECHO_CHARS) for _ in range(d))
+    return f"{s}=", s
+
+
+def _shift(d: int, rng: random.Random) -> tuple[str, str]:
+    s = "".join(rng.choice(LETTERS) for _ in range(d))
+    return f"S{s}=", "".join(LETTERS[(LETTERS.index(c) + 1) % 26] for c in s)
 
 
 EXPR_DIGITS = "012345"
@@ -144,6 +157,8 @@ def _judge_expr(problems: list[Problem], completions: list[str]) -> list[tuple[b
 TASKS: dict[str, Task] = {
     "copy": Task("copy", _copy, lambda d: (d, d), lambda d: 26**d),
     "reverse": Task("reverse", _reverse, lambda d: (d, d), lambda d: 26**d),
+    "echo": Task("echo", _echo, lambda d: (d, d), lambda d: len(ECHO_CHARS) ** d),
+    "shift": Task("shift", _shift, lambda d: (d, d), lambda d: 26**d),
     "addition": Task("addition", _addition, lambda d: (d, d + 1), lambda d: 100 if d == 1 else (9 * 10 ** (d - 1)) ** 2),
     "expr": Task("expr", _expr, lambda d: (d, 2 * d + 1), lambda d: 9 * 10 ** (d - 1), "expr-sandbox-1", _judge_expr),
 }

@@ -295,11 +295,11 @@ def train_round(cfg: Config, run: Run, rnd: int, state: dict, member: int, examp
 
     u = cfg.update
     lora = u.method == "lora"
+    seed = cfg.seed * 1000 + rnd if member == 0 else derive_seed(cfg.seed, rnd, "train", member)
     model = sft.load_for_training(resolve(state["model"], run),
                                   resolve(state["adapter"], run) if state["adapter"] else None,
-                                  u.method, u.lora_r, u.lora_alpha)
+                                  u.method, u.lora_r, u.lora_alpha, seed)
     base_dir = resolve(state["model"], run)
-    seed = cfg.seed * 1000 + rnd if member == 0 else derive_seed(cfg.seed, rnd, "train", member)
     losses = sft.train(model, sft.tokenizer(base_dir), examples, u.steps, u.batch_size, u.lr, seed=seed,
                        warmup=u.warmup, desc=f"update round {rnd}" + (f" ({name})" if member else ""), quiet=quiet)
     sft.save(model, base_dir, out, card={"round": rnd, "member": member, "parent": state, "method": u.method,

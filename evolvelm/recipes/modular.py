@@ -132,11 +132,11 @@ def update_stage(cfg: Config, run: Run, rnd: int, state: dict, quiet: bool) -> N
 def _train(cfg: Config, run: Run, model_ref: str, adapter_ref: str | None, method: str, examples: list[Example],
            out: Path, rnd: int, quiet: bool) -> list[float]:
     """Continue training (full weights, or a LoRA adapter: `adapter_ref`, or fresh) and save to `out`."""
-    u, base_dir = cfg.update, resolve(model_ref, run)
+    u, base_dir, seed = cfg.update, resolve(model_ref, run), derive_seed(cfg.seed, rnd, "train")
     model = sft.load_for_training(base_dir, resolve(adapter_ref, run) if adapter_ref else None, method,
-                                  u.lora_r, u.lora_alpha)
+                                  u.lora_r, u.lora_alpha, seed)
     losses = sft.train(model, sft.tokenizer(base_dir), examples, u.steps, u.batch_size, u.lr,
-                       seed=derive_seed(cfg.seed, rnd, "train"), warmup=u.warmup, desc=f"update round {rnd}", quiet=quiet)
+                       seed=seed, warmup=u.warmup, desc=f"update round {rnd}", quiet=quiet)
     out.mkdir(parents=True)
     sft.save(model, base_dir, out, card={"round": rnd, "method": method, "base": model_ref, "parent": adapter_ref,
                                          "skill": cfg.skills[rnd - 1], "examples": len(examples),

@@ -17,13 +17,14 @@ def _png(fig) -> str:
 
 
 def plots(summary: dict) -> list[tuple[str, str]]:
-    """(title, <img>) for: accuracy by difficulty per round, frontier per round, filter verdicts per round."""
+    """(title, <img>) for: accuracy by difficulty per round, frontier per round (ladders) or the
+    forgetting matrix (modular), filter verdicts per round."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rounds, skills, out = summary["rounds"], summary["skills"], []
+    rounds, skills, out = summary["rounds"], list(dict.fromkeys(summary["skills"])), []
     fig, axes = plt.subplots(1, len(skills), figsize=(5.5 * len(skills), 3.6), squeeze=False)
     cmap = plt.get_cmap("viridis")
     for ax, skill in zip(axes[0], skills):
@@ -32,21 +33,35 @@ def plots(summary: dict) -> list[tuple[str, str]]:
             ds = sorted(acc, key=int)
             ax.plot([int(d) for d in ds], [acc[d] for d in ds], marker=".", color=cmap(i / max(1, len(rounds) - 1)),
                     linestyle="-" if r["promoted"] else ":", label=f"round {r['round']}" + ("" if r["promoted"] else " (rolled back)"))
-        base_level = rounds[0]["levels"][skill]
-        ax.axvline(base_level + 0.5, color="grey", linestyle="--", linewidth=0.8)
+        if skill in rounds[0]["levels"]:  # ladders: where the base model's training ended
+            ax.axvline(rounds[0]["levels"][skill] + 0.5, color="grey", linestyle="--", linewidth=0.8)
         ax.set(title=f"{skill}: held-out accuracy", xlabel="difficulty (dashed: end of base training range)",
                ylabel="accuracy", ylim=(-0.02, 1.02))
         ax.legend(fontsize=7)
     out.append(("Accuracy by difficulty, per round", _png(fig)))
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 3.4))
-    for skill in skills:
-        ax.plot([r["round"] for r in rounds], [r["frontier"][skill] for r in rounds], marker="o", label=skill)
-    ax.set(title="Frontier per round (all difficulties <= f solved at >= threshold)", xlabel="round", ylabel="frontier")
-    ax.legend()
-    out.append(("Frontier per round", _png(fig)))
-    plt.close(fig)
+    if "forgetting" not in summary:  # ladders
+        fig, ax = plt.subplots(figsize=(6, 3.4))
+        for skill in skills:
+            ax.plot([r["round"] for r in rounds], [r["frontier"][skill] for r in rounds], marker="o", label=skill)
+        ax.set(title="Frontier per round (all difficulties <= f solved at >= threshold)", xlabel="round", ylabel="frontier")
+        ax.legend()
+        out.append(("Frontier per round", _png(fig)))
+        plt.close(fig)
+
+    if "forgetting" in summary:
+        f = summary["forgetting"]
+        fig, ax = plt.subplots(figsize=(1.4 * len(f["skills"]) + 2, 0.5 * len(f["matrix"]) + 1.2))
+        ax.imshow(f["matrix"], cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+        for i, row in enumerate(f["matrix"]):
+            for j, v in enumerate(row):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8)
+        ax.set_xticks(range(len(f["skills"])), f["skills"])
+        ax.set_yticks(range(len(f["matrix"])), ["base"] + [f"after {s}" for s in summary["skills"]][:len(f["matrix"]) - 1])
+        ax.set(title=f"Forgetting matrix: ACC {f['acc']}, BWT {f['bwt']}, FWT {f['fwt']}", xlabel="evaluated skill")
+        out.append(("Accuracy on every skill after every round", _png(fig)))
+        plt.close(fig)
 
     refined = [r for r in rounds if r["filters"]]
     if refined:
@@ -81,6 +96,12 @@ def _tables(summary: dict) -> str:
               for r in summary["rounds"]]
     out = _html_table(["round", "promoted", "frontier", "trained level", "unanimous share per difficulty", "acquired",
                        "kept", "label precision", "gate", "next round"], rounds)
+    if "forgetting" in summary:
+        rows = [[r["round"], r.get("module") or "", "yes" if r["promoted"] else "ROLLED BACK", r["reason"],
+                 ", ".join(f"{s} {a:.2f}" for s, a in (r.get("router") or {}).items())] for r in summary["rounds"]]
+        out += ("<h2>Modules and routing</h2><p>The module each round updated, and the share of every skill's "
+                "held-out test prompts that the router sends to that skill's module (skills not learned yet: to "
+                "no module).</p>" + _html_table(["round", "module updated", "promoted", "gate", "routing accuracy"], rows))
     refined = [r for r in summary["rounds"] if r["filters"]]
     if refined:
         names = list(refined[-1]["filters"])

@@ -70,7 +70,11 @@ class Router:
     @classmethod
     def fit(cls, features: str, feats: torch.Tensor, labels: list[str], novelty: float) -> "Router":
         """Centroids and radii from training inputs `feats` labelled with their module names."""
+        # A hidden dimension constant over the training inputs (the opening marker's state) makes
+        # any input that differs there far from every module: that is what detects a new skill.
         mean, std = feats.mean(0), feats.std(0).clamp_min(1e-4)
+        if features == "chars":  # sparse and already unit length: most n-grams never occur in training
+            mean, std = torch.zeros_like(mean), torch.ones_like(std)
         z = (feats - mean) / std
         names = sorted(set(labels))
         cents, radii = [], []

@@ -69,8 +69,10 @@ def train(model, tokenizer, examples: list[Example], steps: int, batch_size: int
     return losses
 
 
-def load_for_training(base: str, parent_adapter: str | None, method: str, lora_r: int, lora_alpha: int):
-    """The model a round trains: full weights, or base + (continued or fresh) LoRA adapter."""
+def load_for_training(base: str, parent_adapter: str | None, method: str, lora_r: int, lora_alpha: int, seed: int = 0):
+    """The model a round trains: full weights, or base + (continued or fresh) LoRA adapter, whose
+    random initialisation is drawn from `seed` (not from whatever the process drew before)."""
+    torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base)
     if method == "full":
         return model
@@ -92,6 +94,11 @@ def save(model, tokenizer_dir: str, out: Path, card: dict) -> None:
     """Save weights (or the adapter) and the tokenizer as a standard Hugging Face directory,
     with a short model card: what it was trained from, on what, and how it went."""
     model.save_pretrained(out)
+    config = out / "adapter_config.json"
+    if config.is_file():  # PEFT writes target_modules from a set, in hash-seed order: sort it, so that
+        data = json.loads(config.read_text())  # equal adapters get equal content hashes
+        data["target_modules"] = sorted(data["target_modules"])
+        config.write_text(json.dumps(data, indent=2, sort_keys=True))
     tokenizer(tokenizer_dir).save_pretrained(out)
     lines = ["# evolvelm round model", "", "Produced by an evolvelm self-improvement round.", ""]
     lines += [f"- **{k}**: `{json.dumps(v)}`" for k, v in card.items()]

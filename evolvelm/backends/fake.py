@@ -19,13 +19,17 @@ from evolvelm.store.hashing import dir_hash
 from evolvelm.tasks import TASKS, expr_answer
 from evolvelm.types import Generation
 
-SKILL_OF = {"C": "copy", "R": "reverse", "A": "addition", "E": "expr"}
+SKILL_OF = {"C": "copy", "R": "reverse", "A": "addition", "E": "expr", "S": "shift", "": "echo"}  # echo: no marker
 P_RIGHT = {1: 0.7, 2: 0.3}  # chance of a right answer at distance d beyond the level
 
 
 def solve(prompt: str) -> tuple[str, int, str]:
     """(skill, difficulty, true answer) of a built-in task prompt."""
+    if prompt[0] not in SKILL_OF:
+        return "echo", len(prompt) - 1, prompt[:-1]
     skill, body = SKILL_OF[prompt[0]], prompt[1:-1]
+    if skill == "shift":
+        return skill, len(body), "".join(chr((ord(c) - 97 + 1) % 26 + 97) for c in body)
     if skill == "addition":
         a, b = body.split("+")
         return skill, len(a), str(int(a[::-1]) + int(b[::-1]))[::-1]

@@ -86,7 +86,7 @@ def refine(cfg: Config, run: Run, rnd: int, state: dict) -> None:
         model.close()
     counts = Counter(routes)
     target, _ = counts.most_common(1)[0]
-    opened = target is None
+    opened = target is None and cfg.modules.method == "modular"  # the baselines have no modules
     if opened:
         target = skill if skill not in state["modules"] else f"{skill}-{rnd}"
     for s, r in zip(samples, routes):

@@ -16,7 +16,7 @@ import random
 from pathlib import Path
 
 from evolvelm.store.hashing import dir_hash
-from evolvelm.tasks import TASKS, expr_answer
+from evolvelm.tasks import TASKS, expr_answer, shift_letters
 from evolvelm.types import Generation
 
 SKILL_OF = {"C": "copy", "R": "reverse", "A": "addition", "E": "expr", "S": "shift", "": "echo"}  # echo: no marker
@@ -29,7 +29,7 @@ def solve(prompt: str) -> tuple[str, int, str]:
         return "echo", len(prompt) - 1, prompt[:-1]
     skill, body = SKILL_OF[prompt[0]], prompt[1:-1]
     if skill == "shift":
-        return skill, len(body), "".join(chr((ord(c) - 97 + 1) % 26 + 97) for c in body)
+        return skill, len(body), shift_letters(body)
     if skill == "addition":
         a, b = body.split("+")
         return skill, len(a), str(int(a[::-1]) + int(b[::-1]))[::-1]

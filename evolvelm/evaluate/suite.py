@@ -71,12 +71,13 @@ def gate(prev_dev: dict[str, dict[int, float]], new_dev: dict[str, dict[int, flo
     """Promote unless dev accuracy on some difficulty the previous model solved drops by more than `tolerance`.
 
     Compared per difficulty, not on average: a collapse on one short length must not hide behind
-    many unchanged ones.
+    many unchanged ones. Difficulty keys may be ints or, as read back from a manifest, strings.
     """
     reasons = []
     for skill, prev in prev_dev.items():
-        for d, before in sorted(prev.items()):
-            after = new_dev[skill].get(d, 0.0)
+        new = {int(d): a for d, a in new_dev[skill].items()}
+        for d, before in sorted((int(d), a) for d, a in prev.items()):
+            after = new.get(d, 0.0)
             if before >= threshold and before - after > tolerance + 1e-9:  # 1e-9: float noise
                 reasons.append(f"{skill} difficulty {d}: dev accuracy {before:.3f} -> {after:.3f} "
                                f"(drop {before - after:.3f} > tolerance {tolerance})")

@@ -71,6 +71,18 @@ def start_levels(cfg: Config, run: Run) -> dict[str, int]:
 preflight = start_levels  # what `evolvelm run/validate` checks before anything is created
 
 
+def configure_sandbox(cfg: Config) -> None:
+    """Set up the sandbox that skills which execute answers (expr) use, from the `sandbox` section."""
+    sb = cfg.sandbox
+    sandbox.configure(sb.level, sb.allow_unsafe, sb.workers,
+                      sandbox.Limits(wall_s=sb.wall_s, cpu_s=max(1, int(sb.wall_s)), memory_mb=sb.memory_mb))
+
+
+def sandbox_info(skills: list[str]) -> dict:
+    """{"sandbox": level description} when some skill executes its answers, for the eval manifest."""
+    return {"sandbox": sandbox.shared().describe()} if any(get_task(s).judge for s in skills) else {}
+
+
 def backend_for(cfg: Config, run: Run, state: dict):
     """A backend serving the model described by a gate state."""
     return make_backend(cfg.model.backend, resolve(state["model"], run),
@@ -103,9 +115,7 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: dict, quiet: bool) -> dict:
         backend.close()
     info = {"frontier": {s: frontier(acc["test"][s], e.threshold) for s in cfg.skills}, "dev": acc["dev"],
             "voters_dev": [acc[f"dev:voter{i}"] for i in range(1, len(members(state)))],
-            "model_version": version, "seconds": round(time.time() - t0, 2)}
-    if any(get_task(s).judge for s in cfg.skills):  # which isolation executed the answers
-        info["sandbox"] = sandbox.shared().describe()
+            "model_version": version, "seconds": round(time.time() - t0, 2), **sandbox_info(cfg.skills)}
     run.commit(rnd, "eval", info, evals=rows)
     return info
 
@@ -212,9 +222,7 @@ def next_attempt(cfg: Config, state: dict, promoted: bool) -> tuple[int, int, st
 
 def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
     """Run (or resume) every round of the ladder in `run`; returns the summary."""
-    sb = cfg.sandbox
-    sandbox.configure(sb.level, sb.allow_unsafe, sb.workers, sandbox.Limits(wall_s=sb.wall_s, cpu_s=max(1, int(sb.wall_s)),
-                                                                            memory_mb=sb.memory_mb))
+    configure_sandbox(cfg)
     held = {s: held_out_prompts(get_task(s), cfg.eval.max_difficulty, cfg.eval.problems, cfg.eval.dev_problems,
                                 cfg.eval.seed) for s in cfg.skills}
 
@@ -253,7 +261,7 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
 
         if not run.done(rnd, "gate"):
             prev, new = run.done(state["round"], "eval"), run.done(rnd, "eval")
-            checks = [gate(_int_keys(p), _int_keys(n), cfg.eval.threshold, cfg.gate.tolerance)
+            checks = [gate(p, n, cfg.eval.threshold, cfg.gate.tolerance)
                       for p, n in zip([prev["dev"]] + prev.get("voters_dev", []), [new["dev"]] + new.get("voters_dev", []))]
             ok = all(c[0] for c in checks)
             reason = "; ".join(f"voter {i}: {r}" if i else r for i, (good, r) in enumerate(checks) if not good or ok and i == 0)
@@ -307,7 +315,3 @@ def train_round(cfg: Config, run: Run, rnd: int, state: dict, member: int, examp
     return {"model": state["model"] if lora else final, "adapter": final if lora else None,
             "loss_first": round(losses[0], 5), "loss_last": round(sum(losses[-20:]) / len(losses[-20:]), 5)}
 
-
-def _int_keys(acc: dict) -> dict[str, dict[int, float]]:
-    """JSON turns difficulty keys into strings; turn them back."""
-    return {s: {int(d): a for d, a in row.items()} for s, row in acc.items()}

@@ -33,7 +33,7 @@ from evolvelm.acquire.ladder import derive_seed, draw_problems
 from evolvelm.backends.hf import HFBackend
 from evolvelm.config import Config
 from evolvelm.evaluate.suite import accuracy, frontier, gate, held_out_prompts, splits
-from evolvelm.recipes.ladder import _int_keys, resolve
+from evolvelm.recipes.ladder import configure_sandbox, resolve, sandbox_info
 from evolvelm.store.run import Run
 from evolvelm.store.summary import write_summary
 from evolvelm.tasks import get_task
@@ -81,7 +81,7 @@ def refine(cfg: Config, run: Run, rnd: int, state: dict) -> None:
     samples = run.samples(rnd)
     routes = [None] * len(samples)
     if cfg.modules.method == "modular" and state["router"]:
-        model = model_for(cfg, run, state)
+        model = model_for(cfg, run, {**state, "modules": {}})  # routing needs the base and the router only
         routes = model.route([s.prompt for s in samples])
         model.close()
     counts = Counter(routes)
@@ -173,7 +173,7 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: dict, quiet: bool) -> dict:
     rows = [(split, s, d, a, len(splits(get_task(s), d, e.problems, e.dev_problems, e.seed)[split]),
              answerer.version, get_task(s).version) for split in acc for s in skills for d, a in acc[split][s].items()]
     info = {"frontier": {s: frontier(acc["test"][s], e.threshold) for s in skills}, "dev": acc["dev"],
-            "model_version": answerer.version}
+            "model_version": answerer.version, **sandbox_info(skills)}
     if isinstance(model, ModularModel):
         learned = _promoted_rounds(run, rnd) + ([rnd] if rnd else [])  # the rounds this state was trained on
         owner = {cfg.skills[r - 1]: run.done(r, "refine")["module"] for r in learned}
@@ -196,6 +196,7 @@ def router_accuracy(model: ModularModel, skills: list[str], owner: dict[str, str
 
 def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
     """Run (or resume) every round of the sequence in `run`; returns the summary."""
+    configure_sandbox(cfg)
     held = {s: held_out_prompts(get_task(s), cfg.eval.max_difficulty, cfg.eval.problems, cfg.eval.dev_problems,
                                 cfg.eval.seed) for s in sequence(cfg)}
     base = {"model": cfg.model.path, "adapter": None, "modules": {}, "router": None, "levels": {}, "round": 0}
@@ -219,7 +220,7 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
             evaluate(cfg, run, rnd, candidate, quiet)
         if not run.done(rnd, "gate"):
             prev, new = run.done(state["round"], "eval"), run.done(rnd, "eval")
-            ok, reason = gate(_int_keys(prev["dev"]), _int_keys(new["dev"]), cfg.eval.threshold, cfg.gate.tolerance)
+            ok, reason = gate(prev["dev"], new["dev"], cfg.eval.threshold, cfg.gate.tolerance)
             info = candidate if ok else {k: state[k] for k in ("model", "adapter", "modules", "router", "levels", "round")}
             run.commit(rnd, "gate", {**info, "promoted": ok, "reason": reason, "decision": "", "seconds": 0.0})
         summary = write_summary(run, cfg)

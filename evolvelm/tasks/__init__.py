@@ -90,9 +90,14 @@ def _echo(d: int, rng: random.Random) -> tuple[str, str]:
     return f"{s}=", s
 
 
+def shift_letters(s: str) -> str:
+    """Every letter one on in the alphabet, z -> a."""
+    return "".join(LETTERS[(LETTERS.index(c) + 1) % 26] for c in s)
+
+
 def _shift(d: int, rng: random.Random) -> tuple[str, str]:
     s = "".join(rng.choice(LETTERS) for _ in range(d))
-    return f"S{s}=", "".join(LETTERS[(LETTERS.index(c) + 1) % 26] for c in s)
+    return f"S{s}=", shift_letters(s)
 
 
 EXPR_DIGITS = "012345"

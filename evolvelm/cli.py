@@ -56,6 +56,10 @@ def _execute(run: Run, quiet: bool) -> int:
     if "forgetting" in summary:
         f = summary["forgetting"]
         print(f"after the sequence {cfg.skills}: ACC {f['acc']}  BWT {f['bwt']}  FWT {f['fwt']}")
+    elif "knowledge" in summary:
+        k = summary["knowledge"]
+        print(f"{cfg.knowledge.method}: efficacy on the last batch {k['efficacy'][-1:]} of upper bound {k['upper'][-1:]};"
+              f" retention of batch 1 {k['retention'][-1:]}; other skills {k['other'][-1:]} (base {k['other_base']})")
     else:
         print(f"frontier: base {first['frontier']} -> final {summary['final_frontier']}")
     print(f"summary: {run.root / 'summary.json'}   report: evolvelm report {run.root}")

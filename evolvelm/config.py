@@ -102,6 +102,18 @@ class ModulesConfig:
 
 
 @dataclass
+class KnowledgeConfig:
+    method: str = "distill"          # distill: KL from the model with the document in context to the model without
+                                     # it | sft-qa: SFT on its questions and in-context answers | sft-doc: SFT on the
+                                     # raw documents | icl: no update, the document in context (the upper bound) |
+                                     # retrieval: no update, the best BM25 match among the stored documents in context
+    people: int = 10                 # new people injected per round
+    documents: int = 2               # documents per person, each in its own phrasing
+    anchors: int = 3200              # unrelated inputs (other skills, the pretraining population) held in place
+    anchor_weight: float = 0.5       # share of the training mixture on the anchors
+
+
+@dataclass
 class Config:
     recipe: str = "ladder"           # loop family: evolvelm/recipes/<recipe>.py
     rounds: int = 4                  # self-improvement rounds after the round-0 evaluation
@@ -116,9 +128,12 @@ class Config:
     gate: GateConfig = field(default_factory=GateConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     modules: ModulesConfig = field(default_factory=ModulesConfig)  # recipe modular: skills is the sequence
+    knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)  # recipe knowledge: rounds = injections,
+                                     # skills = the other skills that must not be lost
 
 
-CHOICES = {"model.backend": sorted(BACKENDS), "update.method": ["full", "lora"], "recipe": ["ladder", "modular"],
+CHOICES = {"model.backend": sorted(BACKENDS), "update.method": ["full", "lora"], "recipe": ["ladder", "modular", "knowledge"],
+           "knowledge.method": ["distill", "sft-qa", "sft-doc", "icl", "retrieval"],
            "modules.method": ["modular", "shared", "replay", "full"], "modules.router": ["hidden", "chars"],
            "acquire.schedule": ["fixed", "adaptive"]}
 
@@ -240,6 +255,10 @@ def validate(cfg: Config) -> None:
     if cfg.recipe == "modular" and cfg.rounds != len(cfg.skills):
         raise ConfigError(f"rounds: the modular recipe learns one entry of `skills` per round, so rounds must be "
                           f"{len(cfg.skills)} (the length of skills {cfg.skills}), got {cfg.rounds}")
+    if cfg.knowledge.people < 1 or cfg.knowledge.documents < 1 or cfg.knowledge.anchors < 0:
+        raise ConfigError("knowledge.people and knowledge.documents must be >= 1, knowledge.anchors >= 0")
+    if not 0 <= cfg.knowledge.anchor_weight < 1:
+        raise ConfigError(f"knowledge.anchor_weight: must be in [0, 1), got {cfg.knowledge.anchor_weight}")
     if not 0 < cfg.update.new_weight <= 1:
         raise ConfigError(f"update.new_weight: must be in (0, 1], got {cfg.update.new_weight}")
 

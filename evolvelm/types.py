@@ -83,3 +83,5 @@ class Example:
     prompt: str
     answer: str
     weight: float = 1.0
+    target: object = None       # soft targets (context distillation): a [tokens of answer + 1, vocab] tensor of
+                                # probabilities, one row per answer token and end-of-sequence; None: the answer itself

@@ -96,18 +96,13 @@ def refine(cfg: Config, run: Run, rnd: int, state: dict) -> None:
                samples=samples, verdicts=True)
 
 
-def _promoted_rounds(run: Run, before: int) -> list[int]:
-    return [m["round"] for m in run.manifest() if m["stage"] == "gate" and 0 < m["round"] < before
-            and m["info"]["promoted"]]
-
-
 def update_stage(cfg: Config, run: Run, rnd: int, state: dict, quiet: bool) -> None:
     """Train what the method trains on the round's experience, and refit the router (modular)."""
     t0, method, u = time.time(), cfg.modules.method, cfg.update
     new = [Example(s.prompt, s.completion) for s in run.samples(rnd) if s.kept]
     examples = new
-    if method == "replay" and _promoted_rounds(run, rnd):
-        old = [Example(s.prompt, s.completion) for r in _promoted_rounds(run, rnd) for s in run.samples(r) if s.kept]
+    if method == "replay" and run.promoted_rounds(rnd):
+        old = [Example(s.prompt, s.completion) for r in run.promoted_rounds(rnd) for s in run.samples(r) if s.kept]
         examples = ([Example(e.prompt, e.answer, u.new_weight / len(new)) for e in new] +
                     [Example(e.prompt, e.answer, (1 - u.new_weight) / len(old)) for e in old])
     staging, final = run.staging(rnd, "update"), run.stage_dir(rnd, "update").relative_to(run.root)
@@ -148,7 +143,7 @@ def fit_router(cfg: Config, run: Run, rnd: int, base_dir: str, out: Path) -> Non
     """Fit the router on up to ROUTER_INPUTS inputs of every promoted round and this one, each labelled
     with the module its round updated (read back from the experience store)."""
     prompts, labels = [], []
-    for r in _promoted_rounds(run, rnd) + [rnd]:
+    for r in run.promoted_rounds(rnd) + [rnd]:
         module = run.done(r, "refine")["module"]
         rows = run.query("SELECT prompt FROM samples WHERE round=? ORDER BY id LIMIT ?", (r, ROUTER_INPUTS))
         prompts += [row["prompt"] for row in rows]
@@ -175,7 +170,7 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: dict, quiet: bool) -> dict:
     info = {"frontier": {s: frontier(acc["test"][s], e.threshold) for s in skills}, "dev": acc["dev"],
             "model_version": answerer.version, **sandbox_info(skills)}
     if isinstance(model, ModularModel):
-        learned = _promoted_rounds(run, rnd) + ([rnd] if rnd else [])  # the rounds this state was trained on
+        learned = run.promoted_rounds(rnd) + ([rnd] if rnd else [])  # the rounds this state was trained on
         owner = {cfg.skills[r - 1]: run.done(r, "refine")["module"] for r in learned}
         info["router"] = router_accuracy(model, skills, owner, e)
     answerer.close()

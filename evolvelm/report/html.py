@@ -41,7 +41,9 @@ def plots(summary: dict) -> list[tuple[str, str]]:
     out.append(("Accuracy by difficulty, per round", _png(fig)))
     plt.close(fig)
 
-    if "forgetting" not in summary:  # ladders
+    if "knowledge" in summary:
+        out += _knowledge_plots(summary["knowledge"], plt)
+    elif "forgetting" not in summary:  # ladders
         fig, ax = plt.subplots(figsize=(6, 3.4))
         for skill in skills:
             ax.plot([r["round"] for r in rounds], [r["frontier"][skill] for r in rounds], marker="o", label=skill)
@@ -80,6 +82,35 @@ def plots(summary: dict) -> list[tuple[str, str]]:
     return out
 
 
+def _knowledge_plots(k: dict, plt) -> list[tuple[str, str]]:
+    """Efficacy and retention per injection, and the accuracy matrix (batch x injection)."""
+    out, xs = [], range(1, len(k["matrix"]) + 1)
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    ax.plot(xs, k["efficacy"], marker="o", label="efficacy (newest batch)")
+    ax.plot(xs, k["retention"], marker="s", label="retention (batch 1)")
+    ax.plot(xs, k["upper"], linestyle="--", color="grey", label="upper bound (document in context)")
+    for s in k["other_base"]:
+        ax.plot(xs, [o[s] for o in k["other"]], linestyle=":", label=f"other: {s}")
+    ax.set(title="Injected facts, held-out question phrasing", xlabel="injection", ylabel="accuracy", ylim=(-0.02, 1.02))
+    ax.legend(fontsize=7)
+    out.append(("Efficacy and retention per injection", _png(fig)))
+    plt.close(fig)
+    n = len(k["matrix"])
+    grid = [[(row[j] if j < len(row) and row[j] is not None else float("nan")) for j in range(n)] for row in k["matrix"]]
+    fig, ax = plt.subplots(figsize=(0.45 * n + 2, 0.35 * n + 1.5))
+    ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+    if n <= 12:
+        for i, row in enumerate(grid):
+            for j, v in enumerate(row[:i + 1]):
+                ax.text(j, i, "-" if v != v else f"{v:.2f}", ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(n), [str(j + 1) for j in range(n)])
+    ax.set_yticks(range(n), [str(i + 1) for i in range(n)])
+    ax.set(title="Accuracy on batch j after injection i", xlabel="batch j", ylabel="after injection i")
+    out.append(("Retention matrix", _png(fig)))
+    plt.close(fig)
+    return out
+
+
 def _html_table(head: list[str], rows: list[list]) -> str:
     cells = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
     return "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + f"</tr>{cells}</table>"
@@ -102,6 +133,16 @@ def _tables(summary: dict) -> str:
         out += ("<h2>Modules and routing</h2><p>The module each round updated, and the share of every skill's "
                 "held-out test prompts that the router sends to that skill's module (skills not learned yet: to "
                 "no module).</p>" + _html_table(["round", "module updated", "promoted", "gate", "routing accuracy"], rows))
+    if "knowledge" in summary:
+        k = summary["knowledge"]
+        rows = [[i + 1, _fmt(k["efficacy"][i]), _fmt(k["upper"][i]), _fmt(k["efficacy_ratio"][i]), _fmt(k["retention"][i]),
+                 _fmt(k["retention_ratio"][i]), ", ".join(f"{s} {a:.3f}" for s, a in k["other"][i].items())]
+                for i in range(len(k["matrix"]))]
+        out += ("<h2>Injected facts</h2><p>Accuracy on questions in a phrasing never trained on: on the newest batch "
+                "(efficacy) and on the first (retention), against the base model with the document in context (upper "
+                f"bound). Other skills of the base model: {html.escape(str(k['other_base']))}.</p>"
+                + _html_table(["injection", "efficacy", "upper bound", "efficacy / upper", "retention of batch 1",
+                               "retention / upper", "other skills"], rows))
     refined = [r for r in summary["rounds"] if r["filters"]]
     if refined:
         names = list(refined[-1]["filters"])

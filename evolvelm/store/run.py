@@ -123,6 +123,11 @@ class Run:
             rows = con.execute("SELECT round, stage, info, committed_at FROM manifest ORDER BY round, committed_at").fetchall()
         return [dict(round=r["round"], stage=r["stage"], info=json.loads(r["info"]), committed_at=r["committed_at"]) for r in rows]
 
+    def promoted_rounds(self, before: int) -> list[int]:
+        """The rounds 1..before-1 whose gate promoted them: what the current model was trained on."""
+        return [m["round"] for m in self.manifest() if m["stage"] == "gate" and 0 < m["round"] < before
+                and m["info"]["promoted"]]
+
     def staging(self, rnd: int, stage: str) -> Path:
         """A fresh, empty staging directory for a stage; leftovers of an uncommitted attempt are removed."""
         final, tmp = self.stage_dir(rnd, stage), self.stage_dir(rnd, f".staging-{stage}")

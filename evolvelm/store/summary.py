@@ -31,6 +31,8 @@ def summarize(run: Run, cfg: Config) -> dict:
         })
     promoted = [r for r in rounds if r["promoted"]]
     extra = {"forgetting": forgetting(rounds, cfg.skills)} if cfg.recipe == "modular" and rounds else {}
+    if cfg.recipe == "knowledge":
+        extra = {"knowledge": knowledge(rounds, cfg.skills + ["population"])}
     return {**extra, "rounds": rounds, "final_frontier": promoted[-1]["frontier"] if promoted else {},
             "sandbox": (run.done(0, "eval") or {}).get("sandbox"),
             "skills": cfg.skills, "wall_seconds": round(sum(seconds.values()), 1)}
@@ -60,6 +62,33 @@ def forgetting(rounds: list[dict], sequence: list[str]) -> dict:
             "acc": mean([matrix[last][j] for j in learned]),
             "bwt": mean([matrix[last][j] - matrix[first[skills[j]]][j] for j in learned if first[skills[j]] < last]),
             "fwt": mean([matrix[first[skills[j]] - 1][j] - matrix[0][j] for j in learned if first[skills[j]] > 1])}
+
+
+def knowledge(rounds: list[dict], other: list[str]) -> dict:
+    """Efficacy and retention of injected facts (recipe knowledge; round r injects batch r).
+
+    matrix[r-1][j-1]: held-out accuracy on batch j of the model kept after round r (a rolled-back
+    round keeps the previous row, and its own batch, never learned, is None). efficacy: on the newest
+    batch; retention: on the first batch; upper: the base model with the newest batch's document in
+    context; the ratios divide by the upper bound of the batch concerned. other: mean test accuracy
+    of the kept model on the other skills and the pretraining population.
+    """
+    matrix, upper, kept = [], [], []
+    for r in rounds[1:]:
+        if r["promoted"]:
+            matrix.append([r["accuracy"]["facts"].get(j) for j in range(1, r["round"] + 1)])
+            kept.append(r)
+        else:
+            matrix.append((matrix[-1] if matrix else []) + [None])
+            kept.append(kept[-1] if kept else rounds[0])
+        upper.append(r["accuracy"].get("facts-icl", {}).get(r["round"]))
+    ratio = lambda a, b: None if a is None or not b else round(a / b, 4)
+    efficacy, retention = [row[-1] for row in matrix], [row[0] for row in matrix]
+    return {"matrix": matrix, "upper": upper, "efficacy": efficacy, "retention": retention,
+            "efficacy_ratio": [ratio(a, b) for a, b in zip(efficacy, upper)],
+            "retention_ratio": [ratio(a, upper[0]) for a in retention],
+            "other": [{s: round(sum(k["accuracy"][s].values()) / len(k["accuracy"][s]), 4) for s in other} for k in kept],
+            "other_base": {s: round(sum(rounds[0]["accuracy"][s].values()) / len(rounds[0]["accuracy"][s]), 4) for s in other}}
 
 
 def write_summary(run: Run, cfg: Config) -> dict:

@@ -33,8 +33,10 @@ def train(model, tokenizer, examples: list[Example], steps: int, batch_size: int
           warmup: int = 50, weight_decay: float = 0.0, desc: str = "train", quiet: bool = False) -> list[float]:
     """Train `model` in place for `steps` steps; the loss is on answer tokens only. Returns step losses.
 
-    Batches are drawn with replacement, proportionally to `Example.weight`, from a generator
-    seeded with `seed`: the same inputs give the same trained weights.
+    The loss per answer token is the cross-entropy with the answer's token or, for an example with
+    soft targets (`Example.target`), the KL divergence from the target distribution to the model's
+    (context distillation). Batches are drawn with replacement, proportionally to `Example.weight`,
+    from a generator seeded with `seed`: the same inputs give the same trained weights.
     """
     if not examples:
         raise ValueError("no training examples")
@@ -58,7 +60,8 @@ def train(model, tokenizer, examples: list[Example], steps: int, batch_size: int
             x[r, :len(seq)] = seq
             y[r, starts[i]:len(seq)] = seq[starts[i]:]
         mask = (torch.arange(width)[None] < torch.tensor([len(ids[i]) for i in idx])[:, None]).long()
-        loss = model(input_ids=x.to(device), attention_mask=mask.to(device), labels=y.to(device)).loss
+        loss = _loss(model(input_ids=x.to(device), attention_mask=mask.to(device)).logits, y.to(device),
+                     [(r, starts[i], examples[i].target) for r, i in enumerate(idx) if examples[i].target is not None])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -67,6 +70,19 @@ def train(model, tokenizer, examples: list[Example], steps: int, batch_size: int
         losses.append(loss.item())
     model.eval()
     return losses
+
+
+def _loss(logits: torch.Tensor, labels: torch.Tensor, soft: list[tuple[int, int, torch.Tensor]]) -> torch.Tensor:
+    """Mean over answer tokens of the cross-entropy with `labels` ([batch, width], -100 = not trained),
+    where rows (row, answer start, [T, vocab] target probabilities) in `soft` use KL(target || model)."""
+    logp = logits[:, :-1].float().log_softmax(-1)
+    target = labels[:, 1:]
+    per_token = -logp.gather(-1, target.clamp(min=0)[..., None])[..., 0]
+    for row, start, probs in soft:
+        p = probs.to(logp.device)
+        span = slice(start - 1, start - 1 + len(p))  # positions that predict the answer's tokens
+        per_token[row, span] = (torch.xlogy(p, p) - p * logp[row, span]).sum(-1)
+    return per_token[target != -100].mean()
 
 
 def load_for_training(base: str, parent_adapter: str | None, method: str, lora_r: int, lora_alpha: int, seed: int = 0):

@@ -3,6 +3,7 @@
     python -m evolvelm.zoo.train --model copy-reverse     # ~4 min on 2 CPU cores
     python -m evolvelm.zoo.train --model addition         # see SPECS for the measured time
     python -m evolvelm.zoo.train --model modular-base     # ~1 min
+    python -m evolvelm.zoo.train --model facts            # ~14 min
 
 Architecture: SmolLM3, i.e. the Llama decoder with a per-layer switch for rotary embeddings, with
 rotary embeddings switched off in every layer (NoPE). Stock Llama in transformers 5 ignores
@@ -24,7 +25,7 @@ from pathlib import Path
 import torch
 from transformers import SmolLM3Config, SmolLM3ForCausalLM
 
-from evolvelm.tasks import ALPHABET, expr_mistake, get_task, retry_prompt
+from evolvelm.tasks import ALPHABET, facts, expr_mistake, get_task, retry_prompt
 from evolvelm.types import Example
 from evolvelm.update.sft import train
 from evolvelm.zoo.tokenizer import char_tokenizer
@@ -53,6 +54,12 @@ SPECS = {
                          batch_size=64, lr=3e-3, weight_by_difficulty=True, alphabet=ALPHABET + "ES"),
     # The shipped addition checkpoint was trained before `examples` stopped drawing a skill for
     # single-skill specs; a retrain with this code draws different data (same spec, same seed).
+    # The base for knowledge internalisation (recipe knowledge): copy and reverse 1-6, the closed-book
+    # facts of a 200-person population, their documents as raw text, and questions about fresh people
+    # answered from a document in context (the teacher that context distillation needs). Rotary
+    # embeddings on: no length ladder here, and reading a document needs positions.
+    "facts": dict(skills=["copy", "reverse"], max_difficulty=6, hidden=96, layers=4, heads=4, steps=4000,
+                  batch_size=48, lr=2e-3, alphabet=ALPHABET + facts.CHARS, rope=True, facts=True, pool=60_000),
     "addition": dict(skills=["addition"], max_difficulty=4, hidden=128, layers=4, heads=8,
                      steps=8000, batch_size=64, lr=1e-3, weight_by_difficulty=True),
 }
@@ -64,7 +71,7 @@ def build(spec: dict, tokenizer) -> SmolLM3ForCausalLM:
     cfg = SmolLM3Config(
         vocab_size=len(tokenizer), hidden_size=h, intermediate_size=4 * h, num_hidden_layers=n,
         num_attention_heads=spec["heads"], num_key_value_heads=spec["heads"], max_position_embeddings=1024,
-        no_rope_layers=[0] * n, use_sliding_window=False, tie_word_embeddings=True,
+        no_rope_layers=[int(spec.get("rope", False))] * n, use_sliding_window=False, tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
     )
     return SmolLM3ForCausalLM(cfg)
@@ -80,6 +87,50 @@ def accuracy(model_dir: Path, skill: str, difficulties: range, n: int = 200) -> 
         gens = backend.generate([p.prompt for p in probs], [0] * len(probs), 0.0, task.answer_lengths(d)[1] + 2)
         acc[d] = sum(task.check_many(probs, [g.text for g in gens])) / len(probs)
     return acc
+
+
+FACTS_MIX = {"skills": 0.15, "closed": 0.35, "document": 0.15, "in_context": 0.35}  # shares of zoo:facts' data
+
+
+def facts_examples(spec: dict, rng: random.Random, n: int) -> list[Example]:
+    """zoo:facts' pretraining data (FACTS_MIX): the population's facts in every question phrasing and
+    its documents in every phrasing, in-context questions about fresh people (never the population,
+    never a person an injection draws: those are drawn from other seeds), and the spec's skills."""
+    pop = facts.population()
+    names = frozenset(p.name for p in pop)
+    fresh = facts.people(n, "zoo-fresh", exclude=names)
+    kinds = rng.choices(list(FACTS_MIX), list(FACTS_MIX.values()), k=n)
+    out = examples(spec, rng, spec["max_difficulty"], kinds.count("skills"))
+    for i, kind in enumerate(kinds):
+        person = rng.choice(pop)
+        if kind == "closed":
+            q = rng.choice(facts.questions(person, (0, 1, 2)))
+            out.append(Example(q.prompt, q.answer))
+        elif kind == "document":
+            out.append(Example("", facts.document(person, rng.random())))
+        elif kind == "in_context":
+            q = rng.choice(facts.questions(fresh[i], (0, 1, 2)))
+            out.append(Example(facts.in_context(facts.document(fresh[i], rng.random()), q), q.answer))
+    rng.shuffle(out)
+    return out
+
+
+def facts_accuracy(model_dir: Path, n: int = 200) -> dict[str, float]:
+    """Greedy accuracy on the population's facts (closed book, the held-out phrasing) and on fresh
+    people's facts with their document in context (every phrasing)."""
+    from evolvelm.backends.hf import HFBackend
+
+    backend, rng = HFBackend(str(model_dir)), random.Random(7)
+    pop = facts.population()
+    closed = [q for p in pop for q in facts.questions(p, facts.EVAL)]
+    fresh = facts.people(n, "zoo-check", exclude=frozenset(p.name for p in pop))
+    ctx = [(facts.document(p, 0), rng.choice(facts.questions(p, (0, 1, 2)))) for p in fresh]
+    out = {}
+    for name, prompts, qs in [("closed_book_population", [q.prompt for q in closed], closed),
+                              ("in_context_fresh", [facts.in_context(d, q) for d, q in ctx], [q for _, q in ctx])]:
+        gens = backend.generate(prompts, [0] * len(prompts), 0.0, facts.max_answer_length() + 2)
+        out[name] = sum(facts.check(q, g.text) for q, g in zip(qs, gens)) / len(qs)
+    return out
 
 
 def examples(spec: dict, rng: random.Random, top: int, n: int) -> list[Example]:
@@ -123,7 +174,8 @@ def main(argv: list[str] | None = None) -> None:
         warm = examples(spec, rng, spec["warm_difficulty"], 20_000)
         train(model, tokenizer, warm, spec["warm_steps"], spec["batch_size"], spec["lr"], args.seed, warmup=200,
               desc=f"warm-up {args.model}")
-    data = examples(spec, rng, spec["max_difficulty"], spec.get("pool", 20_000))
+    pool = spec.get("pool", 20_000)
+    data = facts_examples(spec, rng, pool) if spec.get("facts") else examples(spec, rng, spec["max_difficulty"], pool)
     losses = train(model, tokenizer, data, spec["steps"], spec["batch_size"], spec["lr"],
                    args.seed + 1 if spec.get("warm_steps") else args.seed, warmup=200, desc=f"train {args.model}")
     seconds = time.time() - start
@@ -134,11 +186,15 @@ def main(argv: list[str] | None = None) -> None:
     meta = {"skills": {s: [1, top] for s in spec["skills"]}, "spec": spec, "seed": args.seed,
             "params": sum(p.numel() for p in model.parameters()), "final_loss": sum(losses[-50:]) / 50,
             "train_seconds": round(seconds, 1), "accuracy_greedy_200": acc}
+    if spec.get("facts"):
+        meta["facts"] = facts_accuracy(out)
     (out / "evolvelm.json").write_text(json.dumps(meta, indent=2))
     print(f"{args.model}: {meta['params']:,} parameters, {spec['steps']} steps in {seconds:.0f}s "
           f"(final loss {meta['final_loss']:.4f})")
     for s, row in acc.items():
         print(f"  {s:9s} " + "  ".join(f"{d}:{a:.2f}" for d, a in row.items()))
+    for s, a in meta.get("facts", {}).items():
+        print(f"  {s}: {a:.3f}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,268 @@
+"""Knowledge internalisation: new people are injected one batch per round, and the model must learn
+their facts into its weights (SELF-PARAM's context distillation), measured for efficacy and retention.
+
+    evolvelm run knowledge-distill
+
+Round 0 evaluates the base model. Every later round injects `knowledge.people` new people, in order:
+    acquire  their documents (`knowledge.documents` phrasings each, stored in the experience store),
+             the questions the model asks itself about each document (the `facts.ASK` phrasings), and
+             its own answers with the document in context (the teacher: the model as it was before
+             this round, greedy); for `distill`, its next-token distributions at those answers too
+    refine   `grounded`: an answer is kept only when it occurs, as whole words, in the document it was read from
+             (unsupervised; its precision against the true answers is recorded)
+    update   distill: KL from the teacher (document in context) to the model without the document;
+             sft-qa: SFT on the kept question-answer pairs; sft-doc: SFT on the raw documents;
+             icl, retrieval: no update. Every trained method mixes in earlier injections' experience
+             (`update.new_weight` is the newest one's share; 1.0 = no replay) and `knowledge.anchors`
+             unrelated inputs (the other skills, the pretraining population) whose outputs are held to
+             what the model gave before the round (KL, share `knowledge.anchor_weight`)
+    eval     accuracy on every injected batch so far, asked in the held-out phrasing (`facts.EVAL`),
+             closed book (icl: with the document; retrieval: with the best BM25 match among all stored
+             documents); the in-context upper bound for the newest batch (the base model with its
+             document); the other skills (test and dev) and the population's facts
+    gate     promote, or keep the previous model when dev accuracy on any other skill or on the
+             population fell more than gate.tolerance below the base model's (not just the last
+             round's: 20 small losses must not add up)
+`evolvelm.store.summary` writes the efficacy/retention matrix to summary.json.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from evolvelm.acquire.ladder import derive_seed, draw_problems
+from evolvelm.backends.hf import HFBackend
+from evolvelm.config import Config
+from evolvelm.evaluate.suite import accuracy, frontier, gate, held_out_prompts, splits
+from evolvelm.recipes.ladder import resolve
+from evolvelm.store.memory import Memory
+from evolvelm.store.run import Run
+from evolvelm.store.summary import write_summary
+from evolvelm.tasks import facts, get_task
+from evolvelm.types import Example, Sample, Verdict
+from evolvelm.update import distill, sft
+
+TRAINED = ("distill", "sft-qa", "sft-doc")  # the methods that change parameters
+STATE = ("model", "adapter")
+
+
+def preflight(cfg: Config, run: Run) -> None:
+    """Fail on a missing model before anything is created."""
+    resolve(cfg.model.path, run)
+
+
+def batch(cfg: Config, rnd: int) -> list[facts.Person]:
+    """The people injected in round `rnd`: none of the pretraining population, none injected before."""
+    seen = frozenset(p.name for p in facts.population())
+    for r in range(1, rnd + 1):
+        people = facts.people(cfg.knowledge.people, ("injection", cfg.seed, r), exclude=seen)
+        seen |= {p.name for p in people}
+    return people
+
+
+def population_split(split: str) -> list[facts.Question]:
+    """The population's facts asked in the held-out phrasing: even people for test, odd for dev."""
+    return [q for i, p in enumerate(facts.population()) if i % 2 == (split == "dev") for q in facts.questions(p, facts.EVAL)]
+
+
+def backend(cfg: Config, run: Run, state: dict) -> HFBackend:
+    """The model of a gate state (base weights, or base + LoRA adapter)."""
+    return HFBackend(resolve(state["model"], run), adapter=resolve(state["adapter"], run) if state["adapter"] else None,
+                     device=cfg.model.device, batch_size=cfg.model.batch_size)
+
+
+def answer(model, prompts: list[str]):
+    """Greedy answers to fact questions."""
+    return model.generate(prompts, [0] * len(prompts), 0.0, facts.max_answer_length() + 2)
+
+
+def acquire(cfg: Config, run: Run, rnd: int, state: dict) -> None:
+    """Documents of the round's people, and the model's own answers to its questions about them."""
+    t0, k = time.time(), cfg.knowledge
+    docs = [(p, j, facts.document(p, (cfg.seed, rnd, j))) for p in batch(cfg, rnd) for j in range(k.documents)]
+    samples = [Sample(rnd, "document", rnd, p.name, doc, "given", 0, j, 0.0, 0.0, doc) for p, j, doc in docs]
+    asked = [(doc, j, q) for p, j, doc in docs for q in facts.questions(p, facts.ASK)]
+    teacher = backend(cfg, run, state)
+    gens = answer(teacher, [facts.in_context(doc, q) for doc, _, q in asked])
+    qa = [Sample(rnd, "facts", rnd, q.prompt, g.text, teacher.version, 0, j, 0.0,
+                 sum(g.logprobs) / max(1, len(g.logprobs)), q.answer, context=doc) for (doc, j, q), g in zip(asked, gens)]
+    staging = run.staging(rnd, "acquire")
+    if k.method == "distill":  # the teacher's distributions, keyed by sample id, for the update
+        targets = distill.distributions(teacher.model, teacher.tokenizer, [s.context + s.prompt for s in qa],
+                                        [s.completion for s in qa], cfg.model.batch_size)
+        save_file({s.id: t.contiguous() for s, t in zip(qa, targets)}, staging / "targets.safetensors")
+    teacher.close()
+    right = sum(s.completion == s.true_answer for s in qa)
+    run.commit(rnd, "acquire", {"people": len(docs) // k.documents, "documents": len(docs), "questions": len(qa),
+                                "teacher_accuracy": round(right / len(qa), 4), "seconds": round(time.time() - t0, 2)},
+               samples=samples + qa)
+
+
+def grounded(answer: str, document: str) -> bool:
+    """The answer occurs in the document as whole words (a cut-off "dulm" of "dulmar" does not)."""
+    return bool(answer.strip()) and re.search(rf"\b{re.escape(answer)}\b", document) is not None
+
+
+def refine(cfg: Config, run: Run, rnd: int) -> None:
+    """Keep the teacher's answers that occur in the document they were read from."""
+    t0, samples = time.time(), run.samples(rnd)
+    for s in samples:
+        if s.skill == "document":
+            s.verdicts = [Verdict("given", "1", True, "a document to learn")]
+        else:
+            ok = grounded(s.completion, s.context)
+            s.verdicts = [Verdict("grounded", "1", ok, "answer occurs in the document" if ok else "answer not in the document")]
+    qa = [s for s in samples if s.skill == "facts"]
+    kept = [s for s in qa if s.verdicts[0].kept]
+    precision = round(sum(s.completion == s.true_answer for s in kept) / len(kept), 4) if kept else None
+    run.commit(rnd, "refine", {"chain": ["grounded"], "kept": len(kept), "label_precision": precision,
+                               "filters": {"grounded": {"kept": len(kept), "dropped": len(qa) - len(kept),
+                                                        "precision": precision}},
+                               "seconds": round(time.time() - t0, 2)}, samples=samples, verdicts=True)
+
+
+def experience(cfg: Config, run: Run, rnd: int) -> list[Example]:
+    """What the method learns from one injection (round `rnd`), as read back from the store."""
+    method, samples = cfg.knowledge.method, run.samples(rnd)
+    if method == "sft-doc":
+        return [Example("", s.completion) for s in samples if s.skill == "document"]
+    kept = [s for s in samples if s.skill == "facts" and s.kept]
+    if method == "sft-qa":
+        return [Example(s.prompt, s.completion) for s in kept]
+    targets = load_file(run.stage_dir(rnd, "acquire") / "targets.safetensors")
+    return distill.soft_examples([s.prompt for s in kept], [s.completion for s in kept], [targets[s.id] for s in kept])
+
+
+def anchors(cfg: Config, run: Run, rnd: int, state: dict, held: dict) -> list[Example]:
+    """Unrelated inputs with the model's own answers and distributions before the round: the KL that
+    holds them in place. Half are the other skills' problems, half the population's questions in the
+    trained phrasings (all of them once `knowledge.anchors` / 2 covers them: with half, measured, the
+    population lost about 5% per injection and most rounds were rolled back)."""
+    n, e = cfg.knowledge.anchors, cfg.eval
+    per_skill = max(1, n // (2 * len(cfg.skills) * e.max_difficulty))
+    prompts = [p.prompt for s in cfg.skills for d in range(1, e.max_difficulty + 1)
+               for p in draw_problems(s, d, per_skill, cfg.seed, rnd, held[s][d])]
+    pop = [q.prompt for p in facts.population() for q in facts.questions(p, facts.ASK)]
+    order = sorted(range(len(pop)), key=lambda i: derive_seed(cfg.seed, rnd, "anchor", i))
+    prompts += [pop[i] for i in sorted(order[:n - len(prompts)])]
+    model = backend(cfg, run, state)
+    answers = [g.text for g in model.generate(prompts, [0] * len(prompts), 0.0, max(e.max_difficulty, facts.max_answer_length()) + 2)]
+    targets = distill.distributions(model.model, model.tokenizer, prompts, answers, cfg.model.batch_size)
+    model.close()
+    return distill.soft_examples(prompts, answers, targets)
+
+
+def update_stage(cfg: Config, run: Run, rnd: int, state: dict, held: dict, quiet: bool) -> None:
+    """Train the method on this injection, earlier ones (replay) and the anchors; or nothing (icl, retrieval)."""
+    t0, u, k = time.time(), cfg.update, cfg.knowledge
+    info = {key: state[key] for key in STATE}
+    if k.method not in TRAINED:
+        run.commit(rnd, "update", {**info, "examples": 0, "seconds": 0.0})
+        return
+    new, old = experience(cfg, run, rnd), [x for r in run.promoted_rounds(rnd) for x in experience(cfg, run, r)]
+    share = 1.0 - k.anchor_weight
+    new_share = share * (u.new_weight if old else 1.0)
+    anchor = anchors(cfg, run, rnd, state, held) if k.anchors else []
+    mixture = ([Example(x.prompt, x.answer, new_share / len(new), x.target) for x in new]
+               + [Example(x.prompt, x.answer, (share - new_share) / len(old), x.target) for x in old]
+               + [Example(x.prompt, x.answer, k.anchor_weight / len(anchor), x.target) for x in anchor])
+    base_dir, seed = resolve(state["model"], run), derive_seed(cfg.seed, rnd, "train")
+    model = sft.load_for_training(base_dir, resolve(state["adapter"], run) if state["adapter"] else None, u.method,
+                                  u.lora_r, u.lora_alpha, seed)
+    losses = sft.train(model, sft.tokenizer(base_dir), mixture, u.steps, u.batch_size, u.lr, seed=seed,
+                       warmup=u.warmup, desc=f"update round {rnd}", quiet=quiet)
+    staging, final = run.staging(rnd, "update"), run.stage_dir(rnd, "update").relative_to(run.root)
+    (staging / "model").mkdir(parents=True)
+    sft.save(model, base_dir, staging / "model", card={"round": rnd, "method": k.method, "base": state["model"],
+                                                        "parent": state["adapter"], "examples": len(mixture),
+                                                        "loss_first": losses[0], "loss_last": losses[-1]})
+    info["adapter" if u.method == "lora" else "model"] = str(final / "model")
+    run.commit(rnd, "update", {**info, "examples": len(mixture), "new_examples": len(new), "replayed": len(old),
+                               "anchors": len(anchor), "loss_first": round(losses[0], 5),
+                               "loss_last": round(sum(losses[-20:]) / len(losses[-20:]), 5),
+                               "seconds": round(time.time() - t0, 2)})
+
+
+def facts_accuracy(model, questions: list[facts.Question], contexts: list[str]) -> float:
+    """Greedy exact-match accuracy on `questions`, each after its context ("" = closed book)."""
+    gens = answer(model, [c + q.prompt for q, c in zip(questions, contexts)])
+    return sum(facts.check(q, g.text) for q, g in zip(questions, gens)) / len(questions)
+
+
+def evaluate(cfg: Config, run: Run, rnd: int, state: dict, quiet: bool) -> dict:
+    """Every injected batch (held-out phrasing), the newest batch's in-context upper bound, the other
+    skills and the population's facts; the evals table holds batch j as skill "facts", difficulty j."""
+    t0, e, method = time.time(), cfg.eval, cfg.knowledge.method
+    model = backend(cfg, run, state)
+    ranges = {s: range(1, e.max_difficulty + 1) for s in cfg.skills}
+    acc = {split: accuracy(model, cfg.skills, ranges, split, e.problems, e.dev_problems, e.seed, quiet) for split in ("test", "dev")}
+    rows = [(split, s, d, a, len(splits(get_task(s), d, e.problems, e.dev_problems, e.seed)[split]), model.version,
+             get_task(s).version) for split in acc for s in cfg.skills for d, a in acc[split][s].items()]
+    for split in ("test", "dev"):
+        qs = population_split(split)
+        acc[split]["population"] = {1: facts_accuracy(model, qs, [""] * len(qs))}
+        rows.append((split, "population", 1, acc[split]["population"][1], len(qs), model.version, facts.VERSION))
+    memory = Memory.from_run(run, rnd) if method == "retrieval" and rnd else None
+    for j in range(1, rnd + 1):
+        people = batch(cfg, j)
+        qs = [q for p in people for q in facts.questions(p, facts.EVAL)]
+        if method == "icl":
+            docs = {p.name: facts.document(p, (cfg.seed, j, 0)) for p in people}
+            contexts = [docs[q.person] for q in qs]
+        elif method == "retrieval":
+            contexts = [memory.retrieve(q.text) for q in qs]
+        else:
+            contexts = [""] * len(qs)
+        rows.append(("test", "facts", j, facts_accuracy(model, qs, contexts), len(qs), model.version, facts.VERSION))
+    model.close()
+    if rnd:  # the upper bound: the base model with the newest batch's (first) document in context
+        base, people = backend(cfg, run, {"model": cfg.model.path, "adapter": None}), batch(cfg, rnd)
+        qs = [q for p in people for q in facts.questions(p, facts.EVAL)]
+        docs = {p.name: facts.document(p, (cfg.seed, rnd, 0)) for p in people}
+        rows.append(("test", "facts-icl", rnd, facts_accuracy(base, qs, [docs[q.person] for q in qs]), len(qs),
+                     base.version, facts.VERSION))
+        base.close()
+    info = {"frontier": {s: frontier(acc["test"][s], e.threshold) for s in cfg.skills}, "dev": acc["dev"],
+            "model_version": rows[0][5], "seconds": round(time.time() - t0, 2)}
+    run.commit(rnd, "eval", info, evals=rows)
+    return info
+
+
+def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
+    """Run (or resume) every injection in `run`; returns the summary."""
+    held = {s: held_out_prompts(get_task(s), cfg.eval.max_difficulty, cfg.eval.problems, cfg.eval.dev_problems,
+                                cfg.eval.seed) for s in cfg.skills}
+    base = {"model": cfg.model.path, "adapter": None, "levels": {}, "round": 0}
+    if not run.done(0, "eval"):
+        evaluate(cfg, run, 0, base, quiet)
+    if not run.done(0, "gate"):
+        run.commit(0, "gate", {**base, "promoted": True, "reason": "base model", "decision": "", "seconds": 0.0})
+    write_summary(run, cfg)
+
+    for rnd in range(1, cfg.rounds + 1):
+        state = run.done(rnd - 1, "gate")
+        if not run.done(rnd, "acquire"):
+            acquire(cfg, run, rnd, state)
+        if not run.done(rnd, "refine"):
+            refine(cfg, run, rnd)
+        if not run.done(rnd, "update"):
+            update_stage(cfg, run, rnd, state, held, quiet)
+        update = run.done(rnd, "update")
+        candidate = {key: update[key] for key in STATE} | {"levels": {}, "round": rnd}
+        if not run.done(rnd, "eval"):
+            evaluate(cfg, run, rnd, candidate, quiet)
+        if not run.done(rnd, "gate"):
+            ok, reason = gate(run.done(0, "eval")["dev"], run.done(rnd, "eval")["dev"], 0.0, cfg.gate.tolerance)
+            info = candidate if ok else {key: state[key] for key in (*STATE, "levels", "round")}
+            run.commit(rnd, "gate", {**info, "promoted": ok, "reason": reason, "decision": "", "seconds": 0.0})
+        summary = write_summary(run, cfg)
+        if not quiet:
+            kn = summary["knowledge"]
+            tqdm.write(f"injection {rnd}: {'promoted' if summary['rounds'][-1]['promoted'] else 'ROLLED BACK'}  "
+                       f"efficacy {kn['efficacy'][-1]} (upper bound {kn['upper'][-1]})  retention of batch 1 "
+                       f"{kn['retention'][-1]}  other skills {kn['other'][-1]}")
+    return json.loads((run.root / "summary.json").read_text())

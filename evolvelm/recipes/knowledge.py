@@ -35,10 +35,9 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from evolvelm.acquire.ladder import derive_seed, draw_problems
-from evolvelm.backends.hf import HFBackend
 from evolvelm.config import Config
 from evolvelm.evaluate.suite import accuracy, frontier, gate, held_out_prompts, splits
-from evolvelm.recipes.ladder import resolve
+from evolvelm.recipes.ladder import backend_for, resolve
 from evolvelm.store.memory import Memory
 from evolvelm.store.run import Run
 from evolvelm.store.summary import write_summary
@@ -69,10 +68,12 @@ def population_split(split: str) -> list[facts.Question]:
     return [q for i, p in enumerate(facts.population()) if i % 2 == (split == "dev") for q in facts.questions(p, facts.EVAL)]
 
 
-def backend(cfg: Config, run: Run, state: dict) -> HFBackend:
-    """The model of a gate state (base weights, or base + LoRA adapter)."""
-    return HFBackend(resolve(state["model"], run), adapter=resolve(state["adapter"], run) if state["adapter"] else None,
-                     device=cfg.model.device, batch_size=cfg.model.batch_size)
+def held_out(cfg: Config, j: int) -> tuple[list[facts.Question], list[str]]:
+    """Batch j's questions in the held-out phrasing, and beside each its person's first document."""
+    people = batch(cfg, j)
+    docs = {p.name: facts.document(p, (cfg.seed, j, 0)) for p in people}
+    qs = [q for p in people for q in facts.questions(p, facts.EVAL)]
+    return qs, [docs[q.person] for q in qs]
 
 
 def answer(model, prompts: list[str]):
@@ -86,7 +87,7 @@ def acquire(cfg: Config, run: Run, rnd: int, state: dict) -> None:
     docs = [(p, j, facts.document(p, (cfg.seed, rnd, j))) for p in batch(cfg, rnd) for j in range(k.documents)]
     samples = [Sample(rnd, "document", rnd, p.name, doc, "given", 0, j, 0.0, 0.0, doc) for p, j, doc in docs]
     asked = [(doc, j, q) for p, j, doc in docs for q in facts.questions(p, facts.ASK)]
-    teacher = backend(cfg, run, state)
+    teacher = backend_for(cfg, run, state)
     gens = answer(teacher, [facts.in_context(doc, q) for doc, _, q in asked])
     qa = [Sample(rnd, "facts", rnd, q.prompt, g.text, teacher.version, 0, j, 0.0,
                  sum(g.logprobs) / max(1, len(g.logprobs)), q.answer, context=doc) for (doc, j, q), g in zip(asked, gens)]
@@ -149,7 +150,7 @@ def anchors(cfg: Config, run: Run, rnd: int, state: dict, held: dict) -> list[Ex
     pop = [q.prompt for p in facts.population() for q in facts.questions(p, facts.ASK)]
     order = sorted(range(len(pop)), key=lambda i: derive_seed(cfg.seed, rnd, "anchor", i))
     prompts += [pop[i] for i in sorted(order[:n - len(prompts)])]
-    model = backend(cfg, run, state)
+    model = backend_for(cfg, run, state)
     answers = [g.text for g in model.generate(prompts, [0] * len(prompts), 0.0, max(e.max_difficulty, facts.max_answer_length()) + 2)]
     targets = distill.distributions(model.model, model.tokenizer, prompts, answers, cfg.model.batch_size)
     model.close()
@@ -197,7 +198,7 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: dict, quiet: bool) -> dict:
     """Every injected batch (held-out phrasing), the newest batch's in-context upper bound, the other
     skills and the population's facts; the evals table holds batch j as skill "facts", difficulty j."""
     t0, e, method = time.time(), cfg.eval, cfg.knowledge.method
-    model = backend(cfg, run, state)
+    model = backend_for(cfg, run, state)
     ranges = {s: range(1, e.max_difficulty + 1) for s in cfg.skills}
     acc = {split: accuracy(model, cfg.skills, ranges, split, e.problems, e.dev_problems, e.seed, quiet) for split in ("test", "dev")}
     rows = [(split, s, d, a, len(splits(get_task(s), d, e.problems, e.dev_problems, e.seed)[split]), model.version,
@@ -208,11 +209,9 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: dict, quiet: bool) -> dict:
         rows.append((split, "population", 1, acc[split]["population"][1], len(qs), model.version, facts.VERSION))
     memory = Memory.from_run(run, rnd) if method == "retrieval" and rnd else None
     for j in range(1, rnd + 1):
-        people = batch(cfg, j)
-        qs = [q for p in people for q in facts.questions(p, facts.EVAL)]
+        qs, docs = held_out(cfg, j)
         if method == "icl":
-            docs = {p.name: facts.document(p, (cfg.seed, j, 0)) for p in people}
-            contexts = [docs[q.person] for q in qs]
+            contexts = docs
         elif method == "retrieval":
             contexts = [memory.retrieve(q.text) for q in qs]
         else:
@@ -220,10 +219,8 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: dict, quiet: bool) -> dict:
         rows.append(("test", "facts", j, facts_accuracy(model, qs, contexts), len(qs), model.version, facts.VERSION))
     model.close()
     if rnd:  # the upper bound: the base model with the newest batch's (first) document in context
-        base, people = backend(cfg, run, {"model": cfg.model.path, "adapter": None}), batch(cfg, rnd)
-        qs = [q for p in people for q in facts.questions(p, facts.EVAL)]
-        docs = {p.name: facts.document(p, (cfg.seed, rnd, 0)) for p in people}
-        rows.append(("test", "facts-icl", rnd, facts_accuracy(base, qs, [docs[q.person] for q in qs]), len(qs),
+        base, (qs, docs) = backend_for(cfg, run, {"model": cfg.model.path, "adapter": None}), held_out(cfg, rnd)
+        rows.append(("test", "facts-icl", rnd, facts_accuracy(base, qs, docs), len(qs),
                      base.version, facts.VERSION))
         base.close()
     info = {"frontier": {s: frontier(acc["test"][s], e.threshold) for s in cfg.skills}, "dev": acc["dev"],

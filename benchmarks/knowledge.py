@@ -65,6 +65,9 @@ def main() -> None:
                             "promoted": [r["promoted"] for r in s["rounds"][1:]],
                             "seconds_per_injection": round(s["bench_seconds"] / args.injections, 1)}
             print(f"{arm}: done in {s['bench_seconds']:.0f}s", file=sys.stderr, flush=True)
+            if args.out:  # after every arm, so that a stopped benchmark keeps what it measured
+                args.out.write_text(json.dumps({"injections": args.injections, "overrides": args.overrides,
+                                                "arms": results}, indent=2))
     head = "".join(f"  eff@{p:<3d}" for p in points) + "".join(f"  ret@{p:<3d}" for p in points)
     print(f"\nfraction of the in-context upper bound (mean upper bound {sum(results[args.methods[0]]['upper']) / args.injections:.3f});"
           " eff = newest batch, ret = first batch")
@@ -76,8 +79,6 @@ def main() -> None:
     print("\nother skills after the last injection (mean test accuracy) vs the base model")
     for arm, r in results.items():
         print(f"{arm:18s}" + "  ".join(f"{s} {a:.3f} (base {r['other_base'][s]:.3f})" for s, a in r["other_final"].items()))
-    if args.out:
-        args.out.write_text(json.dumps({"injections": args.injections, "overrides": args.overrides, "arms": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -60,6 +60,9 @@ def _execute(run: Run, quiet: bool) -> int:
         k = summary["knowledge"]
         print(f"{cfg.knowledge.method}: efficacy on the last batch {k['efficacy'][-1:]} of upper bound {k['upper'][-1:]};"
               f" retention of batch 1 {k['retention'][-1:]}; other skills {k['other'][-1:]} (base {k['other_base']})")
+    elif "semisup" in summary:
+        s = summary["semisup"]
+        print(f"{cfg.semisup.method}: mean test accuracy {s['base']} (base) -> {s['accuracy'][-1]}")
     else:
         print(f"frontier: base {first['frontier']} -> final {summary['final_frontier']}")
     print(f"summary: {run.root / 'summary.json'}   report: evolvelm report {run.root}")
@@ -67,10 +70,11 @@ def _execute(run: Run, quiet: bool) -> int:
 
 
 def _load(a) -> config.Config:
-    """The recipe with overrides; relative model paths are taken relative to the current directory."""
+    """The recipe with overrides; relative model and data paths are taken relative to the current directory."""
     cfg = config.load(a.recipe, a.overrides)
-    absolute = lambda ref: ref if ref.startswith("zoo:") or Path(ref).is_absolute() else str(Path(ref).resolve())
+    absolute = lambda ref: ref if not ref or ref.startswith("zoo:") or Path(ref).is_absolute() else str(Path(ref).resolve())
     cfg.model.path, cfg.model.voters = absolute(cfg.model.path), [absolute(v) for v in cfg.model.voters]
+    cfg.semisup.labeled_file = absolute(cfg.semisup.labeled_file)
     return cfg
 
 

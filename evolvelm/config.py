@@ -50,6 +50,9 @@ class RefineConfig:
     min_agreement: float = 0.5       # agreement: drop a skill's round when fewer of its problems hold a label
     min_diversity: float = 0.0       # agreement: ... or when fewer of its labels are distinct
     model_vote_min: int = 0          # model_vote: models (of 1 + len(model.voters)) that must agree; 0 = all
+    max_per_problem: int = 0         # cap: answers kept per problem at most (0 = no cap)
+    nll_quantile: float = 0.3        # consistency: inconsistent answers kept when their mean token NLL is in this
+                                     # lowest quantile of the round's inconsistent answers
 
 
 @dataclass
@@ -114,6 +117,26 @@ class KnowledgeConfig:
 
 
 @dataclass
+class SemisupConfig:
+    method: str = "lmsi"             # lmsi: vote on the final answers | star: checked answers and rationalised
+                                     # failures | rest-em: checked answers, retrained from the base each round |
+                                     # semievol: nearest labeled examples in context, consistent or confident
+                                     # answers | pairs: DPO on right vs wrong answers | labeled: SFT on the
+                                     # labeled set alone (the baseline)
+    labeled_file: str = ""           # the labeled set, JSON lines of skill, difficulty, prompt, answer; empty: the
+                                     # labeled.jsonl beside the model (what zoo:chain was trained on)
+    labeled_weight: float = 0.3      # share of the training mixture on the labeled set
+    demos: int = 2                   # semievol: nearest labeled examples put before each unlabeled problem
+    beta: float = 0.1                # pairs: DPO temperature
+    pairs_per_problem: int = 2       # pairs: (right, wrong) pairs formed per problem at most
+    temperatures: list[float] = field(default_factory=list)  # B-STaR: choose the sampling temperature among these
+                                     # each round by the balance score on a slice of the dev split (empty: fixed)
+    thresholds: list[float] = field(default_factory=list)    # B-STaR: ... and refine.vote_agreement among these
+    balance_n: int = 4               # B-STaR: distinct right answers per problem that count as full exploration
+    dev_slice: int = 100             # B-STaR: dev problems per skill the choice is made on
+
+
+@dataclass
 class Config:
     recipe: str = "ladder"           # loop family: evolvelm/recipes/<recipe>.py
     rounds: int = 4                  # self-improvement rounds after the round-0 evaluation
@@ -130,9 +153,11 @@ class Config:
     modules: ModulesConfig = field(default_factory=ModulesConfig)  # recipe modular: skills is the sequence
     knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)  # recipe knowledge: rounds = injections,
                                      # skills = the other skills that must not be lost
+    semisup: SemisupConfig = field(default_factory=SemisupConfig)  # recipe semisup
 
 
-CHOICES = {"model.backend": sorted(BACKENDS), "update.method": ["full", "lora"], "recipe": ["ladder", "modular", "knowledge"],
+CHOICES = {"model.backend": sorted(BACKENDS), "update.method": ["full", "lora"], "recipe": ["ladder", "modular", "knowledge", "semisup"],
+           "semisup.method": ["lmsi", "star", "rest-em", "semievol", "pairs", "labeled"],
            "knowledge.method": ["distill", "sft-qa", "sft-doc", "icl", "retrieval"],
            "modules.method": ["modular", "shared", "replay", "full"], "modules.router": ["hidden", "chars"],
            "acquire.schedule": ["fixed", "adaptive"]}
@@ -259,6 +284,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError("knowledge.people and knowledge.documents must be >= 1, knowledge.anchors >= 0")
     if not 0 <= cfg.knowledge.anchor_weight < 1:
         raise ConfigError(f"knowledge.anchor_weight: must be in [0, 1), got {cfg.knowledge.anchor_weight}")
+    if not 0 <= cfg.semisup.labeled_weight < 1:
+        raise ConfigError(f"semisup.labeled_weight: must be in [0, 1), got {cfg.semisup.labeled_weight}")
+    if cfg.recipe == "semisup" and cfg.semisup.method == "pairs" and cfg.update.method != "lora":
+        raise ConfigError("update.method: semisup.method=pairs trains a LoRA adapter against the base with the "
+                          "adapter disabled (the DPO reference); set update.method=lora")
     if not 0 < cfg.update.new_weight <= 1:
         raise ConfigError(f"update.new_weight: must be in (0, 1], got {cfg.update.new_weight}")
 

@@ -319,6 +319,7 @@ class Sandbox:
         if uid is not None:  # kill(-1) as the slot uid reaches exactly that uid's processes
             subprocess.run([KILL, "-KILL", "-1"], user=uid, group=uid, extra_groups=[], env={},
                            stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/", check=False)
+            _await_reaped(uid)
         for t in readers:  # a process that escaped the group (not root: no uid sweep) holds pipes
             t.join(timeout=0.5)
         return bytes(bufs[proc.stdout][:cap]), bytes(bufs[proc.stderr][:cap]), reason
@@ -374,6 +375,15 @@ def _claim_uids(owner: "Sandbox", n: int) -> list[int]:
 
 def _processes_of(uid: int) -> int:
     return sum(1 for p in Path("/proc").iterdir() if p.name.isdigit() and _owner(p) == uid)
+
+
+def _await_reaped(uid: int, timeout: float = 10.0) -> None:
+    """Wait until the slot uid has no process left, zombies included: what the launcher could not
+    reap (it was killed itself) is reparented to init, which may reap late, and until then counts
+    against the next program's process limit."""
+    deadline = time.monotonic() + timeout
+    while _processes_of(uid) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _owner(p: Path) -> int | None:

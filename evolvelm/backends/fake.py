@@ -16,10 +16,10 @@ import random
 from pathlib import Path
 
 from evolvelm.store.hashing import dir_hash
-from evolvelm.tasks import TASKS, expr_answer, shift_letters
+from evolvelm.tasks import TASKS, chain_steps, expr_answer, shift_letters
 from evolvelm.types import Generation
 
-SKILL_OF = {"C": "copy", "R": "reverse", "A": "addition", "E": "expr", "S": "shift", "": "echo"}  # echo: no marker
+SKILL_OF = {"C": "copy", "R": "reverse", "A": "addition", "E": "expr", "S": "shift", "M": "chain", "": "echo"}  # echo: no marker
 P_RIGHT = {1: 0.7, 2: 0.3}  # chance of a right answer at distance d beyond the level
 
 
@@ -36,6 +36,9 @@ def solve(prompt: str) -> tuple[str, int, str]:
     if skill == "expr":  # a second try reads E<n>=<attempt>><feedback>=; the target is n either way
         n = body.split("=")[0]
         return skill, len(n), expr_answer(n)
+    if skill == "chain":  # a hinted prompt reads M<digits>?<answer>=; the steps go left to right
+        digits = body.split("?")[0]
+        return skill, len(digits) - 1, chain_steps(digits, list(range(len(digits))))
     return skill, len(body), body if skill == "copy" else body[::-1]
 
 

@@ -15,7 +15,7 @@ Round 0 evaluates the base model. Every later round injects `knowledge.people` n
              icl, retrieval: no update. Every trained method mixes in earlier injections' experience
              (`update.new_weight` is the newest one's share; 1.0 = no replay) and `knowledge.anchors`
              unrelated inputs (the other skills, the pretraining population) whose outputs are held to
-             what the model gave before the round (KL, share `knowledge.anchor_weight`)
+             what the base model gives (KL, share `knowledge.anchor_weight`)
     eval     accuracy on every injected batch so far, asked in the held-out phrasing (`facts.EVAL`),
              closed book (icl: with the document; retrieval: with the best BM25 match among all stored
              documents); the in-context upper bound for the newest batch (the base model with its
@@ -44,6 +44,7 @@ from evolvelm.store.summary import write_summary
 from evolvelm.tasks import facts, get_task
 from evolvelm.types import Example, Sample, Verdict
 from evolvelm.update import distill, sft
+from evolvelm.update.mixture import weighted
 
 TRAINED = ("distill", "sft-qa", "sft-doc")  # the methods that change parameters
 STATE = ("model", "adapter")
@@ -52,6 +53,11 @@ STATE = ("model", "adapter")
 def preflight(cfg: Config, run: Run) -> None:
     """Fail on a missing model before anything is created."""
     resolve(cfg.model.path, run)
+
+
+def base(cfg: Config) -> dict:
+    """The state of round 0: the shipped model, no adapter."""
+    return {"model": cfg.model.path, "adapter": None, "levels": {}, "round": 0}
 
 
 def batch(cfg: Config, rnd: int) -> list[facts.Person]:
@@ -138,11 +144,13 @@ def experience(cfg: Config, run: Run, rnd: int) -> list[Example]:
     return distill.soft_examples([s.prompt for s in kept], [s.completion for s in kept], [targets[s.id] for s in kept])
 
 
-def anchors(cfg: Config, run: Run, rnd: int, state: dict, held: dict) -> list[Example]:
-    """Unrelated inputs with the model's own answers and distributions before the round: the KL that
-    holds them in place. Half are the other skills' problems, half the population's questions in the
-    trained phrasings (all of them once `knowledge.anchors` / 2 covers them: with half, measured, the
-    population lost about 5% per injection and most rounds were rolled back)."""
+def anchors(cfg: Config, run: Run, rnd: int, held: dict) -> list[Example]:
+    """Unrelated inputs with the base model's answers and distributions: the KL that holds them in
+    place. Half are the other skills' problems, half the population's questions in the trained
+    phrasings (all of them once `knowledge.anchors` / 2 covers them: with half, measured, the population
+    lost about 5% per injection). The teacher is the base, not the model before the round: anchored to
+    the last round, the population drifted about 0.5% per injection and rounds after the sixth were
+    rolled back."""
     n, e = cfg.knowledge.anchors, cfg.eval
     per_skill = max(1, n // (2 * len(cfg.skills) * e.max_difficulty))
     prompts = [p.prompt for s in cfg.skills for d in range(1, e.max_difficulty + 1)
@@ -150,7 +158,7 @@ def anchors(cfg: Config, run: Run, rnd: int, state: dict, held: dict) -> list[Ex
     pop = [q.prompt for p in facts.population() for q in facts.questions(p, facts.ASK)]
     order = sorted(range(len(pop)), key=lambda i: derive_seed(cfg.seed, rnd, "anchor", i))
     prompts += [pop[i] for i in sorted(order[:n - len(prompts)])]
-    model = backend_for(cfg, run, state)
+    model = backend_for(cfg, run, base(cfg))
     answers = [g.text for g in model.generate(prompts, [0] * len(prompts), 0.0, max(e.max_difficulty, facts.max_answer_length()) + 2)]
     targets = distill.distributions(model.model, model.tokenizer, prompts, answers, cfg.model.batch_size)
     model.close()
@@ -167,10 +175,8 @@ def update_stage(cfg: Config, run: Run, rnd: int, state: dict, held: dict, quiet
     new, old = experience(cfg, run, rnd), [x for r in run.promoted_rounds(rnd) for x in experience(cfg, run, r)]
     share = 1.0 - k.anchor_weight
     new_share = share * (u.new_weight if old else 1.0)
-    anchor = anchors(cfg, run, rnd, state, held) if k.anchors else []
-    mixture = ([Example(x.prompt, x.answer, new_share / len(new), x.target) for x in new]
-               + [Example(x.prompt, x.answer, (share - new_share) / len(old), x.target) for x in old]
-               + [Example(x.prompt, x.answer, k.anchor_weight / len(anchor), x.target) for x in anchor])
+    anchor = anchors(cfg, run, rnd, held) if k.anchors else []
+    mixture = weighted([(new, new_share), (old, share - new_share), (anchor, k.anchor_weight)])
     base_dir, seed = resolve(state["model"], run), derive_seed(cfg.seed, rnd, "train")
     model = sft.load_for_training(base_dir, resolve(state["adapter"], run) if state["adapter"] else None, u.method,
                                   u.lora_r, u.lora_alpha, seed)
@@ -219,10 +225,9 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: dict, quiet: bool) -> dict:
         rows.append(("test", "facts", j, facts_accuracy(model, qs, contexts), len(qs), model.version, facts.VERSION))
     model.close()
     if rnd:  # the upper bound: the base model with the newest batch's (first) document in context
-        base, (qs, docs) = backend_for(cfg, run, {"model": cfg.model.path, "adapter": None}), held_out(cfg, rnd)
-        rows.append(("test", "facts-icl", rnd, facts_accuracy(base, qs, docs), len(qs),
-                     base.version, facts.VERSION))
-        base.close()
+        model, (qs, docs) = backend_for(cfg, run, base(cfg)), held_out(cfg, rnd)
+        rows.append(("test", "facts-icl", rnd, facts_accuracy(model, qs, docs), len(qs), model.version, facts.VERSION))
+        model.close()
     info = {"frontier": {s: frontier(acc["test"][s], e.threshold) for s in cfg.skills}, "dev": acc["dev"],
             "model_version": rows[0][5], "seconds": round(time.time() - t0, 2)}
     run.commit(rnd, "eval", info, evals=rows)
@@ -233,11 +238,10 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
     """Run (or resume) every injection in `run`; returns the summary."""
     held = {s: held_out_prompts(get_task(s), cfg.eval.max_difficulty, cfg.eval.problems, cfg.eval.dev_problems,
                                 cfg.eval.seed) for s in cfg.skills}
-    base = {"model": cfg.model.path, "adapter": None, "levels": {}, "round": 0}
     if not run.done(0, "eval"):
-        evaluate(cfg, run, 0, base, quiet)
+        evaluate(cfg, run, 0, base(cfg), quiet)
     if not run.done(0, "gate"):
-        run.commit(0, "gate", {**base, "promoted": True, "reason": "base model", "decision": "", "seconds": 0.0})
+        run.commit(0, "gate", {**base(cfg), "promoted": True, "reason": "base model", "decision": "", "seconds": 0.0})
     write_summary(run, cfg)
 
     for rnd in range(1, cfg.rounds + 1):

@@ -24,6 +24,8 @@ class FilterContext:
     members: int = 1            # models in the voting population (the model itself and its voters)
     model_vote_min: int = 0     # `model_vote`: models that must agree on a label (0 = all of them)
     min_diversity: float = 0.0  # `agreement`: share of distinct labels among a skill's labelled problems
+    max_per_problem: int = 0    # `cap`: samples kept per problem at most (0 = no cap)
+    nll_quantile: float = 0.3   # `consistency`: inconsistent samples kept in this lowest quantile of mean token NLL
 
 
 def judged(samples: list[Sample]) -> list[tuple[bool, str]]:
@@ -53,7 +55,9 @@ def unanimous_share(samples: list[Sample]) -> float:
 
 
 def oracle(samples: list[Sample], ctx: FilterContext) -> list[Verdict]:
-    """Keep samples the task's checker accepts (needs true labels: comparison arm only)."""
+    """Keep samples the task's checker accepts. It reads true labels: a comparison arm beside the
+    unsupervised filters; or the supervision itself where the problems come with answers but not
+    rationales (the verifier-filtered recipes star and rest-em)."""
     return [Verdict("oracle", "1", ok, why) for ok, why in judged(samples)]
 
 
@@ -77,10 +81,16 @@ def length(samples: list[Sample], ctx: FilterContext) -> list[Verdict]:
     return out
 
 
+def final(s: Sample) -> str:
+    """The answer a sample gives: its completion, or what follows its scratchpad (tasks with `final`)."""
+    return get_task(s.skill).answer_of(s.completion)
+
+
 def _majority(group: list[Sample]) -> tuple[str, Counter]:
-    """The most common completion of `group` (ties: the one drawn first) and all the counts."""
-    counts = Counter(s.completion for s in group)
-    first = {c: min(s.k for s in group if s.completion == c) for c in counts}
+    """The most common final answer of `group` (ties: the one drawn first) and all the counts.
+    Samples that reach one answer through different scratchpads vote for it together."""
+    counts = Counter(final(s) for s in group)
+    first = {c: min(s.k for s in group if final(s) == c) for c in counts}
     return max(counts, key=lambda c: (counts[c], -first[c])), counts
 
 
@@ -99,7 +109,7 @@ def vote(samples: list[Sample], ctx: FilterContext) -> list[Verdict]:
     for s in samples:
         answer, counts = majority[(s.skill, s.prompt, s.member)]
         share = counts[answer] / ctx.samples_per_problem
-        if s.completion != answer:
+        if final(s) != answer:
             out.append(Verdict("vote", "1", False, f"minority answer (majority has {counts[answer]}/{ctx.samples_per_problem})"))
         elif share < ctx.vote_agreement:
             out.append(Verdict("vote", "1", False, f"agreement {counts[answer]}/{ctx.samples_per_problem} below {ctx.vote_agreement}"))
@@ -123,7 +133,7 @@ def model_vote(samples: list[Sample], ctx: FilterContext) -> list[Verdict]:
     votes = {key: Counter(_majority(group)[0] for group in members.values()) for key, members in by_member.items()}
     out = []
     for s in samples:
-        n = votes[(s.skill, s.prompt)][s.completion]
+        n = votes[(s.skill, s.prompt)][final(s)]
         out.append(Verdict("model_vote", "1", n >= need, f"{n} of {ctx.members} models give this answer "
                                                           f"({'>=' if n >= need else 'below'} {need})"))
     return out
@@ -137,6 +147,39 @@ def dedup(samples: list[Sample], ctx: FilterContext) -> list[Verdict]:
         key = (s.skill, s.prompt, s.completion)
         out.append(Verdict("dedup", "1", key not in first, f"duplicate of {first[key]}" if key in first else "first occurrence"))
         first.setdefault(key, s.id)
+    return out
+
+
+def cap(samples: list[Sample], ctx: FilterContext) -> list[Verdict]:
+    """Keep at most `max_per_problem` samples of each problem, the first drawn (ReST-EM's cap, so that
+    easy problems do not crowd out the hard ones)."""
+    seen: Counter = Counter()
+    out = []
+    for s in samples:
+        seen[(s.skill, s.prompt)] += 1
+        ok = not ctx.max_per_problem or seen[(s.skill, s.prompt)] <= ctx.max_per_problem
+        out.append(Verdict("cap", "1", ok, f"sample {seen[(s.skill, s.prompt)]} of its problem "
+                                           f"({'within' if ok else 'over'} the cap {ctx.max_per_problem})"))
+    return out
+
+
+def consistency(samples: list[Sample], ctx: FilterContext) -> list[Verdict]:
+    """SemiEvol's selection: every sample of a problem whose final answers all agree is kept; of the
+    other problems' samples, those whose mean token negative log-likelihood is in the lowest
+    `nll_quantile` of all such samples this round (the model was most confident in them)."""
+    answers: dict[tuple[str, str, int], set[str]] = defaultdict(set)
+    for s in samples:
+        answers[(s.skill, s.prompt, s.member)].add(final(s))
+    mixed = sorted(-s.mean_logprob for s in samples if len(answers[(s.skill, s.prompt, s.member)]) > 1)
+    cut = mixed[max(0, int(ctx.nll_quantile * len(mixed)) - 1)] if mixed and ctx.nll_quantile > 0 else float("-inf")
+    out = []
+    for s in samples:
+        if len(answers[(s.skill, s.prompt, s.member)]) == 1:
+            out.append(Verdict("consistency", "1", True, "every answer agrees"))
+        else:
+            ok = -s.mean_logprob <= cut
+            out.append(Verdict("consistency", "1", ok, f"answers disagree; NLL {-s.mean_logprob:.3f} "
+                                                       f"{'within' if ok else 'above'} the {ctx.nll_quantile} quantile {cut:.3f}"))
     return out
 
 
@@ -161,7 +204,7 @@ def agreement(samples: list[Sample], ctx: FilterContext) -> list[Verdict]:
 
 FILTERS: dict[str, Callable[[list[Sample], FilterContext], list[Verdict]]] = {
     "oracle": oracle, "length": length, "vote": vote, "model_vote": model_vote, "dedup": dedup,
-    "agreement": agreement, "verify": verify,
+    "agreement": agreement, "verify": verify, "cap": cap, "consistency": consistency,
 }
 
 

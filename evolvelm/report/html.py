@@ -43,6 +43,8 @@ def plots(summary: dict) -> list[tuple[str, str]]:
 
     if "knowledge" in summary:
         out += _knowledge_plots(summary["knowledge"], plt)
+    elif "semisup" in summary:
+        out += _semisup_plots(summary, plt)
     elif "forgetting" not in summary:  # ladders
         fig, ax = plt.subplots(figsize=(6, 3.4))
         for skill in skills:
@@ -111,6 +113,31 @@ def _knowledge_plots(k: dict, plt) -> list[tuple[str, str]]:
     return out
 
 
+def _semisup_plots(summary: dict, plt) -> list[tuple[str, str]]:
+    """Accuracy, exploration and label precision per round, and precision by vote margin (last round)."""
+    rounds, out = summary["rounds"], []
+    acquired = [r for r in rounds if r["monitor"]]
+    xs = [r["round"] for r in acquired]
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    ax.plot([r["round"] for r in rounds], summary["semisup"]["accuracy"], marker="o", label="test accuracy (kept model)")
+    for key in [k for k in (acquired[0]["monitor"] if acquired else {}) if k.startswith("pass@")] + ["diversity"]:
+        ax.plot(xs, [r["monitor"][key] for r in acquired], marker=".", linestyle="--", label=key)
+    ax.plot(xs, [r["label_precision"] for r in acquired], marker="s", label="precision of kept labels")
+    ax.set(title="Accuracy, exploration and precision per round", xlabel="round", ylim=(-0.02, 1.02))
+    ax.legend(fontsize=7)
+    out.append(("Accuracy, exploration (B-STaR) and label precision per round", _png(fig)))
+    plt.close(fig)
+    if acquired:
+        margin = acquired[-1]["monitor"]["precision_by_margin"]
+        fig, ax = plt.subplots(figsize=(6, 3.4))
+        ax.bar([int(m) for m in margin], [v["precision"] for v in margin.values()], color="tab:blue")
+        ax.set(title=f"Round {acquired[-1]['round']}: precision of the majority answer by its votes",
+               xlabel="samples that gave the majority answer", ylabel="precision", ylim=(0, 1.02))
+        out.append(("Precision by vote margin", _png(fig)))
+        plt.close(fig)
+    return out
+
+
 def _html_table(head: list[str], rows: list[list]) -> str:
     cells = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
     return "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + f"</tr>{cells}</table>"
@@ -143,6 +170,15 @@ def _tables(summary: dict) -> str:
                 f"bound). Other skills of the base model: {html.escape(str(k['other_base']))}.</p>"
                 + _html_table(["injection", "efficacy", "upper bound", "efficacy / upper", "retention of batch 1",
                                "retention / upper", "other skills"], rows))
+    if "semisup" in summary:
+        rows = [[r["round"], "yes" if r["promoted"] else "ROLLED BACK", _fmt(summary["semisup"]["accuracy"][i]),
+                 _fmt(summary["semisup"]["candidate"][i])] + [_fmt((r["monitor"] or {}).get(k)) for k in ("pass@1", "diversity", "distinct_right")]
+                + [_fmt(r["label_precision"]), _fmt(r["rationale_precision"])] for i, r in enumerate(summary["rounds"])]
+        out += ("<h2>Learning from unlabeled data</h2><p>Mean test accuracy of the final answer; exploration of the "
+                "round's samples (pass@1, share of distinct answers, distinct right rationales per problem); precision "
+                "of the kept labels' final answers and of their whole scratchpads (true answers, benchmark only).</p>"
+                + _html_table(["round", "promoted", "accuracy (kept)", "accuracy (candidate)", "pass@1", "diversity",
+                               "distinct right / problem", "label precision", "rationale precision"], rows))
     refined = [r for r in summary["rounds"] if r["filters"]]
     if refined:
         names = list(refined[-1]["filters"])

@@ -26,6 +26,8 @@ def summarize(run: Run, cfg: Config) -> dict:
             "unanimity": acquire.get("unanimity", {}), "feedback": acquire.get("feedback", {}),
             "kept_retries": refine.get("kept_retries", 0), "strictness": refine.get("strictness"),
             "label_precision": refine.get("label_precision"), "filters": refine.get("filters", {}),
+            "rationale_precision": refine.get("rationale_precision"), "monitor": refine.get("monitor"),
+            "temperature": acquire.get("temperature"), "vote_agreement": refine.get("vote_agreement"),
             "decision": gate.get("decision", ""), "module": refine.get("module"), "router": ev.get("router"),
             "model_version": ev["model_version"], "seconds": round(seconds.get(rnd, 0.0), 1),
         })
@@ -33,6 +35,8 @@ def summarize(run: Run, cfg: Config) -> dict:
     extra = {"forgetting": forgetting(rounds, cfg.skills)} if cfg.recipe == "modular" and rounds else {}
     if cfg.recipe == "knowledge":
         extra = {"knowledge": knowledge(rounds, cfg.skills + ["population"])}
+    if cfg.recipe == "semisup":
+        extra = {"semisup": semisup(rounds)}
     return {**extra, "rounds": rounds, "final_frontier": promoted[-1]["frontier"] if promoted else {},
             "sandbox": (run.done(0, "eval") or {}).get("sandbox"),
             "skills": cfg.skills, "wall_seconds": round(sum(seconds.values()), 1)}
@@ -89,6 +93,17 @@ def knowledge(rounds: list[dict], other: list[str]) -> dict:
             "retention_ratio": [ratio(a, upper[0]) for a in retention],
             "other": [{s: round(sum(k["accuracy"][s].values()) / len(k["accuracy"][s]), 4) for s in other} for k in kept],
             "other_base": {s: round(sum(rounds[0]["accuracy"][s].values()) / len(rounds[0]["accuracy"][s]), 4) for s in other}}
+
+
+def semisup(rounds: list[dict]) -> dict:
+    """Mean test accuracy over skills and difficulties, per round: of the model kept after the round
+    (`accuracy`; a rolled-back round keeps the previous one's) and of the round's candidate."""
+    mean = lambda r: round(sum(a for acc in r["accuracy"].values() for a in acc.values())
+                           / sum(len(acc) for acc in r["accuracy"].values()), 4)
+    kept = []
+    for r in rounds:
+        kept.append(mean(r) if r["promoted"] or not kept else kept[-1])
+    return {"accuracy": kept, "candidate": [mean(r) for r in rounds], "base": kept[0] if kept else None}
 
 
 def write_summary(run: Run, cfg: Config) -> dict:

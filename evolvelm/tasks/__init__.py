@@ -10,6 +10,11 @@ Prompt formats (character level, one token per character):
     expr      "E" + n + "="            -> a Python expression using only the digits 0-5 and "+" that
                                           evaluates to n (e.g. E4097= -> 4055+42); the checker executes
                                           it in the sandbox (evolvelm.sandbox), and needs no true label
+    chain     "M" + digits + "="        -> the sum of the digits modulo 10, after a scratchpad that adds
+                                          them in any order, each step the digit and the running sum
+                                          (M352= -> 33,58,20|0 or 22,57,30|0); difficulty = digits - 1;
+                                          only the answer after the last "|" is checked (`final`): many
+                                          rationales reach it, which is what votes over samples need
 """
 from __future__ import annotations
 
@@ -37,6 +42,15 @@ class Task:
     judge: Callable[[list[Problem], list[str]], list[tuple[bool, str]]] | None = None
     # judge: a checker that needs no true label (it executes the answer); returns (right, feedback) per
     # answer. None: the checker is exact match with the true answer.
+    final: Callable[[str], str] | None = None
+    # final: the answer a completion gives, when it writes reasoning first (a scratchpad); the checker
+    # and votes compare only this. None: the whole completion is the answer.
+    rationale: Callable[[str, str], bool] | None = None
+    # rationale: (prompt, completion) -> whether the scratchpad itself is right (benchmark measurement only)
+
+    def answer_of(self, completion: str) -> str:
+        """The final answer a completion gives (all of it, unless the task writes a scratchpad)."""
+        return self.final(completion) if self.final else completion
 
     def problem(self, difficulty: int, rng: random.Random) -> Problem:
         prompt, answer = self.make(difficulty, rng)
@@ -66,7 +80,7 @@ class Task:
         """The task's single checker: the judge if it has one, else exact match with the true answer."""
         if self.judge:
             return [ok for ok, _ in self.judge(problems, completions)]
-        return [c == p.answer for p, c in zip(problems, completions)]
+        return [self.answer_of(c) == self.answer_of(p.answer) for p, c in zip(problems, completions)]
 
 
 def _copy(d: int, rng: random.Random) -> tuple[str, str]:
@@ -159,6 +173,45 @@ def _judge_expr(problems: list[Problem], completions: list[str]) -> list[tuple[b
     return out
 
 
+def chain_steps(digits: str, order: list[int]) -> str:
+    """The scratchpad adding `digits` modulo 10 in `order`: per step the digit added and the running sum."""
+    total, steps = 0, []
+    for i in order:
+        total = (total + int(digits[i])) % 10
+        steps.append(f"{digits[i]}{total}")
+    return ",".join(steps) + f"|{total}"
+
+
+def chain_valid(prompt: str, completion: str) -> bool:
+    """The scratchpad is right, not only its answer: it adds every digit of the prompt once, in any
+    order, every running sum is right, and the answer is the last of them."""
+    steps, _, answer = completion.partition("|")
+    pairs = steps.split(",")
+    if any(len(x) != 2 or not x.isdigit() for x in pairs) or sorted(x[0] for x in pairs) != sorted(prompt[1:-1]):
+        return False
+    total = 0
+    for x in pairs:
+        total = (total + int(x[0])) % 10
+        if int(x[1]) != total:
+            return False
+    return answer == str(total)
+
+
+def chain_final(completion: str) -> str:
+    """The answer after the last "|" ("" when the completion never reached one)."""
+    return completion.rpartition("|")[2] if "|" in completion else ""
+
+
+def hint_prompt(prompt: str, answer: str) -> str:
+    """STaR's rationalisation prompt: the problem with its answer given as a hint (M352= -> M352?0=)."""
+    return f"{prompt[:-1]}?{answer}="
+
+
+def _chain(d: int, rng: random.Random) -> tuple[str, str]:
+    digits = "".join(rng.choice(DIGITS) for _ in range(d + 1))
+    return f"M{digits}=", chain_steps(digits, rng.sample(range(d + 1), d + 1))
+
+
 TASKS: dict[str, Task] = {
     "copy": Task("copy", _copy, lambda d: (d, d), lambda d: 26**d),
     "reverse": Task("reverse", _reverse, lambda d: (d, d), lambda d: 26**d),
@@ -166,10 +219,13 @@ TASKS: dict[str, Task] = {
     "shift": Task("shift", _shift, lambda d: (d, d), lambda d: 26**d),
     "addition": Task("addition", _addition, lambda d: (d, d + 1), lambda d: 100 if d == 1 else (9 * 10 ** (d - 1)) ** 2),
     "expr": Task("expr", _expr, lambda d: (d, 2 * d + 1), lambda d: 9 * 10 ** (d - 1), "expr-sandbox-1", _judge_expr),
+    "chain": Task("chain", _chain, lambda d: (3 * d + 4, 3 * d + 4), lambda d: 10 ** (d + 1), "final-1",
+                  final=chain_final, rationale=chain_valid),
 }
 
 # Every character any task can emit; the zoo tokenizer is built from this.
 ALPHABET = LETTERS + DIGITS + "CRA+="  # as the first zoo models were built; expr's model adds "E"
+CHAIN_ALPHABET = DIGITS + "M=,|?"         # zoo:chain's
 
 
 def get_task(name: str) -> Task:

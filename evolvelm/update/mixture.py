@@ -7,6 +7,8 @@ Labels from rolled-back rounds are never trained on again.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from evolvelm.acquire.ladder import derive_seed
 from evolvelm.config import Config
 from evolvelm.evaluate.suite import held_out_prompts
@@ -39,3 +41,10 @@ def mixture(cfg: Config, run, rnd: int, state: dict) -> tuple[list[Example], int
         return [Example(p, a) for p, a in old], 0
     w_new, w_old = cfg.update.new_weight / len(new), (1 - cfg.update.new_weight) / max(1, len(old))
     return [Example(p, a, w_old) for p, a in old] + [Example(p, a, w_new) for p, a in new], len(new)
+
+
+def weighted(parts: list[tuple[list[Example], float]]) -> list[Example]:
+    """One list of examples from (examples, share) parts: each part's examples split its share of the
+    sampling weight evenly; empty parts drop out and the shares of the others are renormalised."""
+    total = sum(share for xs, share in parts if xs)
+    return [replace(x, weight=share / total / len(xs)) for xs, share in parts if xs for x in xs]

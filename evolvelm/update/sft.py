@@ -44,32 +44,48 @@ def train(model, tokenizer, examples: list[Example], steps: int, batch_size: int
     gen = torch.Generator().manual_seed(seed)
     ids, starts = encode(tokenizer, examples)
     weights = torch.tensor([ex.weight for ex in examples], dtype=torch.float)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    params, opt, sched = optimizer(model, lr, steps, warmup, weight_decay)
     device = next(model.parameters()).device
     model.train()
     losses = []
     for _ in tqdm(range(steps), desc=desc, disable=quiet, leave=False):
         idx = torch.multinomial(weights, batch_size, replacement=True, generator=gen).tolist()
-        width = max(len(ids[i]) for i in idx)
-        x = torch.full((batch_size, width), tokenizer.pad_token_id)
-        y = torch.full((batch_size, width), -100)
-        for r, i in enumerate(idx):
-            seq = torch.tensor(ids[i])
-            x[r, :len(seq)] = seq
-            y[r, starts[i]:len(seq)] = seq[starts[i]:]
-        mask = (torch.arange(width)[None] < torch.tensor([len(ids[i]) for i in idx])[:, None]).long()
+        x, y, mask = batch(tokenizer, [ids[i] for i in idx], [starts[i] for i in idx])
         loss = _loss(model(input_ids=x.to(device), attention_mask=mask.to(device)).logits, y.to(device),
                      [(r, starts[i], examples[i].target) for r, i in enumerate(idx) if examples[i].target is not None])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        step(loss, params, opt, sched)
         losses.append(loss.item())
     model.eval()
     return losses
+
+
+def optimizer(model, lr: float, steps: int, warmup: int, weight_decay: float = 0.0):
+    """AdamW over the trainable parameters, with linear warm-up then cosine decay."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    return params, opt, sched
+
+
+def step(loss: torch.Tensor, params, opt, sched) -> None:
+    """One optimiser step on `loss`, gradients clipped to norm 1."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+
+
+def batch(tokenizer, seqs: list[list[int]], starts: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded input ids, labels (-100 outside the answers) and the attention mask."""
+    width = max(map(len, seqs))
+    x = torch.full((len(seqs), width), tokenizer.pad_token_id)
+    y = torch.full((len(seqs), width), -100)
+    for r, (seq, start) in enumerate(zip(seqs, starts)):
+        x[r, :len(seq)] = torch.tensor(seq)
+        y[r, start:len(seq)] = x[r, start:len(seq)]
+    mask = (torch.arange(width)[None] < torch.tensor([len(q) for q in seqs])[:, None]).long()
+    return x, y, mask
 
 
 def _loss(logits: torch.Tensor, labels: torch.Tensor, soft: list[tuple[int, int, torch.Tensor]]) -> torch.Tensor:

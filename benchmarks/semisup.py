@@ -1,0 +1,112 @@
+"""Learning from unlabeled data: every semisup recipe on the same labeled set, unlabeled pool and
+held-out splits, against the base model and SFT on the labeled set alone.
+
+    python benchmarks/semisup.py                                      # every arm x 5 rounds on 2 cores
+    python benchmarks/semisup.py --methods labeled lmsi --rounds 3 --out semisup.json
+
+Arms (the shipped recipes; `labeled` is lmsi.yaml with semisup.method=labeled: the same update on
+the labeled set alone, the baseline):
+    labeled    SFT on the 350 labeled problems, the same steps per round as every other arm
+    lmsi       8 scratchpads per unlabeled problem, the majority final answer's rationales (>= 6 of 8),
+               at temperature 1.0; lmsi-T0.6, -T0.8, -T1.2: the same at a fixed other temperature
+    bstar      lmsi with temperature and vote agreement chosen each round by B-STaR's balance score;
+               bstar-T: the temperature alone (agreement 6 of 8, as in lmsi)
+    star       4 scratchpads; the checker keeps the right ones; failures rationalised with a hint
+    rest-em    8 scratchpads; the checker keeps the right ones (4 per problem); retrained from the base
+    semievol   8 scratchpads after the 2 nearest labeled examples; consistent or low-NLL answers
+    pairs      DPO (LoRA) on right-vs-wrong answers of the same problem
+Printed per arm and round: mean test accuracy (kept model, and the round's candidate), pass@1, pass@k,
+distinct right rationales per problem, answer diversity, precision of the kept labels (final answer)
+and of their whole scratchpads, wall time. Then per arm: final error against the labeled baseline's,
+and, for lmsi, the precision of the majority answer by its number of votes (all rounds).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from evolvelm import config  # noqa: E402
+from evolvelm.recipes import semisup  # noqa: E402
+from evolvelm.store.run import Run  # noqa: E402
+
+ARMS = {"labeled": ("lmsi", ["semisup.method=labeled"]), "lmsi": ("lmsi", []),
+        **{f"lmsi-T{t}": ("lmsi", [f"acquire.temperature={t}"]) for t in (0.6, 0.8, 1.2)}, "bstar": ("bstar", []),
+        "bstar-T": ("bstar", ["semisup.thresholds=[0.75]"]),
+        "star": ("star", []), "rest-em": ("rest-em", []), "semievol": ("semievol", []), "pairs": ("pairs", [])}
+
+
+def run_arm(arm: str, rounds: int, overrides: list[str], workdir: Path) -> dict:
+    recipe, extra = ARMS[arm]
+    cfg = config.load(recipe, [f"rounds={rounds}", *extra, *overrides])
+    r = Run.create(Path(tempfile.mkdtemp(dir=workdir)) / "run", cfg)
+    t0 = time.time()
+    summary = semisup.run_recipe(cfg, r, quiet=True)
+    summary["bench_seconds"] = round(time.time() - t0, 1)
+    return summary
+
+
+def rows(summary: dict) -> list[dict]:
+    s, out = summary["semisup"], []
+    for i, r in enumerate(summary["rounds"]):
+        m = r["monitor"] or {}
+        out.append({"round": r["round"], "promoted": r["promoted"], "accuracy": s["accuracy"][i],
+                    "candidate": s["candidate"][i], "pass@1": m.get("pass@1"),
+                    "pass@k": next((v for k, v in m.items() if k.startswith("pass@") and k != "pass@1"), None),
+                    "distinct_right": m.get("distinct_right"), "diversity": m.get("diversity"),
+                    "kept": r["kept"], "label_precision": r["label_precision"],
+                    "rationale_precision": r["rationale_precision"],
+                    "filters": {n: f.get("precision") for n, f in r["filters"].items()}, "seconds": r["seconds"],
+                    "temperature": r["temperature"], "vote_agreement": r["vote_agreement"]})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--methods", nargs="+", default=list(ARMS), choices=list(ARMS))
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--out", type=Path, help="write the tables as JSON")
+    ap.add_argument("overrides", nargs="*", help="recipe overrides, e.g. acquire.problems=200")
+    args = ap.parse_args()
+    results, fmt = {}, lambda x: "    -" if x is None else f"{x:.3f}"
+    with tempfile.TemporaryDirectory() as tmp:
+        for arm in args.methods:
+            s = run_arm(arm, args.rounds, args.overrides, Path(tmp))
+            margin = defaultdict(lambda: [0, 0.0])
+            for r in s["rounds"]:
+                for m, v in ((r["monitor"] or {}).get("precision_by_margin") or {}).items():
+                    margin[int(m)][0] += v["problems"]
+                    margin[int(m)][1] += v["problems"] * v["precision"]
+            results[arm] = {"rounds": rows(s), "base": s["semisup"]["base"], "final": s["semisup"]["accuracy"][-1],
+                            "precision_by_margin": {m: round(c / n, 4) for m, (n, c) in sorted(margin.items())},
+                            "seconds": s["bench_seconds"]}
+            print(f"{arm}: done in {s['bench_seconds']:.0f}s", file=sys.stderr, flush=True)
+            if args.out:  # after every arm, so that a stopped benchmark keeps what it measured
+                args.out.write_text(json.dumps({"rounds": args.rounds, "overrides": args.overrides, "arms": results}, indent=2))
+    for arm, res in results.items():
+        print(f"\n{arm}  (wall time {res['seconds']:.0f}s)")
+        print(f"{'round':>5s} {'promoted':>8s} {'acc':>6s} {'cand':>6s} {'temp':>5s} {'agree':>5s} {'pass@1':>6s} {'pass@k':>6s} "
+              f"{'dist.ok':>7s} {'divers':>6s} {'kept':>6s} {'prec':>6s} {'ratprec':>7s} {'s':>6s}")
+        for r in res["rounds"]:
+            print(f"{r['round']:5d} {'yes' if r['promoted'] else 'NO':>8s} {fmt(r['accuracy']):>6s} {fmt(r['candidate']):>6s} "
+                  f"{fmt(r['temperature']):>5s} {fmt(r['vote_agreement']):>5s} {fmt(r['pass@1']):>6s} {fmt(r['pass@k']):>6s} "
+                  f"{fmt(r['distinct_right']):>7s} {fmt(r['diversity']):>6s} {r['kept']:6d} {fmt(r['label_precision']):>6s} "
+                  f"{fmt(r['rationale_precision']):>7s} {r['seconds']:6.1f}")
+    base_err = 1 - results["labeled"]["final"] if "labeled" in results else None
+    print(f"\n{'method':10s} {'base':>6s} {'final':>6s} {'error':>6s} {'error / labeled-only error':>26s}")
+    for arm, res in results.items():
+        ratio = "" if not base_err else f"{(1 - res['final']) / base_err:.3f}"
+        print(f"{arm:10s} {res['base']:6.3f} {res['final']:6.3f} {1 - res['final']:6.3f} {ratio:>26s}")
+    if "lmsi" in results:
+        print("\nlmsi: precision of the majority answer by its votes (of k), all rounds")
+        print("  ".join(f"{m}: {p:.3f}" for m, p in results["lmsi"]["precision_by_margin"].items()))
+
+
+if __name__ == "__main__":
+    main()

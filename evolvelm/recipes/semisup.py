@@ -1,0 +1,369 @@
+"""Learning from unlabeled data: a few labeled problems, a stream of unlabeled ones, and the model's own
+written-out reasoning (a scratchpad) as the experience it learns from.
+
+    evolvelm run lmsi          # or star, rest-em, semievol, pairs; semisup.method=labeled is the baseline
+
+The base model was trained on the labeled set alone (`labeled.jsonl` beside it, or `semisup.labeled_file`).
+Round 0 evaluates it. Every later round runs, in order:
+    acquire  `acquire.problems` unlabeled problems per difficulty 1..eval.max_difficulty, none held out
+             and none labeled; k answers each (scratchpad, then the answer). semievol: each problem
+             after its `semisup.demos` nearest labeled examples, stored under the plain prompt with
+             what the model saw as `context`. star: every problem none of whose answers is right gets
+             one more, greedy, with the answer as a hint (rationalisation). With
+             `semisup.temperatures` (and `thresholds`), B-STaR first chooses the temperature (and
+             vote agreement) with the best balance score on a slice of the dev split
+    refine   the filter chain: lmsi votes on the final answers (`vote`); star, rest-em and pairs keep
+             what the checker accepts (`oracle`: they see answers, never rationales); rest-em caps the
+             kept answers per problem (`cap`); semievol keeps consistent answers and confident
+             inconsistent ones (`consistency`). Monitoring for every method, from the true answers the
+             benchmark knows: pass@1, pass@k, distinct right rationales per problem (B-STaR's
+             exploration), the diversity of the answers, the precision of what each filter keeps, of
+             the whole scratchpads, and of the majority answer at each vote margin
+    update   lmsi, star, semievol: continue from the last promoted model on the labeled set
+             (`semisup.labeled_weight`), this round's labels (`update.new_weight` of the rest) and
+             earlier promoted rounds' labels; rest-em: from the base model, on the labeled set and
+             this round's labels only; pairs: DPO on (right, wrong) answers of the same problem, the
+             LoRA adapter continued, the reference the base with the adapter disabled; labeled: the
+             labeled set alone (the baseline)
+    eval     greedy accuracy of the final answer per difficulty on the fixed test and dev splits
+    gate     promote, or keep the previous model when its mean dev accuracy on a skill fell by more
+             than gate.tolerance (the dev split, never the reported test split)
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections import Counter, defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+from tqdm import tqdm
+
+from evolvelm.acquire.ladder import CHUNK, derive_seed, sample
+from evolvelm.config import Config, ConfigError
+from evolvelm.evaluate.suite import accuracy, frontier, gate, held_out_prompts, splits
+from evolvelm.recipes.ladder import backend_for, resolve, train_round
+from evolvelm.refine.filters import FilterContext, final, judged, run_chain
+from evolvelm.store.run import Run
+from evolvelm.store.summary import write_summary
+from evolvelm.tasks import get_task, hint_prompt
+from evolvelm.types import Example, Problem, Sample
+from evolvelm.update.mixture import weighted
+
+
+def base(cfg: Config) -> dict:
+    """The state of round 0: the shipped model, no adapter."""
+    return {"model": cfg.model.path, "adapter": None, "levels": {}, "round": 0}
+
+
+def preflight(cfg: Config, run: Run) -> None:
+    """Fail on a missing model or a missing or malformed labeled set before anything is created."""
+    labeled_set(cfg, run)
+
+
+def held(cfg: Config) -> dict[str, dict[int, frozenset[str]]]:
+    """Per skill and difficulty, the prompts of the fixed test and dev splits."""
+    e = cfg.eval
+    return {s: held_out_prompts(get_task(s), e.max_difficulty, e.problems, e.dev_problems, e.seed) for s in cfg.skills}
+
+
+def draw_labeled(skill: str, n: int, max_difficulty: int, exclude: dict[int, frozenset[str]]) -> list[Problem]:
+    """`n` labeled problems spread evenly over difficulties 1..max_difficulty, none in `exclude` (fewer
+    where a difficulty has too few distinct problems left). How zoo:chain's labeled.jsonl was drawn."""
+    per = max(1, n // max_difficulty)
+    return [p for d in range(1, max_difficulty + 1)
+            for p in get_task(skill).problems(d, per, derive_seed("labeled", skill, d), exclude=exclude[d])]
+
+
+def read_labeled(path: Path) -> list[Problem]:
+    """A labeled set: JSON lines of {"skill", "difficulty", "prompt", "answer"}; errors name the line."""
+    if not path.is_file():
+        raise ConfigError(f"semisup.labeled_file: labeled set not found: {path}")
+    out = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            out.append(Problem(str(row["skill"]), int(row["difficulty"]), str(row["prompt"]), str(row["answer"])))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"{path}:{i}: not a labeled problem ({type(e).__name__}: {e}); expected JSON with "
+                              f"skill, difficulty, prompt, answer") from e
+    return out
+
+
+def labeled_set(cfg: Config, run: Run) -> list[Problem]:
+    """The few labeled problems of the run's skills: `semisup.labeled_file`, or the `labeled.jsonl`
+    the base model was trained on. Any that fall in this run's held-out splits are left out."""
+    path = labeled_path(cfg, run)
+    h = held(cfg)
+    out = [p for p in read_labeled(path) if p.skill in h and p.prompt not in h[p.skill].get(p.difficulty, ())]
+    if not out:
+        raise ConfigError(f"{path}: no labeled problem of the skills {cfg.skills} outside the held-out splits")
+    return out
+
+
+def labeled_path(cfg: Config, run: Run) -> Path:
+    """Where the labeled set is read from."""
+    return Path(cfg.semisup.labeled_file) if cfg.semisup.labeled_file else Path(resolve(cfg.model.path, run)) / "labeled.jsonl"
+
+
+def unlabeled(cfg: Config, rnd: int, exclude: dict) -> list[Problem]:
+    """This round's draw from the unlabeled pool: none held out, none labeled."""
+    return [p for s in cfg.skills for d in range(1, cfg.eval.max_difficulty + 1)
+            for p in get_task(s).problems(d, cfg.acquire.problems, derive_seed(cfg.seed, rnd, "unlabeled", s, d),
+                                          exclude=exclude[s][d])]
+
+
+def rationalize(backend, samples: list[Sample], rnd: int, run_seed: int, quiet: bool) -> list[Sample]:
+    """STaR's rationalisation: for every problem none of whose answers is right, one more greedy answer
+    with the right answer given as a hint. Stored under the plain prompt (what the model should learn
+    to answer unaided), with the hint prompt it saw as `context` and k past the first tries."""
+    right = defaultdict(bool)
+    for s, (ok, _) in zip(samples, judged(samples)):
+        right[(s.skill, s.prompt)] |= ok
+    first = {}
+    for s in samples:
+        if not right[(s.skill, s.prompt)]:
+            first.setdefault((s.skill, s.prompt), s)
+    failed, shift = list(first.values()), 1 + max((s.k for s in samples), default=0)
+    out = []
+    for i in tqdm(range(0, len(failed), CHUNK), desc=f"rationalise round {rnd}", disable=quiet, leave=False):
+        chunk = failed[i:i + CHUNK]
+        prompts = [hint_prompt(s.prompt, get_task(s.skill).answer_of(s.true_answer)) for s in chunk]
+        seeds = [derive_seed(run_seed, rnd, s.prompt, "hint") for s in chunk]
+        max_new = max(get_task(s.skill).answer_lengths(s.difficulty)[1] for s in chunk) + 2
+        for s, prompt, g in zip(chunk, prompts, backend.generate(prompts, seeds, 0.0, max_new)):
+            out.append(replace(s, completion=g.text, model_version=backend.version, seed=g.seed, k=s.k + shift,
+                               temperature=0.0, mean_logprob=sum(g.logprobs) / max(1, len(g.logprobs)),
+                               context=prompt, verdicts=[], kept=True))
+    return out
+
+
+def demonstrations(prompt: str, labeled: list[Problem], n: int) -> str:
+    """SemiEvol's in-context propagation: the `n` labeled problems nearest to `prompt` (most characters
+    in common, then closest length), written out with their answers, to go before it."""
+    want = Counter(prompt)
+    near = sorted((i for i, p in enumerate(labeled) if p.prompt != prompt),
+                  key=lambda i: (-sum((Counter(labeled[i].prompt) & want).values()), abs(len(labeled[i].prompt) - len(prompt)), i))
+    return "".join(labeled[i].prompt + labeled[i].answer for i in near[:n])
+
+
+def balance(samples: list[Sample], right: list[bool], n_star: int) -> float:
+    """B-STaR's balance score of one selection: per problem, min(distinct right kept answers / n*, 1)
+    (exploration) times the share of kept answers that are right (exploitation); 0 when none is kept."""
+    kept: dict[tuple[str, str], list[tuple[Sample, bool]]] = defaultdict(list)
+    problems = {(s.skill, s.prompt) for s in samples}
+    for s, ok in zip(samples, right):
+        if s.kept:
+            kept[(s.skill, s.prompt)].append((s, ok))
+    score = sum(min(len({s.completion for s, ok in g if ok}) / n_star, 1.0) * sum(ok for _, ok in g) / len(g)
+                for g in kept.values())
+    return score / len(problems)
+
+
+def choose(cfg: Config, model, rnd: int, quiet: bool) -> dict:
+    """B-STaR: the sampling temperature and vote agreement with the best balance score on a slice of
+    the dev split (labeled, never trained on), each candidate scored on the same problems."""
+    e, s = cfg.eval, cfg.semisup
+    per = max(1, s.dev_slice // e.max_difficulty)
+    dev = [p for sk in cfg.skills for d in range(1, e.max_difficulty + 1)
+           for p in splits(get_task(sk), d, e.problems, e.dev_problems, e.seed)["dev"][:per]]
+    scores = {}
+    for t in s.temperatures or [cfg.acquire.temperature]:
+        drawn = sample(model, dev, rnd, derive_seed(cfg.seed, "bstar"), cfg.acquire.samples, t, cfg.acquire.greedy_first, quiet)
+        right = [ok for ok, _ in judged(drawn)]
+        for a in s.thresholds or [cfg.refine.vote_agreement]:
+            trial = copy.deepcopy(drawn)
+            run_chain(cfg.refine.chain, trial, FilterContext(cfg.acquire.samples, a, max_per_problem=cfg.refine.max_per_problem,
+                                                             nll_quantile=cfg.refine.nll_quantile))
+            scores[(t, a)] = round(balance(trial, right, s.balance_n), 4)
+    t, a = max(scores, key=lambda key: (scores[key], -abs(key[0] - cfg.acquire.temperature)))
+    return {"temperature": t, "vote_agreement": a, "balance": {f"T={t} agreement={a}": v for (t, a), v in scores.items()}}
+
+
+def acquire(cfg: Config, run: Run, rnd: int, state: dict, exclude: dict, quiet: bool) -> None:
+    """k answers per unlabeled problem (semievol: after its nearest labeled examples; star: and
+    rationalisations), at the temperature B-STaR chose when `semisup.temperatures` is set."""
+    t0, a, method = time.time(), cfg.acquire, cfg.semisup.method
+    model = backend_for(cfg, run, state)
+    chosen = choose(cfg, model, rnd, quiet) if cfg.semisup.temperatures or cfg.semisup.thresholds else {}
+    problems = unlabeled(cfg, rnd, exclude)
+    if method == "semievol":  # answered with demonstrations in context, stored under the plain prompt
+        labeled = labeled_set(cfg, run)
+        plain = {demonstrations(p.prompt, labeled, cfg.semisup.demos) + p.prompt: p.prompt for p in problems}
+        problems = [replace(p, prompt=shown) for shown, p in zip(plain, problems)]
+    temperature = chosen.pop("temperature", a.temperature)
+    samples = sample(model, problems, rnd, cfg.seed, a.samples, temperature, a.greedy_first, quiet)
+    if method == "semievol":
+        samples = [replace(s, prompt=plain[s.prompt], context=s.prompt) for s in samples]
+    hinted = rationalize(model, samples, rnd, cfg.seed, quiet) if method == "star" else []
+    model.close()
+    run.commit(rnd, "acquire", {"acquired": len(samples) + len(hinted), "rationalised": len(hinted),
+                                "problems": len({(s.skill, s.prompt) for s in samples}), "temperature": temperature, **chosen,
+                                "model_version": samples[0].model_version, "seconds": round(time.time() - t0, 2)},
+               samples=samples + hinted)
+
+
+def monitor(samples: list[Sample], right: list[bool], k: int) -> dict:
+    """Exploration and exploitation of one round's first tries, against the true answers (benchmark only):
+    pass@1, pass@k, distinct right rationales per problem, the share of distinct answers, and the
+    precision of the majority answer at each vote margin (how many of the k samples gave it)."""
+    groups: dict[tuple[str, str], list[tuple[Sample, bool]]] = defaultdict(list)
+    for s, ok in zip(samples, right):
+        if s.k < k:  # first tries, not star's rationalisations
+            groups[(s.skill, s.prompt)].append((s, ok))
+    margin: dict[int, list[bool]] = defaultdict(list)
+    for group in groups.values():
+        counts: dict[str, int] = defaultdict(int)
+        for s, _ in group:
+            counts[final(s)] += 1
+        top = max(counts, key=counts.get)
+        margin[counts[top]].append(any(ok for s, ok in group if final(s) == top))
+    n = sum(len(g) for g in groups.values())
+    return {"pass@1": round(sum(ok for g in groups.values() for _, ok in g) / n, 4),
+            f"pass@{k}": round(sum(any(ok for _, ok in g) for g in groups.values()) / len(groups), 4),
+            "distinct_right": round(sum(len({s.completion for s, ok in g if ok}) for g in groups.values()) / len(groups), 4),
+            "diversity": round(len({(s.prompt, s.completion) for g in groups.values() for s, _ in g}) / n, 4),
+            "precision_by_margin": {m: {"problems": len(v), "precision": round(sum(v) / len(v), 4)}
+                                    for m, v in sorted(margin.items())}}
+
+
+def refine(cfg: Config, run: Run, rnd: int) -> None:
+    """The filter chain over the round's answers, with the precision of what each filter keeps."""
+    t0, samples = time.time(), run.samples(rnd)
+    agreement = run.done(rnd, "acquire").get("vote_agreement", cfg.refine.vote_agreement)  # B-STaR's choice, if any
+    ctx = FilterContext(cfg.acquire.samples, agreement, max_per_problem=cfg.refine.max_per_problem,
+                        nll_quantile=cfg.refine.nll_quantile)
+    counts = run_chain(cfg.refine.chain, samples, ctx)
+    right = [ok for ok, _ in judged(samples)]
+    valid = {sk: get_task(sk).rationale for sk in cfg.skills}  # the whole scratchpad right, not just the answer
+    gold = [bool(valid[s.skill]) and valid[s.skill](s.prompt, s.completion) for s in samples]
+    for pos, name in enumerate(cfg.refine.chain):
+        alive = [i for i, s in enumerate(samples) if all(v.kept for v in s.verdicts[:pos + 1])]
+        counts[name]["precision"] = round(sum(right[i] for i in alive) / len(alive), 4) if alive else None
+    kept = [i for i, s in enumerate(samples) if s.kept]
+    run.commit(rnd, "refine", {
+        "chain": cfg.refine.chain, "filters": counts, "kept": len(kept), "vote_agreement": agreement,
+        "kept_rationalised": sum(1 for i in kept if samples[i].k >= cfg.acquire.samples),
+        "label_precision": round(sum(right[i] for i in kept) / len(kept), 4) if kept else None,
+        "rationale_precision": round(sum(gold[i] for i in kept) / len(kept), 4) if kept else None,
+        "monitor": monitor(samples, right, cfg.acquire.samples), "seconds": round(time.time() - t0, 2)},
+        samples=samples, verdicts=True)
+
+
+def training_mixture(cfg: Config, run: Run, rnd: int) -> tuple[list[Example], int]:
+    """The update's weighted examples and how many of them are this round's labels."""
+    s, method = cfg.semisup, cfg.semisup.method
+    labeled = [Example(p.prompt, p.answer) for p in labeled_set(cfg, run)]
+    if method == "labeled":
+        return labeled, 0
+    label = lambda r: [Example(x.prompt, x.completion) for x in run.samples(r) if x.kept]
+    new = label(rnd)
+    old = [] if method == "rest-em" else [x for r in run.promoted_rounds(rnd) for x in label(r)]
+    rest = 1.0 - s.labeled_weight
+    new_share = rest * cfg.update.new_weight if old else rest
+    return weighted([(labeled, s.labeled_weight), (new, new_share), (old, rest - new_share)]), len(new)
+
+
+def preference_pairs(run: Run, rnd: int, per_problem: int) -> list[tuple[str, str, str]]:
+    """(prompt, right answer, wrong answer) from the round's checked samples: per problem, up to
+    `per_problem` pairs of distinct kept and dropped answers, in the order they were drawn."""
+    right: dict[str, list[str]] = defaultdict(list)
+    wrong: dict[str, list[str]] = defaultdict(list)
+    for x in run.samples(rnd):
+        group = right if x.kept else wrong
+        if x.completion not in group[x.prompt]:
+            group[x.prompt].append(x.completion)
+    return [(p, c, r) for p in right for c, r in list(zip(right[p], wrong[p]))[:per_problem]]
+
+
+def update_stage(cfg: Config, run: Run, rnd: int, state: dict, quiet: bool) -> None:
+    """Train: SFT on the mixture from the last promoted model, or from the base (rest-em); or DPO on
+    right-vs-wrong pairs, continuing the adapter against the base with it disabled (pairs)."""
+    t0 = time.time()
+    if cfg.semisup.method == "pairs":
+        pairs = preference_pairs(run, rnd, cfg.semisup.pairs_per_problem)
+        trained = train_pairs(cfg, run, rnd, state, pairs, quiet) if pairs else {
+            "model": state["model"], "adapter": state["adapter"], "skipped": "no preference pairs"}
+        run.commit(rnd, "update", {**trained, "pairs": len(pairs), "new_examples": len(pairs), "from": state["round"],
+                                   "seconds": round(time.time() - t0, 2)})
+        return
+    examples, n_new = training_mixture(cfg, run, rnd)
+    start = base(cfg) if cfg.semisup.method == "rest-em" else state
+    trained = train_round(cfg, run, rnd, start, 0, examples, run.staging(rnd, "update"), quiet)
+    run.commit(rnd, "update", {**trained, "examples": len(examples), "new_examples": n_new, "from": start["round"],
+                               "seconds": round(time.time() - t0, 2)})
+
+
+def train_pairs(cfg: Config, run: Run, rnd: int, state: dict, pairs: list, quiet: bool) -> dict:
+    """DPO on `pairs`, continuing the promoted adapter (or a fresh one); saved under the stage's staging."""
+    from evolvelm.update import dpo, sft
+
+    u, seed = cfg.update, derive_seed(cfg.seed, rnd, "dpo")
+    base_dir = resolve(state["model"], run)
+    model = sft.load_for_training(base_dir, resolve(state["adapter"], run) if state["adapter"] else None, "lora",
+                                  u.lora_r, u.lora_alpha, seed)
+    losses = dpo.train(model, sft.tokenizer(base_dir), pairs, u.steps, u.batch_size, u.lr, cfg.semisup.beta, seed,
+                       u.warmup, desc=f"dpo round {rnd}", quiet=quiet)
+    sft.save(model, base_dir, run.staging(rnd, "update") / "model",
+             card={"round": rnd, "method": "dpo", "parent": state["adapter"], "pairs": len(pairs), "beta": cfg.semisup.beta,
+                   "loss_first": losses[0], "loss_last": losses[-1]})
+    return {"model": state["model"], "adapter": str(run.stage_dir(rnd, "update").relative_to(run.root) / "model"),
+            "loss_first": round(losses[0], 5), "loss_last": round(sum(losses[-20:]) / len(losses[-20:]), 5)}
+
+
+def evaluate(cfg: Config, run: Run, rnd: int, state: dict, quiet: bool) -> dict:
+    """Greedy accuracy of the final answer on the test (reported) and dev (gate) splits."""
+    t0, e = time.time(), cfg.eval
+    model = backend_for(cfg, run, state)
+    ranges = {s: range(1, e.max_difficulty + 1) for s in cfg.skills}
+    acc = {split: accuracy(model, cfg.skills, ranges, split, e.problems, e.dev_problems, e.seed, quiet) for split in ("test", "dev")}
+    rows = [(split, s, d, a, len(splits(get_task(s), d, e.problems, e.dev_problems, e.seed)[split]), model.version,
+             get_task(s).version) for split in acc for s in cfg.skills for d, a in acc[split][s].items()]
+    model.close()
+    info = {"frontier": {s: frontier(acc["test"][s], e.threshold) for s in cfg.skills}, "dev": acc["dev"],
+            "dev_mean": {s: round(sum(a.values()) / len(a), 4) for s, a in acc["dev"].items()},
+            "model_version": rows[0][5], "seconds": round(time.time() - t0, 2)}
+    run.commit(rnd, "eval", info, evals=rows)
+    return info
+
+
+def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
+    """Run (or resume) every round in `run`; returns the summary."""
+    exclude, labeled = held(cfg), labeled_set(cfg, run)
+    for p in labeled:
+        exclude[p.skill][p.difficulty] |= {p.prompt}
+    if not run.done(0, "eval"):
+        evaluate(cfg, run, 0, base(cfg), quiet)
+    if not run.done(0, "gate"):  # the labeled set's provenance goes with the base model
+        run.commit(0, "gate", {**base(cfg), "promoted": True, "reason": "base model", "decision": "", "seconds": 0.0,
+                               "labeled": {"file": str(labeled_path(cfg, run)), "problems": len(labeled)}})
+    write_summary(run, cfg)
+
+    for rnd in range(1, cfg.rounds + 1):
+        state = run.done(rnd - 1, "gate")
+        if not run.done(rnd, "acquire"):
+            acquire(cfg, run, rnd, state, exclude, quiet)
+        if not run.done(rnd, "refine"):
+            refine(cfg, run, rnd)
+        if not run.done(rnd, "update"):
+            update_stage(cfg, run, rnd, state, quiet)
+        update = run.done(rnd, "update")
+        candidate = {"model": update["model"], "adapter": update["adapter"], "levels": {}, "round": rnd}
+        if not run.done(rnd, "eval"):
+            evaluate(cfg, run, rnd, candidate, quiet)
+        if not run.done(rnd, "gate"):
+            mean = lambda r: {s: {0: a} for s, a in run.done(r, "eval")["dev_mean"].items()}
+            ok, reason = gate(mean(state["round"]), mean(rnd), 0.0, cfg.gate.tolerance)
+            info = candidate if ok else {key: state[key] for key in ("model", "adapter", "levels", "round")}
+            reason = reason.replace("difficulty 0", "mean") if not ok else f"mean dev accuracy fell by at most {cfg.gate.tolerance}"
+            run.commit(rnd, "gate", {**info, "promoted": ok, "reason": reason, "decision": "", "seconds": 0.0})
+        summary = write_summary(run, cfg)
+        if not quiet:
+            r = summary["rounds"][-1]
+            tqdm.write(f"round {rnd}: {'promoted' if r['promoted'] else 'ROLLED BACK'}  test accuracy "
+                       f"{summary['semisup']['accuracy'][-1]}  kept {r['kept']}/{r['acquired']}  "
+                       f"label precision {r['label_precision']}")
+    return json.loads((run.root / "summary.json").read_text())

@@ -1,0 +1,50 @@
+"""Direct preference optimisation (Rafailov et al. 2023) on (prompt, chosen, rejected) triples.
+
+The policy is a LoRA adapter; the reference is the same model with the adapter disabled (PEFT's
+`disable_adapter`), so no second copy of the weights is held. The same plain loop as `sft.train`
+(seeded batches, warm-up and cosine decay), for the same reasons.
+"""
+from __future__ import annotations
+
+import torch
+from tqdm import tqdm
+
+from evolvelm.types import Example
+from evolvelm.update.sft import batch, encode, optimizer, step
+
+
+def logps(model, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per sequence, the summed log-probability of its answer tokens (labels != -100)."""
+    logits = model(input_ids=x, attention_mask=mask).logits[:, :-1].float()
+    target = y[:, 1:]
+    per_token = logits.log_softmax(-1).gather(-1, target.clamp(min=0)[..., None])[..., 0]
+    return (per_token * (target != -100)).sum(-1)
+
+
+def train(model, tokenizer, pairs: list[tuple[str, str, str]], steps: int, batch_size: int, lr: float, beta: float,
+          seed: int, warmup: int = 30, desc: str = "dpo", quiet: bool = False) -> list[float]:
+    """Train the adapter of `model` (a PeftModel) in place on (prompt, chosen, rejected) pairs; returns
+    step losses: -log sigmoid(beta * (policy margin - reference margin)), margins in summed log-probs."""
+    if not pairs:
+        raise ValueError("no preference pairs")
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    chosen, starts = encode(tokenizer, [Example(p, c) for p, c, _ in pairs])
+    rejected, _ = encode(tokenizer, [Example(p, r) for p, _, r in pairs])
+    params, opt, sched = optimizer(model, lr, steps, warmup)
+    device = next(model.parameters()).device
+    model.train()
+    losses = []
+    for _ in tqdm(range(steps), desc=desc, disable=quiet, leave=False):
+        idx = torch.randint(len(pairs), (batch_size,), generator=gen).tolist()
+        x, y, mask = (t.to(device) for t in batch(tokenizer, [chosen[i] for i in idx] + [rejected[i] for i in idx],
+                                                  [starts[i] for i in idx] * 2))
+        policy = logps(model, x, y, mask)
+        with torch.no_grad(), model.disable_adapter():
+            reference = logps(model, x, y, mask)
+        margin = (policy - reference)[:batch_size] - (policy - reference)[batch_size:]
+        loss = -torch.nn.functional.logsigmoid(beta * margin).mean()
+        step(loss, params, opt, sched)
+        losses.append(loss.item())
+    model.eval()
+    return losses

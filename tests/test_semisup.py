@@ -1,0 +1,209 @@
+"""Learning from unlabeled data: the chain skill and its scratchpad checker, the semisup filters and
+monitoring on literal samples, and the recipes end to end on the shipped zoo:chain model."""
+import json
+import signal
+from collections import Counter
+
+import pytest
+
+from evolvelm import config
+from evolvelm.config import ConfigError
+from evolvelm.recipes.semisup import (balance, demonstrations, draw_labeled, held, labeled_set, monitor,
+                                     training_mixture)
+from evolvelm.refine.filters import FilterContext, cap, consistency, vote
+from evolvelm.store.run import Run
+from evolvelm.tasks import chain_steps, chain_valid, get_task, hint_prompt
+from evolvelm.types import Problem, Sample
+from test_resume import evolvelm, outcome
+
+SMALL = ["rounds=2", "acquire.problems=15", "acquire.samples=4", "update.steps=20", "eval.problems=20",
+         "eval.dev_problems=10"]
+
+
+def s(completion, k=0, prompt="M352=", truth="33,58,20|0"):
+    return Sample(round=1, skill="chain", difficulty=2, prompt=prompt, completion=completion, model_version="v",
+                  seed=k, k=k, temperature=1.0, mean_logprob=-0.1, true_answer=truth)
+
+
+def test_chain_scratchpads_and_the_checker_of_the_final_answer():
+    assert chain_steps("352", [0, 1, 2]) == "33,58,20|0" and chain_steps("352", [2, 0, 1]) == "22,35,50|0"
+    task, p = get_task("chain"), Problem("chain", 2, "M352=", "33,58,20|0")
+    assert task.check(p, "22,35,50|0") and task.check(p, "99,99,99|0")  # only the answer counts
+    assert not task.check(p, "33,58,20|1") and not task.check(p, "33,58,20")
+    assert chain_valid("M352=", "22,35,50|0") and not chain_valid("M352=", "99,99,99|0")
+    assert not chain_valid("M352=", "33,58|8")  # a digit left out
+    assert hint_prompt("M352=", "0") == "M352?0="
+    import random
+    for d in range(1, 5):
+        prompt, answer = task.make(d, random.Random(d))
+        assert len(prompt) == d + 3 and len(answer) == 3 * d + 4 and chain_valid(prompt, answer)
+
+
+def test_vote_counts_final_answers_across_different_rationales():
+    group = [s("33,58,20|0", 0), s("22,35,50|0", 1), s("55,52,24|4", 2), s("33,58,20|0", 3)]
+    verdicts = vote(group, FilterContext(samples_per_problem=4, vote_agreement=0.75))
+    assert [v.kept for v in verdicts] == [True, True, False, True]  # 3 of 4 reach 0 by two routes
+    verdicts = vote(group, FilterContext(samples_per_problem=4, vote_agreement=1.0))
+    assert not any(v.kept for v in verdicts)
+
+
+def test_cap_keeps_the_first_answers_of_each_problem():
+    group = [s("a", 0), s("b", 1), s("c", 2), s("x", 0, prompt="M11=")]
+    assert [v.kept for v in cap(group, FilterContext(4, 0.5, max_per_problem=2))] == [True, True, False, True]
+    assert all(v.kept for v in cap(group, FilterContext(4, 0.5)))
+
+
+def test_consistency_keeps_unanimous_problems_and_the_most_confident_of_the_rest():
+    group = [s("33,58,20|0", 0), s("22,35,50|0", 1),  # unanimous (two rationales, one answer)
+             s("11,12|2", 0, prompt="M11="), s("11,13|3", 1, prompt="M11="), s("11,14|4", 2, prompt="M11="),
+             s("11,15|5", 3, prompt="M11=")]
+    for x, lp in zip(group[2:], (-0.1, -0.5, -0.9, -1.3)):
+        x.mean_logprob = lp
+    kept = [v.kept for v in consistency(group, FilterContext(4, 0.5, nll_quantile=0.5))]
+    assert kept == [True, True, True, True, False, False]
+    assert [v.kept for v in consistency(group, FilterContext(4, 0.5, nll_quantile=0.0))][2:] == [False] * 4
+
+
+def test_balance_score_rewards_distinct_right_answers_and_precision():
+    group = [s("33,58,20|0", 0), s("22,35,50|0", 1), s("55,52,24|4", 2), s("11,12|2", 0, prompt="M11=", truth="11,12|2")]
+    right = [True, True, False, True]
+    assert balance(group, right, 2) == pytest.approx((1.0 * 2 / 3 + 0.5 * 1.0) / 2)
+    group[2].kept = False  # dropping the wrong answer raises precision
+    assert balance(group, right, 2) == pytest.approx((1.0 + 0.5) / 2)
+    for x in group:
+        x.kept = False
+    assert balance(group, right, 2) == 0.0
+
+
+def test_demonstrations_are_the_nearest_labeled_examples():
+    labeled = [Problem("chain", 1, "M12=", "11,23|3"), Problem("chain", 1, "M34=", "33,47|7"),
+               Problem("chain", 2, "M349=", "33,47,96|6")]
+    assert demonstrations("M43=", labeled, 1) == "M34=33,47|7"
+    assert demonstrations("M349=", labeled, 2) == "M34=33,47|7M12=11,23|3"  # never the problem itself
+
+
+def test_monitor_measures_exploration_and_precision_by_margin():
+    group = [s("33,58,20|0", 0), s("22,35,50|0", 1), s("55,52,24|4", 2), s("33,58,20|0", 3),
+             s("11,12|2", 0, prompt="M11=", truth="11,12|2"), s("11,13|3", 1, prompt="M11=", truth="11,12|2"),
+             s("11,13|3", 2, prompt="M11=", truth="11,12|2"), s("11,13|3", 3, prompt="M11=", truth="11,12|2")]
+    right = [get_task("chain").check(Problem("chain", 2, x.prompt, x.true_answer), x.completion) for x in group]
+    m = monitor(group, right, 4)
+    assert m["pass@1"] == pytest.approx(4 / 8) and m["pass@4"] == 1.0
+    assert m["distinct_right"] == pytest.approx((2 + 1) / 2)  # two right rationales, then one
+    assert m["precision_by_margin"] == {3: {"problems": 2, "precision": 0.5}}  # 3 votes: one right, one wrong
+
+
+def test_labeled_set_ships_with_the_model_and_is_never_held_out():
+    cfg = config.load("lmsi")
+    problems = labeled_set(cfg, Run("."))
+    # 100 per difficulty, but one operation has only 100 distinct problems and half of them are held out
+    assert [sum(p.difficulty == d for p in problems) for d in (1, 2, 3, 4)] == [50, 100, 100, 100]
+    h = held(cfg)["chain"]
+    assert not any(p.prompt in h[p.difficulty] for p in problems)
+    assert all(get_task("chain").check(p, p.answer) and chain_valid(p.prompt, p.answer) for p in problems)
+    assert problems == draw_labeled("chain", 400, 4, h)  # how zoo:chain's labeled.jsonl was drawn
+
+
+def test_semisup_config_and_labeled_file_are_checked(tmp_path):
+    with pytest.raises(ConfigError, match="semisup.method"):
+        config.load("lmsi", ["semisup.method=magic"])
+    with pytest.raises(ConfigError, match="labeled_weight"):
+        config.load("lmsi", ["semisup.labeled_weight=1.5"])
+    bad = tmp_path / "labels.jsonl"
+    bad.write_text('{"skill": "chain", "difficulty": 1, "prompt": "M12=", "answer": "11,23|3"}\n{"skill": "chain"}\n')
+    out = evolvelm("run", "lmsi", f"semisup.labeled_file={bad}", "--run-dir", str(tmp_path / "run"))
+    assert out.returncode == 2 and f"{bad}:2" in out.stderr and "prompt" in out.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def lmsi_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("lmsi") / "run"
+    out = evolvelm("run", "lmsi", *SMALL, "--run-dir", str(run_dir), timeout=600)
+    assert out.returncode == 0, out.stderr
+    return run_dir
+
+
+def test_lmsi_rounds_vote_train_and_monitor(lmsi_run):
+    run = Run.open(lmsi_run)
+    assert run.done(1, "acquire")["acquired"] == 4 * 15 * 4  # 4 difficulties x 15 problems x 4 samples
+    verdicts = {r["filter"] for r in run.query("SELECT DISTINCT filter FROM verdicts WHERE round=1")}
+    assert verdicts == {"vote", "dedup"}
+    refine = run.done(1, "refine")
+    assert 0 < refine["kept"] < 240 and refine["label_precision"] > 0.5  # the base is partly competent
+    assert set(refine["monitor"]) == {"pass@1", "pass@4", "distinct_right", "diversity", "precision_by_margin"}
+    examples, new = training_mixture(run.config(), run, 1)
+    assert new == refine["kept"] and len(examples) == 350 + new
+    assert sum(x.weight for x in examples) == pytest.approx(1.0)
+    s = json.loads((lmsi_run / "summary.json").read_text())
+    assert len(s["semisup"]["accuracy"]) == 3 and s["semisup"]["base"] > 0.3
+    assert evolvelm("report", str(lmsi_run)).returncode == 0
+    assert "Learning from unlabeled data" in (lmsi_run / "report.html").read_text()
+
+
+def test_star_rationalises_failures_with_the_answer_as_hint(tmp_path):
+    out = evolvelm("run", "star", *SMALL, "rounds=1", "--run-dir", str(tmp_path / "run"), timeout=600)
+    assert out.returncode == 0, out.stderr
+    run = Run.open(tmp_path / "run")
+    hinted = run.query("SELECT prompt, context, true_answer, k FROM samples WHERE round=1 AND context != ''")
+    assert len(hinted) == run.done(1, "acquire")["rationalised"] > 0
+    assert all(h["context"] == hint_prompt(h["prompt"], h["true_answer"][-1]) and h["k"] >= 4 for h in hinted)
+    kept = [x for x in run.samples(1) if x.kept]
+    assert kept and all(x.completion[-1] == x.true_answer[-1] for x in kept)  # the checker kept them
+
+
+def test_rest_em_and_the_labeled_baseline_train_from_where_they_should(tmp_path):
+    out = evolvelm("run", "rest-em", *SMALL, "--run-dir", str(tmp_path / "rest"), timeout=600)
+    assert out.returncode == 0, out.stderr
+    run = Run.open(tmp_path / "rest")
+    assert run.done(2, "update")["from"] == 0  # every iteration from the base
+    kept = Counter(x.prompt for x in run.samples(2) if x.kept)
+    assert kept and max(kept.values()) <= 4
+    out = evolvelm("run", "lmsi", *SMALL, "rounds=1", "semisup.method=labeled", "--run-dir", str(tmp_path / "lab"), timeout=600)
+    assert out.returncode == 0, out.stderr
+    run = Run.open(tmp_path / "lab")
+    assert run.done(1, "update")["new_examples"] == 0 and run.done(1, "update")["examples"] == 350
+
+
+def test_semievol_answers_after_demonstrations_and_keeps_by_consistency(tmp_path):
+    out = evolvelm("run", "semievol", *SMALL, "rounds=1", "--run-dir", str(tmp_path / "run"), timeout=600)
+    assert out.returncode == 0, out.stderr
+    run = Run.open(tmp_path / "run")
+    rows = run.query("SELECT prompt, context FROM samples WHERE round=1")
+    assert rows and all(r["context"].endswith(r["prompt"]) and len(r["context"]) > len(r["prompt"]) for r in rows)
+    assert {r["filter"] for r in run.query("SELECT DISTINCT filter FROM verdicts WHERE round=1")} == {"consistency", "dedup"}
+
+
+def test_pairs_trains_an_adapter_with_dpo(tmp_path):
+    out = evolvelm("run", "pairs", *SMALL, "rounds=1", "--run-dir", str(tmp_path / "run"), timeout=600)
+    assert out.returncode == 0, out.stderr
+    run = Run.open(tmp_path / "run")
+    update = run.done(1, "update")
+    assert update["pairs"] > 0 and update["adapter"] and update["model"] == "zoo:chain"
+    assert update["loss_first"] == pytest.approx(0.6931, abs=1e-3)  # log 2: the policy starts as the reference
+    assert update["loss_last"] < update["loss_first"]
+    with pytest.raises(ConfigError, match="lora"):
+        config.load("pairs", ["update.method=full"])
+
+
+def test_bstar_chooses_temperature_and_agreement_by_balance(tmp_path):
+    out = evolvelm("run", "bstar", *SMALL, "rounds=1", "semisup.temperatures=[0.5,1.5]", "semisup.thresholds=[0.5,1.0]",
+                   "semisup.dev_slice=20", "--run-dir", str(tmp_path / "run"), timeout=600)
+    assert out.returncode == 0, out.stderr
+    run = Run.open(tmp_path / "run")
+    acquire = run.done(1, "acquire")
+    assert len(acquire["balance"]) == 4
+    best = max(acquire["balance"].values())
+    assert acquire["balance"][f"T={acquire['temperature']} agreement={acquire['vote_agreement']}"] == best
+    assert run.done(1, "refine")["vote_agreement"] == acquire["vote_agreement"]
+    assert {r["temperature"] for r in run.query("SELECT DISTINCT temperature FROM samples WHERE round=1")} == {acquire["temperature"]}
+
+
+def test_kill_during_update_then_resume_matches(lmsi_run, tmp_path):
+    run_dir = tmp_path / "run"
+    killed = evolvelm("run", "lmsi", *SMALL, "--run-dir", str(run_dir),
+                      env={"EVOLVELM_KILL_AT": "2:update:before-manifest"}, timeout=600)
+    assert killed.returncode == -signal.SIGKILL
+    resumed = evolvelm("resume", str(run_dir), timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert outcome(run_dir) == outcome(lmsi_run)

@@ -13,7 +13,8 @@ the labeled set alone, the baseline):
                bstar-T: the temperature alone (agreement 6 of 8, as in lmsi)
     star       4 scratchpads; the checker keeps the right ones; failures rationalised with a hint
     rest-em    8 scratchpads; the checker keeps the right ones (4 per problem); retrained from the base
-    semievol   8 scratchpads after the 2 nearest labeled examples; consistent or low-NLL answers
+    semievol   8 scratchpads after the 2 nearest labeled examples; consistent or low-NLL answers;
+               semievol-noctx: the same without the examples in context (in-weight propagation only)
     pairs      DPO (LoRA) on right-vs-wrong answers of the same problem
 Printed per arm and round: mean test accuracy (kept model, and the round's candidate), pass@1, pass@k,
 distinct right rationales per problem, answer diversity, precision of the kept labels (final answer)
@@ -39,7 +40,8 @@ from evolvelm.store.run import Run  # noqa: E402
 ARMS = {"labeled": ("lmsi", ["semisup.method=labeled"]), "lmsi": ("lmsi", []),
         **{f"lmsi-T{t}": ("lmsi", [f"acquire.temperature={t}"]) for t in (0.6, 0.8, 1.2)}, "bstar": ("bstar", []),
         "bstar-T": ("bstar", ["semisup.thresholds=[0.75]"]),
-        "star": ("star", []), "rest-em": ("rest-em", []), "semievol": ("semievol", []), "pairs": ("pairs", [])}
+        "star": ("star", []), "rest-em": ("rest-em", []), "semievol": ("semievol", []),
+        "semievol-noctx": ("semievol", ["semisup.demos=0"]), "pairs": ("pairs", [])}
 
 
 def run_arm(arm: str, rounds: int, overrides: list[str], workdir: Path) -> dict:

@@ -12,7 +12,6 @@ from evolvelm.recipes.knowledge import grounded
 from evolvelm.store.memory import Memory
 from evolvelm.store.run import Run
 from evolvelm.tasks import ALPHABET, facts
-from evolvelm.types import Example
 from evolvelm.update import distill, sft
 from evolvelm.zoo.tokenizer import char_tokenizer
 from evolvelm.zoo.train import build

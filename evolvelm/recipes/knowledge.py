@@ -37,7 +37,7 @@ from tqdm import tqdm
 from evolvelm.acquire.ladder import derive_seed, draw_problems
 from evolvelm.config import Config
 from evolvelm.evaluate.suite import accuracy, frontier, gate, held_out_prompts, splits
-from evolvelm.recipes.ladder import backend_for, resolve
+from evolvelm.recipes.ladder import backend_for, base_state, resolve
 from evolvelm.store.memory import Memory
 from evolvelm.store.run import Run
 from evolvelm.store.summary import write_summary
@@ -53,11 +53,6 @@ STATE = ("model", "adapter")
 def preflight(cfg: Config, run: Run) -> None:
     """Fail on a missing model before anything is created."""
     resolve(cfg.model.path, run)
-
-
-def base(cfg: Config) -> dict:
-    """The state of round 0: the shipped model, no adapter."""
-    return {"model": cfg.model.path, "adapter": None, "levels": {}, "round": 0}
 
 
 def batch(cfg: Config, rnd: int) -> list[facts.Person]:
@@ -158,7 +153,7 @@ def anchors(cfg: Config, run: Run, rnd: int, held: dict) -> list[Example]:
     pop = [q.prompt for p in facts.population() for q in facts.questions(p, facts.ASK)]
     order = sorted(range(len(pop)), key=lambda i: derive_seed(cfg.seed, rnd, "anchor", i))
     prompts += [pop[i] for i in sorted(order[:n - len(prompts)])]
-    model = backend_for(cfg, run, base(cfg))
+    model = backend_for(cfg, run, base_state(cfg))
     answers = [g.text for g in model.generate(prompts, [0] * len(prompts), 0.0, max(e.max_difficulty, facts.max_answer_length()) + 2)]
     targets = distill.distributions(model.model, model.tokenizer, prompts, answers, cfg.model.batch_size)
     model.close()
@@ -225,7 +220,7 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: dict, quiet: bool) -> dict:
         rows.append(("test", "facts", j, facts_accuracy(model, qs, contexts), len(qs), model.version, facts.VERSION))
     model.close()
     if rnd:  # the upper bound: the base model with the newest batch's (first) document in context
-        model, (qs, docs) = backend_for(cfg, run, base(cfg)), held_out(cfg, rnd)
+        model, (qs, docs) = backend_for(cfg, run, base_state(cfg)), held_out(cfg, rnd)
         rows.append(("test", "facts-icl", rnd, facts_accuracy(model, qs, docs), len(qs), model.version, facts.VERSION))
         model.close()
     info = {"frontier": {s: frontier(acc["test"][s], e.threshold) for s in cfg.skills}, "dev": acc["dev"],
@@ -239,9 +234,9 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
     held = {s: held_out_prompts(get_task(s), cfg.eval.max_difficulty, cfg.eval.problems, cfg.eval.dev_problems,
                                 cfg.eval.seed) for s in cfg.skills}
     if not run.done(0, "eval"):
-        evaluate(cfg, run, 0, base(cfg), quiet)
+        evaluate(cfg, run, 0, base_state(cfg), quiet)
     if not run.done(0, "gate"):
-        run.commit(0, "gate", {**base(cfg), "promoted": True, "reason": "base model", "decision": "", "seconds": 0.0})
+        run.commit(0, "gate", {**base_state(cfg), "promoted": True, "reason": "base model", "decision": "", "seconds": 0.0})
     write_summary(run, cfg)
 
     for rnd in range(1, cfg.rounds + 1):

@@ -83,6 +83,11 @@ def sandbox_info(skills: list[str]) -> dict:
     return {"sandbox": sandbox.shared().describe()} if any(get_task(s).judge for s in skills) else {}
 
 
+def base_state(cfg: Config) -> dict:
+    """The gate state of round 0 for the recipes with one model: the configured model, no adapter."""
+    return {"model": cfg.model.path, "adapter": None, "levels": {}, "round": 0}
+
+
 def backend_for(cfg: Config, run: Run, state: dict):
     """A backend serving the model described by a gate state."""
     return make_backend(cfg.model.backend, resolve(state["model"], run),

@@ -43,18 +43,13 @@ from tqdm import tqdm
 from evolvelm.acquire.ladder import CHUNK, derive_seed, sample
 from evolvelm.config import Config, ConfigError
 from evolvelm.evaluate.suite import accuracy, frontier, gate, held_out_prompts, splits
-from evolvelm.recipes.ladder import backend_for, resolve, train_round
+from evolvelm.recipes.ladder import backend_for, base_state, resolve, train_round
 from evolvelm.refine.filters import FilterContext, final, judged, run_chain
 from evolvelm.store.run import Run
 from evolvelm.store.summary import write_summary
 from evolvelm.tasks import get_task, hint_prompt
 from evolvelm.types import Example, Problem, Sample
 from evolvelm.update.mixture import weighted
-
-
-def base(cfg: Config) -> dict:
-    """The state of round 0: the shipped model, no adapter."""
-    return {"model": cfg.model.path, "adapter": None, "levels": {}, "round": 0}
 
 
 def preflight(cfg: Config, run: Run) -> None:
@@ -291,7 +286,7 @@ def update_stage(cfg: Config, run: Run, rnd: int, state: dict, quiet: bool) -> N
                                    "seconds": round(time.time() - t0, 2)})
         return
     examples, n_new = training_mixture(cfg, run, rnd)
-    start = base(cfg) if cfg.semisup.method == "rest-em" else state
+    start = base_state(cfg) if cfg.semisup.method == "rest-em" else state
     trained = train_round(cfg, run, rnd, start, 0, examples, run.staging(rnd, "update"), quiet)
     run.commit(rnd, "update", {**trained, "examples": len(examples), "new_examples": n_new, "from": start["round"],
                                "seconds": round(time.time() - t0, 2)})
@@ -336,9 +331,9 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
     for p in labeled:
         exclude[p.skill][p.difficulty] |= {p.prompt}
     if not run.done(0, "eval"):
-        evaluate(cfg, run, 0, base(cfg), quiet)
+        evaluate(cfg, run, 0, base_state(cfg), quiet)
     if not run.done(0, "gate"):  # the labeled set's provenance goes with the base model
-        run.commit(0, "gate", {**base(cfg), "promoted": True, "reason": "base model", "decision": "", "seconds": 0.0,
+        run.commit(0, "gate", {**base_state(cfg), "promoted": True, "reason": "base model", "decision": "", "seconds": 0.0,
                                "labeled": {"file": str(labeled_path(cfg, run)), "problems": len(labeled)}})
     write_summary(run, cfg)
 

@@ -44,7 +44,7 @@ from evolvelm.acquire.ladder import CHUNK, derive_seed, sample
 from evolvelm.config import Config, ConfigError
 from evolvelm.evaluate.suite import accuracy, frontier, gate, held_out_prompts, splits
 from evolvelm.recipes.ladder import backend_for, base_state, resolve, train_round
-from evolvelm.refine.filters import FilterContext, final, judged, run_chain
+from evolvelm.refine.filters import FilterContext, final, judged, majority, run_chain
 from evolvelm.store.run import Run
 from evolvelm.store.summary import write_summary
 from evolvelm.tasks import get_task, hint_prompt
@@ -211,10 +211,7 @@ def monitor(samples: list[Sample], right: list[bool], k: int) -> dict:
             groups[(s.skill, s.prompt)].append((s, ok))
     margin: dict[int, list[bool]] = defaultdict(list)
     for group in groups.values():
-        counts: dict[str, int] = defaultdict(int)
-        for s, _ in group:
-            counts[final(s)] += 1
-        top = max(counts, key=counts.get)
+        top, counts = majority([s for s, _ in group])
         margin[counts[top]].append(any(ok for s, ok in group if final(s) == top))
     n = sum(len(g) for g in groups.values())
     return {"pass@1": round(sum(ok for g in groups.values() for _, ok in g) / n, 4),

@@ -86,7 +86,7 @@ def final(s: Sample) -> str:
     return get_task(s.skill).answer_of(s.completion)
 
 
-def _majority(group: list[Sample]) -> tuple[str, Counter]:
+def majority(group: list[Sample]) -> tuple[str, Counter]:
     """The most common final answer of `group` (ties: the one drawn first) and all the counts.
     Samples that reach one answer through different scratchpads vote for it together."""
     counts = Counter(final(s) for s in group)
@@ -104,10 +104,10 @@ def vote(samples: list[Sample], ctx: FilterContext) -> list[Verdict]:
     by_prompt: dict[tuple[str, str, int], list[Sample]] = defaultdict(list)
     for s in samples:
         by_prompt[(s.skill, s.prompt, s.member)].append(s)
-    majority = {key: _majority(group) for key, group in by_prompt.items()}
+    top = {key: majority(group) for key, group in by_prompt.items()}
     out = []
     for s in samples:
-        answer, counts = majority[(s.skill, s.prompt, s.member)]
+        answer, counts = top[(s.skill, s.prompt, s.member)]
         share = counts[answer] / ctx.samples_per_problem
         if final(s) != answer:
             out.append(Verdict("vote", "1", False, f"minority answer (majority has {counts[answer]}/{ctx.samples_per_problem})"))
@@ -130,7 +130,7 @@ def model_vote(samples: list[Sample], ctx: FilterContext) -> list[Verdict]:
     by_member: dict[tuple[str, str], dict[int, list[Sample]]] = defaultdict(lambda: defaultdict(list))
     for s in samples:
         by_member[(s.skill, s.prompt)][s.member].append(s)
-    votes = {key: Counter(_majority(group)[0] for group in members.values()) for key, members in by_member.items()}
+    votes = {key: Counter(majority(group)[0] for group in members.values()) for key, members in by_member.items()}
     out = []
     for s in samples:
         n = votes[(s.skill, s.prompt)][final(s)]

@@ -98,5 +98,5 @@ def test_two_lora_rounds_on_the_shipped_model_then_export(tmp_path):
 def test_shipped_addition_model_solves_its_training_range():
     task = get_task("addition")
     probs = task.problems(3, 20, seed=11)
-    gens = HFBackend(str(ZOO / "addition")).generate([p.prompt for p in probs], [0] * 20, 0.0, 6)
+    gens = HFBackend(str(ZOO / "addition")).generate([p.prompt for p in probs], [0] * 20, 0.0, 10)
     assert sum(task.check(p, g.text) for p, g in zip(probs, gens)) >= 18

@@ -1,5 +1,5 @@
 from evolvelm.evaluate.suite import gate, held_out_prompts, splits
-from evolvelm.tasks import TASKS, get_task
+from evolvelm.tasks import TASKS, addition_prompt, get_task
 from evolvelm.types import Problem
 
 
@@ -16,9 +16,12 @@ def test_problems_have_the_requested_difficulty_and_a_checked_answer():
 def test_literal_answers_and_the_checker():
     assert get_task("reverse").check(Problem("reverse", 3, "Rabc=", "cba"), "cba")
     assert not get_task("reverse").check(Problem("reverse", 3, "Rabc=", "cba"), "abc")
-    # reversed addition: 95 + 17 = 112, written least-significant digit first
-    p = Problem("addition", 2, "A59+71=", "211")
-    assert get_task("addition").check(p, "211") and not get_task("addition").check(p, "112")
+    # reversed addition: 95 + 17 = 112, written least-significant digit first, index hints from c
+    prompt, answer = addition_prompt(95, 17, 2)
+    assert (prompt, answer) == ("Ac5d9+c7d1=", "c2d1e1")
+    p = Problem("addition", 2, prompt, answer)
+    assert get_task("addition").check(p, "c2d1e1") and not get_task("addition").check(p, "c1d1e2")
+    assert addition_prompt(5, 7, 25) == ("Az5+z7=", "z2a1")  # hints wrap from z to a
 
 
 def test_held_out_splits_are_fixed_disjoint_and_excluded_from_training_draws():
@@ -48,4 +51,4 @@ def test_gate_compares_each_solved_difficulty():
 
 
 def test_tiny_difficulties_do_not_loop_forever():
-    assert len(get_task("addition").problems(1, 1000, seed=0)) == 100  # only 10 x 10 distinct prompts
+    assert len(get_task("shift").problems(1, 1000, seed=0)) == 26  # only 26 distinct prompts

@@ -16,7 +16,7 @@ import random
 from pathlib import Path
 
 from evolvelm.store.hashing import dir_hash
-from evolvelm.tasks import TASKS, chain_steps, expr_answer, shift_letters
+from evolvelm.tasks import LETTERS, TASKS, addition_prompt, chain_steps, expr_answer, shift_letters
 from evolvelm.types import Generation
 
 SKILL_OF = {"C": "copy", "R": "reverse", "A": "addition", "E": "expr", "S": "shift", "M": "chain", "": "echo"}  # echo: no marker
@@ -30,9 +30,9 @@ def solve(prompt: str) -> tuple[str, int, str]:
     skill, body = SKILL_OF[prompt[0]], prompt[1:-1]
     if skill == "shift":
         return skill, len(body), shift_letters(body)
-    if skill == "addition":
-        a, b = body.split("+")
-        return skill, len(a), str(int(a[::-1]) + int(b[::-1]))[::-1]
+    if skill == "addition":  # hinted: a letter before every digit
+        a, b = (x[1::2] for x in body.split("+"))
+        return skill, len(a), addition_prompt(int(a[::-1]), int(b[::-1]), LETTERS.index(body[0]))[1]
     if skill == "expr":  # a second try reads E<n>=<attempt>><feedback>=; the target is n either way
         n = body.split("=")[0]
         return skill, len(n), expr_answer(n)

@@ -4,7 +4,10 @@ a completion, for training rewards and for evaluation alike.
 Prompt formats (character level, one token per character):
     copy      "C" + s + "="            -> s
     reverse   "R" + s + "="            -> s reversed
-    addition  "A" + a + "+" + b + "="  -> a + b, all numbers written least-significant digit first
+    addition  "A" + a + "+" + b + "="  -> a + b, all numbers written least-significant digit first,
+                                          each digit after an index hint: the letter of its place,
+                                          counted on from a letter drawn per problem, z wrapping to a
+                                          (A95+17= with hints from c: Ac5d9+c7d1= -> c2d1e1, i.e. 112)
     echo      s + "="                  -> s (letters, digits and "+"; no marker: the modular base's pretraining)
     shift     "S" + s + "="            -> every letter of s moved one on (z -> a)
     expr      "E" + n + "="            -> a Python expression using only the digits 0-5 and "+" that
@@ -93,10 +96,23 @@ def _reverse(d: int, rng: random.Random) -> tuple[str, str]:
     return f"R{s}=", s[::-1]
 
 
+def hinted(digits: str, start: int) -> str:
+    """`digits` with an index hint before each: the letters from LETTERS[start] on, z wrapping to a.
+    Hints make an operand's place a matter of content rather than of position, which is what lets a
+    model without positional encoding line up digits of sums longer than any it was trained on
+    (index hints, Zhou et al. 2023). Past 26 digits the hints repeat."""
+    return "".join(LETTERS[(start + i) % 26] + c for i, c in enumerate(digits))
+
+
+def addition_prompt(a: int, b: int, start: int) -> tuple[str, str]:
+    """The hinted reversed addition problem a + b and its answer."""
+    return f"A{hinted(str(a)[::-1], start)}+{hinted(str(b)[::-1], start)}=", hinted(str(a + b)[::-1], start)
+
+
 def _addition(d: int, rng: random.Random) -> tuple[str, str]:
     lo, hi = (0 if d == 1 else 10 ** (d - 1)), 10**d - 1
     a, b = rng.randint(lo, hi), rng.randint(lo, hi)
-    return f"A{str(a)[::-1]}+{str(b)[::-1]}=", str(a + b)[::-1]
+    return addition_prompt(a, b, rng.randrange(26))
 
 
 def _echo(d: int, rng: random.Random) -> tuple[str, str]:
@@ -209,7 +225,8 @@ TASKS: dict[str, Task] = {
     "reverse": Task("reverse", _reverse, lambda d: (d, d), lambda d: 26**d),
     "echo": Task("echo", _echo, lambda d: (d, d), lambda d: len(ECHO_CHARS) ** d),
     "shift": Task("shift", _shift, lambda d: (d, d), lambda d: 26**d),
-    "addition": Task("addition", _addition, lambda d: (d, d + 1), lambda d: 100 if d == 1 else (9 * 10 ** (d - 1)) ** 2),
+    "addition": Task("addition", _addition, lambda d: (2 * d, 2 * d + 2),
+                     lambda d: 26 * (100 if d == 1 else (9 * 10 ** (d - 1)) ** 2), "hinted-1"),
     "expr": Task("expr", _expr, lambda d: (d, 2 * d + 1), lambda d: 9 * 10 ** (d - 1), "expr-sandbox-1", _judge_expr),
     "chain": Task("chain", _chain, lambda d: (3 * d + 4, 3 * d + 4), lambda d: 10 ** (d + 1), "final-1",
                   final=chain_final, rationale=chain_valid),

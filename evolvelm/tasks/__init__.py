@@ -109,9 +109,13 @@ def addition_prompt(a: int, b: int, start: int) -> tuple[str, str]:
     return f"A{hinted(str(a)[::-1], start)}+{hinted(str(b)[::-1], start)}=", hinted(str(a + b)[::-1], start)
 
 
+def operand(d: int, rng: random.Random) -> int:
+    """A random number of exactly `d` digits (0-9 for one digit)."""
+    return rng.randint(0 if d == 1 else 10 ** (d - 1), 10**d - 1)
+
+
 def _addition(d: int, rng: random.Random) -> tuple[str, str]:
-    lo, hi = (0 if d == 1 else 10 ** (d - 1)), 10**d - 1
-    a, b = rng.randint(lo, hi), rng.randint(lo, hi)
+    a, b = operand(d, rng), operand(d, rng)
     return addition_prompt(a, b, rng.randrange(26))
 
 

@@ -27,7 +27,7 @@ import torch
 from transformers import SmolLM3Config, SmolLM3ForCausalLM
 
 from evolvelm.tasks import (ALPHABET, CHAIN_ALPHABET, addition_prompt, expr_mistake, facts, get_task, hint_prompt,
-                            retry_prompt)
+                            operand, retry_prompt)
 from evolvelm.types import Example, Problem
 from evolvelm.update.sft import train
 from evolvelm.zoo.tokenizer import char_tokenizer
@@ -201,8 +201,7 @@ def examples(spec: dict, rng: random.Random, top: int, n: int) -> list[Example]:
 def mixed_addition(d: int, d2: int, rng: random.Random) -> Problem:
     """A hinted addition problem whose operands have d and d2 digits, in either order: with lengths
     that differ, a digit's place can only be found from its hint, not from where it stands."""
-    lo = lambda n: 0 if n == 1 else 10 ** (n - 1)
-    a, b = rng.randint(lo(d), 10**d - 1), rng.randint(lo(d2), 10**d2 - 1)
+    a, b = operand(d, rng), operand(d2, rng)
     if rng.random() < 0.5:
         a, b = b, a
     return Problem("addition", max(d, d2), *addition_prompt(a, b, rng.randrange(26)))

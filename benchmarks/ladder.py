@@ -13,7 +13,8 @@ same wall-clock budget on this machine: it starts rounds until the budget is spe
     oracle       the task's checker with the true labels (an upper bound, not an unsupervised method)
 One table per task and arm: round, promoted, frontier (held-out test split), label precision of the
 kept labels (against true labels the unsupervised arms never see), labels kept, wall seconds; then
-the final frontier as a multiple of the trained range. `--out` writes the run summaries as JSON.
+the final frontier as a multiple of the trained range. `--out` writes the run summaries as JSON;
+`--runs DIR` keeps each arm's run directory (`evolvelm report DIR/TASK-ARM` renders it).
 """
 from __future__ import annotations
 
@@ -79,14 +80,16 @@ def main() -> None:
     ap.add_argument("--budget-minutes", type=float, default=None,
                     help="per arm; default 30 (copy, reverse) and 45 (addition), the issue's targets")
     ap.add_argument("--out", type=Path, help="also write the summaries as JSON")
+    ap.add_argument("--runs", type=Path, help="keep every arm's run directory under this folder (default: a temporary one)")
     ap.add_argument("overrides", nargs="*", help="extra key=value overrides for every arm")
     args = ap.parse_args()
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.runs or Path(tmp)
         for task in args.tasks:
             budget = args.budget_minutes or (45.0 if task == "addition" else 30.0)
             for arm in args.arms:
-                results.setdefault(task, {})[arm] = run_arm(task, arm, budget, args.overrides, Path(tmp))
+                results.setdefault(task, {})[arm] = run_arm(task, arm, budget, args.overrides, workdir)
                 print(table(task, arm, results[task][arm]) + "\n", flush=True)
                 if args.out:
                     args.out.write_text(json.dumps(results, indent=2))

@@ -39,6 +39,7 @@ class AcquireConfig:
     schedule: str = "fixed"          # fixed: label `step` difficulties ahead; adaptive: go on to the next
                                      # difficulty while the answers stay unanimous (never held-out labels)
     adaptive_agreement: float = 0.9  # adaptive: share of problems with unanimous answers needed to go further
+    consolidate: int = 0             # also label again the newest self-taught difficulties, up to this many
     feedback: bool = False           # skills with an executor: retry each rejected answer with its feedback in context
     start_level: int = 0             # trained level to start from; 0 = read from the model's evolvelm.json
 
@@ -47,7 +48,7 @@ class AcquireConfig:
 class RefineConfig:
     chain: list[str] = field(default_factory=lambda: ["length", "vote", "dedup"])  # filters in order
     vote_agreement: float = 0.6      # vote: keep the majority answer when this share of samples agree
-    min_agreement: float = 0.5       # agreement: drop a skill's round when fewer of its problems hold a label
+    min_agreement: float = 0.5       # agreement: drop a difficulty's labels when fewer of its problems hold one
     min_diversity: float = 0.0       # agreement: ... or when fewer of its labels are distinct
     model_vote_min: int = 0          # model_vote: models (of 1 + len(model.voters)) that must agree; 0 = all
     max_per_problem: int = 0         # cap: answers kept per problem at most (0 = no cap)
@@ -64,6 +65,7 @@ class UpdateConfig:
     warmup: int = 30                 # linear warm-up steps
     new_weight: float = 0.5          # share of sampling weight for the newest round's labels
     original: int = 2000             # labelled problems per skill from the base model's trained range
+    original_weight: float = 0.0     # their own share of sampling weight (0: shared evenly with earlier rounds' labels)
     lora_r: int = 8                  # LoRA rank
     lora_alpha: int = 16             # LoRA scaling numerator
 
@@ -274,6 +276,8 @@ def validate(cfg: Config) -> None:
                        ("eval.problems", cfg.eval.problems), ("eval.dev_problems", cfg.eval.dev_problems)]:
         if value < 1:
             raise ConfigError(f"{key}: must be >= 1, got {value}")
+    if cfg.acquire.consolidate < 0:
+        raise ConfigError(f"acquire.consolidate: must be >= 0, got {cfg.acquire.consolidate}")
     if not 0 <= cfg.refine.model_vote_min <= 1 + len(cfg.model.voters):
         raise ConfigError(f"refine.model_vote_min: must be between 0 and the {1 + len(cfg.model.voters)} models "
                           f"(the model and model.voters), got {cfg.refine.model_vote_min}")
@@ -291,6 +295,8 @@ def validate(cfg: Config) -> None:
                           "adapter disabled (the DPO reference); set update.method=lora")
     if not 0 < cfg.update.new_weight <= 1:
         raise ConfigError(f"update.new_weight: must be in (0, 1], got {cfg.update.new_weight}")
+    if not 0 <= cfg.update.original_weight <= 1 - cfg.update.new_weight:
+        raise ConfigError(f"update.original_weight: must be in [0, 1 - update.new_weight], got {cfg.update.original_weight}")
 
 
 def to_dict(cfg: Config) -> dict:

@@ -7,6 +7,7 @@ from evolvelm import config
 from evolvelm.cli import main
 from evolvelm.recipes.ladder import next_attempt, run_recipe, strictness
 from evolvelm.store.run import Run
+from evolvelm.update.mixture import mixture, original_data
 
 
 def start(tmp_path, recipe, *overrides):
@@ -112,6 +113,26 @@ def test_adaptive_schedule_labels_further_only_while_answers_agree(tmp_path, fak
                      "acquire.adaptive_agreement=0.0")
     run_recipe(cfg, run, quiet=True)
     assert {s.difficulty for s in run.samples(1)} == {5, 6, 7}
+
+
+def test_consolidate_labels_the_newest_self_taught_difficulties_again(tmp_path, fake_recipe):
+    cfg, run = start(tmp_path, fake_recipe, "acquire.consolidate=2", "rounds=3", "skills=[copy]")
+    run_recipe(cfg, run, quiet=True)
+    # base level 4 is never labelled again; then 5, then 5 and 6 again beside the next difficulty
+    assert [sorted({s.difficulty for s in run.samples(r)}) for r in (1, 2, 3)] == [[5], [5, 6], [5, 6, 7]]
+    assert run.done(3, "gate")["levels"] == {"copy": 7}
+
+
+def test_original_weight_keeps_the_base_ranges_share_of_the_mixture(tmp_path, fake_recipe):
+    cfg, run = start(tmp_path, fake_recipe, "rounds=2", "update.original_weight=0.3")
+    run_recipe(cfg, run, quiet=True)
+    examples, n_new = mixture(cfg, run, 2, run.done(1, "gate"))
+    original = {p for p, _ in original_data(cfg, run.done(0, "gate")["levels"])}
+    total = sum(x.weight for x in examples)
+    assert n_new > 0 and sum(x.weight for x in examples if x.prompt in original) / total == pytest.approx(0.3)
+    assert sum(x.weight for x in examples[-n_new:]) / total == pytest.approx(cfg.update.new_weight)
+    with pytest.raises(config.ConfigError, match="original_weight"):
+        config.load(fake_recipe, ["update.original_weight=0.6"])
 
 
 def test_time_budget_stops_starting_rounds(tmp_path, fake_recipe):

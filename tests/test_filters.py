@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 from evolvelm.refine.filters import (FilterContext, agreement, dedup, length, model_vote, oracle, run_chain,
                                      unanimous_share, vote)
 from evolvelm.types import Sample
@@ -49,16 +51,23 @@ def test_chain_records_every_verdict_and_counts():
     assert [v.filter for v in samples[1].verdicts] == ["length"]  # dropped early, judged no further
 
 
-def test_agreement_drops_a_skill_whose_problems_mostly_lack_a_label():
-    ctx = FilterContext(samples_per_problem=5, vote_agreement=0.6, min_agreement=0.5, problems={"copy": 4, "reverse": 1})
+def test_agreement_drops_a_difficulty_whose_problems_mostly_lack_a_label():
+    ctx = FilterContext(samples_per_problem=5, vote_agreement=0.6, min_agreement=0.5,
+                        problems={("copy", 3): 4, ("reverse", 3): 1})
     survivors = [s("abc", prompt="Cabc="), s("abd", prompt="Cabd=", truth="abd"),
                  Sample(round=1, skill="reverse", difficulty=3, prompt="Rabc=", completion="cba", model_version="v",
                         seed=0, k=0, temperature=0.0, mean_logprob=0.0, true_answer="cba")]
     verdicts = agreement(survivors, ctx)
     assert [v.kept for v in verdicts] == [True, True, True]  # copy: 2 of 4 problems = 0.5
-    ctx = FilterContext(5, 0.6, min_agreement=0.75, problems={"copy": 4, "reverse": 1})
+    ctx = FilterContext(5, 0.6, min_agreement=0.75, problems={("copy", 3): 4, ("reverse", 3): 1})
     verdicts = agreement(survivors, ctx)
-    assert [v.kept for v in verdicts] == [False, False, True] and "0.50 of problems" in verdicts[0].reason
+    assert [v.kept for v in verdicts] == [False, False, True] and "copy 3: 0.500 of problems" in verdicts[0].reason
+
+
+def test_agreement_judges_each_difficulty_on_its_own():
+    four = replace(s("abcd", prompt="Cabcd=", truth="abcd"), difficulty=4)
+    ctx = FilterContext(1, 1.0, min_agreement=0.5, problems={("copy", 3): 2, ("copy", 4): 10})
+    assert [v.kept for v in agreement([s("abc"), s("abd", prompt="Cabd=", truth="abd"), four], ctx)] == [True, True, False]
 
 
 def test_vote_counts_each_model_among_its_own_samples():
@@ -88,7 +97,7 @@ def test_model_vote_uses_each_models_majority():
 
 def test_agreement_guards_diversity_too():
     same = [s("aaa", prompt=f"C{x}=", truth=x) for x in ("abc", "abd", "abe", "abf")]
-    ctx = FilterContext(1, 1.0, min_agreement=0.5, problems={"copy": 4}, min_diversity=0.5)
+    ctx = FilterContext(1, 1.0, min_agreement=0.5, problems={("copy", 3): 4}, min_diversity=0.5)
     verdicts = agreement(same, ctx)
     assert not any(v.kept for v in verdicts) and "0.25 of those labels distinct" in verdicts[0].reason
     assert all(v.kept for v in agreement([s(x, prompt=f"C{x}=", truth=x) for x in ("abc", "abd")], ctx))

@@ -68,8 +68,11 @@ def test_balance_score_rewards_distinct_right_answers_and_precision():
     group = [s("33,58,20|0", 0), s("22,35,50|0", 1), s("55,52,24|4", 2), s("11,12|2", 0, prompt="M11=", truth="11,12|2")]
     right = [True, True, False, True]
     assert balance(group, right, 2) == pytest.approx((1.0 * 2 / 3 + 0.5 * 1.0) / 2)
-    group[2].kept = False  # dropping the wrong answer raises precision
+    group[2].kept = False  # dropping the wrong answer raises exploitation
     assert balance(group, right, 2) == pytest.approx((1.0 + 0.5) / 2)
+    group.append(s("11,12|2", 1, prompt="M11=", truth="11,12|2"))
+    right.append(True)  # one right answer kept twice: exploitation 1 distinct right of 2 kept
+    assert balance(group, right, 2) == pytest.approx((1.0 + 0.5 * 0.5) / 2)
     for x in group:
         x.kept = False
     assert balance(group, right, 2) == 0.0

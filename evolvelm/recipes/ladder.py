@@ -7,7 +7,8 @@ mixed with everything it learned before, and is kept only if it did not regress.
 The model may come with voters (`model.voters`): independently seeded models that answer the same
 problems, vote on the labels (`model_vote`), train on the same data and pass the same gate. Round 0
 evaluates the base model (and voters). Every later round runs, in order:
-    acquire  k answers per member per new problem at difficulty level+1 .. level+step (fixed or adaptive)
+    acquire  k answers per member per new problem at difficulty level+1 .. level+step (fixed or adaptive),
+             and with `consolidate`, at the newest self-taught difficulties up to the level
     refine   the configured filter chain; every verdict is stored per sample
     update   every member continues training from its last promoted weights on the data mixture
     eval     greedy exact-match accuracy on the fixed held-out splits (test: reported, dev: gate)
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 from tqdm import tqdm
@@ -128,6 +130,7 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: dict, quiet: bool) -> dict:
 def acquire(cfg: Config, run: Run, rnd: int, state: dict, held: dict, quiet: bool) -> None:
     """The acquire stage: every member answers the same new problems, level+1 upwards.
 
+    With `consolidate`, the newest self-taught difficulties (up to the level) are labelled again first.
     The fixed schedule labels `step` difficulties ahead. The adaptive one always labels level+1, and
     each further difficulty (up to `step` ahead) only while at least `adaptive_agreement` of its
     problems got one unanimous answer from every sample of every member: an unsupervised signal.
@@ -137,9 +140,11 @@ def acquire(cfg: Config, run: Run, rnd: int, state: dict, held: dict, quiet: boo
     a = cfg.acquire
     backends = [backend_for(cfg, run, m) for m in members(state)]
     samples, unanimity, feedback = [], {}, {}
+    base_levels = run.done(0, "gate")["levels"]
     for skill in cfg.skills:
         level = state["levels"][skill]
-        for d in range(level + 1, level + state.get("step", a.step) + 1):
+        again = range(max(base_levels[skill], level - a.consolidate) + 1, level + 1)
+        for d in [*again, *range(level + 1, level + state.get("step", a.step) + 1)]:
             problems = draw_problems(skill, d, a.problems, cfg.seed, rnd, held[skill].get(d, frozenset()))
             got = [smp for i, b in enumerate(backends)
                    for smp in sample(b, problems, rnd, cfg.seed, a.samples, a.temperature, a.greedy_first, quiet, member=i)]
@@ -149,8 +154,8 @@ def acquire(cfg: Config, run: Run, rnd: int, state: dict, held: dict, quiet: boo
                            for r in retry_with_feedback(b, [s for s in got if s.member == i], rnd, cfg.seed, quiet)]
                 feedback.setdefault(skill, {})[d] = {"first_tries": len(got), "retried": len(retries)}
                 got += retries
-            stop = a.schedule == "adaptive" and unanimity[skill][d] < a.adaptive_agreement
-            if d == level + 1 or not stop:
+            stop = d > level and a.schedule == "adaptive" and unanimity[skill][d] < a.adaptive_agreement
+            if d <= level + 1 or not stop:
                 samples += got
             if stop:
                 break
@@ -168,7 +173,7 @@ def refine(cfg: Config, run: Run, rnd: int, state: dict) -> None:
     strict = strictness(cfg, state.get("strict", 0))
     ctx = FilterContext(cfg.acquire.samples, strict.get("vote_agreement", cfg.refine.vote_agreement),
                         cfg.refine.min_agreement, members=len(members(state)),
-                        problems={sk: len({s.prompt for s in samples if s.skill == sk}) for sk in cfg.skills},
+                        problems=Counter((sk, d) for sk, d, _ in {(s.skill, s.difficulty, s.prompt) for s in samples}),
                         model_vote_min=strict.get("model_vote_min", cfg.refine.model_vote_min),
                         min_diversity=cfg.refine.min_diversity)
     counts = run_chain(cfg.refine.chain, samples, ctx)
@@ -271,7 +276,8 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
             ok = all(c[0] for c in checks)
             reason = "; ".join(f"voter {i}: {r}" if i else r for i, (good, r) in enumerate(checks) if not good or ok and i == 0)
             if "skipped" in update:
-                ok, reason = False, update["skipped"] + _agreement_reasons(run, rnd)
+                ok, reason = False, update["skipped"]
+            reason += _agreement_reasons(run, rnd)
             step, strict, decision = next_attempt(cfg, state, ok)
             info = candidate if ok else {k: state[k] for k in ("model", "adapter", "voters", "levels", "round") if k in state}
             run.commit(rnd, "gate", {**info, "step": step, "strict": strict, "promoted": ok, "reason": reason,
@@ -286,7 +292,7 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
 
 
 def _agreement_reasons(run: Run, rnd: int) -> str:
-    """Why the agreement guard dropped a round's labels, if it did (one reason per skill)."""
+    """Why the agreement guard dropped labels of a round, if it did (one reason per skill and difficulty)."""
     reasons = {r["reason"] for r in run.query("SELECT reason FROM verdicts WHERE round=? AND filter='agreement' "
                                                "AND kept=0", (rnd,))}
     return "".join(f"; avalanche guard: {r}" for r in sorted(reasons))

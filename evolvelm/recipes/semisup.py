@@ -146,21 +146,26 @@ def demonstrations(prompt: str, labeled: list[Problem], n: int) -> str:
 
 
 def balance(samples: list[Sample], right: list[bool], n_star: int) -> float:
-    """B-STaR's balance score of one selection: per problem, min(distinct right kept answers / n*, 1)
-    (exploration) times the share of kept answers that are right (exploitation); 0 when none is kept."""
+    """B-STaR's balance score of one selection, averaged over problems: min(n'/n*, 1) (exploration)
+    times n'/n (exploitation), where n' counts the distinct right answers kept for the problem and n
+    all the answers kept, repeats included (so a selection of one answer repeated scores low); 0 when
+    none is kept. Score a selection before deduplication."""
     kept: dict[tuple[str, str], list[tuple[Sample, bool]]] = defaultdict(list)
     problems = {(s.skill, s.prompt) for s in samples}
     for s, ok in zip(samples, right):
         if s.kept:
             kept[(s.skill, s.prompt)].append((s, ok))
-    score = sum(min(len({s.completion for s, ok in g if ok}) / n_star, 1.0) * sum(ok for _, ok in g) / len(g)
-                for g in kept.values())
+    score = 0.0
+    for g in kept.values():
+        distinct_right = len({s.completion for s, ok in g if ok})
+        score += min(distinct_right / n_star, 1.0) * distinct_right / len(g)
     return score / len(problems)
 
 
 def choose(cfg: Config, model, rnd: int, quiet: bool) -> dict:
     """B-STaR: the sampling temperature and vote agreement with the best balance score on a slice of
-    the dev split (labeled, never trained on), each candidate scored on the same problems."""
+    the dev split (labeled, never trained on), each candidate scored on the same problems, on what the
+    chain keeps before its `dedup`."""
     e, s = cfg.eval, cfg.semisup
     per = max(1, s.dev_slice // e.max_difficulty)
     dev = [p for sk in cfg.skills for d in range(1, e.max_difficulty + 1)
@@ -171,7 +176,7 @@ def choose(cfg: Config, model, rnd: int, quiet: bool) -> dict:
         right = [ok for ok, _ in judged(drawn)]
         for a in s.thresholds or [cfg.refine.vote_agreement]:
             trial = copy.deepcopy(drawn)
-            run_chain(cfg.refine.chain, trial, FilterContext(cfg.acquire.samples, a, max_per_problem=cfg.refine.max_per_problem,
+            run_chain([f for f in cfg.refine.chain if f != "dedup"], trial, FilterContext(cfg.acquire.samples, a, max_per_problem=cfg.refine.max_per_problem,
                                                              nll_quantile=cfg.refine.nll_quantile))
             scores[(t, a)] = round(balance(trial, right, s.balance_n), 4)
     t, a = max(scores, key=lambda key: (scores[key], -abs(key[0] - cfg.acquire.temperature)))

@@ -19,8 +19,8 @@ class FilterContext:
 
     samples_per_problem: int    # k, the number of answers each model draws per problem
     vote_agreement: float       # share of the k answers that must agree for `vote` to keep them
-    min_agreement: float = 0.0  # `agreement`: share of a skill's problems that must still hold a label
-    problems: dict[str, int] = field(default_factory=dict)  # skill -> problems acquired this round
+    min_agreement: float = 0.0  # `agreement`: share of a difficulty's problems that must still hold a label
+    problems: dict[tuple[str, int], int] = field(default_factory=dict)  # (skill, difficulty) -> problems acquired this round
     members: int = 1            # models in the voting population (the model itself and its voters)
     model_vote_min: int = 0     # `model_vote`: models that must agree on a label (0 = all of them)
     min_diversity: float = 0.0  # `agreement`: share of distinct labels among a skill's labelled problems
@@ -184,22 +184,20 @@ def consistency(samples: list[Sample], ctx: FilterContext) -> list[Verdict]:
 
 
 def agreement(samples: list[Sample], ctx: FilterContext) -> list[Verdict]:
-    """Drop all of a skill's labels this round when too few of its problems still hold one, or when
-    the labels lost their diversity (many problems given the same answer).
+    """Drop all of a difficulty's labels this round (per skill) when too few of its problems still
+    hold one, or when the labels lost their diversity (many problems given the same answer).
 
     An unsupervised avalanche guard: when the model's answers stop agreeing on most problems, the
     few that do agree are likely its systematic mistakes, and training on them would snowball.
     """
     reason = {}
-    for skill, n in ctx.problems.items():
-        mine = [s for s in samples if s.skill == skill]
-        share = len({s.prompt for s in mine}) / n
-        labels = {s.prompt: s.completion for s in mine}
-        diversity = len(set(labels.values())) / max(1, len(labels))
+    for (skill, d), n in ctx.problems.items():
+        labels = {s.prompt: s.completion for s in samples if (s.skill, s.difficulty) == (skill, d)}
+        share, diversity = len(labels) / n, len(set(labels.values())) / max(1, len(labels))
         ok = share >= ctx.min_agreement and diversity >= ctx.min_diversity
-        reason[skill] = ok, (f"{skill}: {share:.2f} of problems hold a label (min {ctx.min_agreement}), "
-                             f"{diversity:.2f} of those labels distinct (min {ctx.min_diversity})")
-    return [Verdict("agreement", "2", *reason[s.skill]) for s in samples]
+        reason[(skill, d)] = ok, (f"{skill} {d}: {share:.3f} of problems hold a label (min {ctx.min_agreement}), "
+                                  f"{diversity:.2f} of those labels distinct (min {ctx.min_diversity})")
+    return [Verdict("agreement", "3", *reason[(s.skill, s.difficulty)]) for s in samples]
 
 
 FILTERS: dict[str, Callable[[list[Sample], FilterContext], list[Verdict]]] = {

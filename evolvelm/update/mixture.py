@@ -3,6 +3,8 @@
 Following Lee, Cai et al. (2025), the newest round's kept labels get `update.new_weight` of the
 sampling probability (0.5 by default) and the older data shares the rest evenly: labelled
 problems from the base model's own training range, and the kept labels of every promoted round.
+With `update.original_weight`, the base range keeps that share of its own however many labels the
+rounds add, so that short problems are not crowded out and forgotten.
 Labels from rolled-back rounds are never trained on again.
 """
 from __future__ import annotations
@@ -33,14 +35,15 @@ def mixture(cfg: Config, run, rnd: int, state: dict) -> tuple[list[Example], int
     base_levels = run.done(0, "gate")["levels"]
     promoted = [r["round"] for r in run.manifest() if r["stage"] == "gate" and r["round"] > 0
                 and r["info"]["promoted"] and r["round"] < rnd]
-    old = original_data(cfg, base_levels)
-    for r in promoted:
-        old += [(s.prompt, s.completion) for s in run.samples(r) if s.kept]
-    new = [(s.prompt, s.completion) for s in run.samples(rnd) if s.kept]
+    original = [Example(p, a) for p, a in original_data(cfg, base_levels)]
+    earlier = [Example(s.prompt, s.completion) for r in promoted for s in run.samples(r) if s.kept]
+    new = [Example(s.prompt, s.completion) for s in run.samples(rnd) if s.kept]
     if not new:
-        return [Example(p, a) for p, a in old], 0
-    w_new, w_old = cfg.update.new_weight / len(new), (1 - cfg.update.new_weight) / max(1, len(old))
-    return [Example(p, a, w_old) for p, a in old] + [Example(p, a, w_new) for p, a in new], len(new)
+        return original + earlier, 0
+    u = cfg.update
+    old = [(original, u.original_weight), (earlier, 1 - u.new_weight - u.original_weight)] if u.original_weight \
+        else [(original + earlier, 1 - u.new_weight)]
+    return weighted(old + [(new, u.new_weight)]), len(new)
 
 
 def weighted(parts: list[tuple[list[Example], float]]) -> list[Example]:

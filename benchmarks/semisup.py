@@ -3,12 +3,13 @@ held-out splits, against the base model and SFT on the labeled set alone.
 
     python benchmarks/semisup.py                                      # every arm x 5 rounds on 2 cores
     python benchmarks/semisup.py --methods labeled lmsi --rounds 3 --out semisup.json
+    python benchmarks/semisup.py --methods lmsi-T1.2 bstar-T --seeds 0 1 2    # final accuracy: mean of 3 seeds
 
 Arms (the shipped recipes; `labeled` is lmsi.yaml with semisup.method=labeled: the same update on
 the labeled set alone, the baseline):
     labeled    SFT on the 350 labeled problems, the same steps per round as every other arm
     lmsi       8 scratchpads per unlabeled problem, the majority final answer's rationales (>= 6 of 8),
-               at temperature 1.0; lmsi-T0.6, -T0.8, -T1.2: the same at a fixed other temperature
+               at temperature 1.0; lmsi-T0.6, -T0.8, -T1.2, -T1.4, -T1.6: the same at a fixed other temperature
     bstar      lmsi with temperature and vote agreement chosen each round by B-STaR's balance score;
                bstar-T: the temperature alone (agreement 6 of 8, as in lmsi)
     star       4 scratchpads; the checker keeps the right ones; failures rationalised with a hint
@@ -18,8 +19,9 @@ the labeled set alone, the baseline):
     pairs      DPO (LoRA) on right-vs-wrong answers of the same problem
 Printed per arm and round: mean test accuracy (kept model, and the round's candidate), pass@1, pass@k,
 distinct right rationales per problem, answer diversity, precision of the kept labels (final answer)
-and of their whole scratchpads, wall time. Then per arm: final error against the labeled baseline's,
-and, for lmsi, the precision of the majority answer by its number of votes (all rounds).
+and of their whole scratchpads, wall time (per seed with --seeds). Then per arm: final accuracy (the
+mean over seeds, and each seed's), its error against the labeled baseline's, and, for lmsi, the
+precision of the majority answer by its number of votes (all rounds).
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ from evolvelm.recipes import semisup  # noqa: E402
 from evolvelm.store.run import Run  # noqa: E402
 
 ARMS = {"labeled": ("lmsi", ["semisup.method=labeled"]), "lmsi": ("lmsi", []),
-        **{f"lmsi-T{t}": ("lmsi", [f"acquire.temperature={t}"]) for t in (0.6, 0.8, 1.2)}, "bstar": ("bstar", []),
+        **{f"lmsi-T{t}": ("lmsi", [f"acquire.temperature={t}"]) for t in (0.6, 0.8, 1.2, 1.4, 1.6)}, "bstar": ("bstar", []),
         "bstar-T": ("bstar", ["semisup.thresholds=[0.75]"]),
         "star": ("star", []), "rest-em": ("rest-em", []), "semievol": ("semievol", []),
         "semievol-noctx": ("semievol", ["semisup.demos=0"]), "pairs": ("pairs", [])}
@@ -69,45 +71,65 @@ def rows(summary: dict) -> list[dict]:
     return out
 
 
+def measure(arm: str, seed: int, rounds: int, overrides: list[str], workdir: Path) -> dict:
+    """One arm at one run seed: its rounds, final accuracy and vote-margin precision."""
+    s = run_arm(arm, rounds, [f"seed={seed}", *overrides], workdir)
+    margin = defaultdict(lambda: [0, 0.0])
+    for r in s["rounds"]:
+        for m, v in ((r["monitor"] or {}).get("precision_by_margin") or {}).items():
+            margin[int(m)][0] += v["problems"]
+            margin[int(m)][1] += v["problems"] * v["precision"]
+    return {"rounds": rows(s), "base": s["semisup"]["base"], "final": s["semisup"]["accuracy"][-1],
+            "precision_by_margin": {m: round(c / n, 4) for m, (n, c) in sorted(margin.items())},
+            "seconds": s["bench_seconds"]}
+
+
+def print_rounds(name: str, res: dict) -> None:
+    fmt = lambda x: "    -" if x is None else f"{x:.3f}"
+    print(f"\n{name}  (wall time {res['seconds']:.0f}s)")
+    print(f"{'round':>5s} {'promoted':>8s} {'acc':>6s} {'cand':>6s} {'temp':>5s} {'agree':>5s} {'pass@1':>6s} {'pass@k':>6s} "
+          f"{'dist.ok':>7s} {'divers':>6s} {'kept':>6s} {'prec':>6s} {'ratprec':>7s} {'s':>6s}")
+    for r in res["rounds"]:
+        print(f"{r['round']:5d} {'yes' if r['promoted'] else 'NO':>8s} {fmt(r['accuracy']):>6s} {fmt(r['candidate']):>6s} "
+              f"{fmt(r['temperature']):>5s} {fmt(r['vote_agreement']):>5s} {fmt(r['pass@1']):>6s} {fmt(r['pass@k']):>6s} "
+              f"{fmt(r['distinct_right']):>7s} {fmt(r['diversity']):>6s} {r['kept']:6d} {fmt(r['label_precision']):>6s} "
+              f"{fmt(r['rationale_precision']):>7s} {r['seconds']:6.1f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--methods", nargs="+", default=list(ARMS), choices=list(ARMS))
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0],
+                    help="run seeds (sampling, training, unlabeled draws); the final accuracy is their mean")
     ap.add_argument("--out", type=Path, help="write the tables as JSON")
     ap.add_argument("overrides", nargs="*", help="recipe overrides, e.g. acquire.problems=200")
     args = ap.parse_args()
-    results, fmt = {}, lambda x: "    -" if x is None else f"{x:.3f}"
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for arm in args.methods:
-            s = run_arm(arm, args.rounds, args.overrides, Path(tmp))
-            margin = defaultdict(lambda: [0, 0.0])
-            for r in s["rounds"]:
-                for m, v in ((r["monitor"] or {}).get("precision_by_margin") or {}).items():
-                    margin[int(m)][0] += v["problems"]
-                    margin[int(m)][1] += v["problems"] * v["precision"]
-            results[arm] = {"rounds": rows(s), "base": s["semisup"]["base"], "final": s["semisup"]["accuracy"][-1],
-                            "precision_by_margin": {m: round(c / n, 4) for m, (n, c) in sorted(margin.items())},
-                            "seconds": s["bench_seconds"]}
-            print(f"{arm}: done in {s['bench_seconds']:.0f}s", file=sys.stderr, flush=True)
+            runs = {}
+            for seed in args.seeds:
+                runs[seed] = measure(arm, seed, args.rounds, args.overrides, Path(tmp))
+                print(f"{arm} seed {seed}: done in {runs[seed]['seconds']:.0f}s", file=sys.stderr, flush=True)
+            finals = [r["final"] for r in runs.values()]
+            results[arm] = {"seeds": runs, "base": runs[args.seeds[0]]["base"], "final": round(sum(finals) / len(finals), 4),
+                            "finals": finals}
             if args.out:  # after every arm, so that a stopped benchmark keeps what it measured
-                args.out.write_text(json.dumps({"rounds": args.rounds, "overrides": args.overrides, "arms": results}, indent=2))
+                args.out.write_text(json.dumps({"rounds": args.rounds, "seeds": args.seeds, "overrides": args.overrides,
+                                                "arms": results}, indent=2))
     for arm, res in results.items():
-        print(f"\n{arm}  (wall time {res['seconds']:.0f}s)")
-        print(f"{'round':>5s} {'promoted':>8s} {'acc':>6s} {'cand':>6s} {'temp':>5s} {'agree':>5s} {'pass@1':>6s} {'pass@k':>6s} "
-              f"{'dist.ok':>7s} {'divers':>6s} {'kept':>6s} {'prec':>6s} {'ratprec':>7s} {'s':>6s}")
-        for r in res["rounds"]:
-            print(f"{r['round']:5d} {'yes' if r['promoted'] else 'NO':>8s} {fmt(r['accuracy']):>6s} {fmt(r['candidate']):>6s} "
-                  f"{fmt(r['temperature']):>5s} {fmt(r['vote_agreement']):>5s} {fmt(r['pass@1']):>6s} {fmt(r['pass@k']):>6s} "
-                  f"{fmt(r['distinct_right']):>7s} {fmt(r['diversity']):>6s} {r['kept']:6d} {fmt(r['label_precision']):>6s} "
-                  f"{fmt(r['rationale_precision']):>7s} {r['seconds']:6.1f}")
+        for seed, run in res["seeds"].items():
+            print_rounds(arm if len(args.seeds) == 1 else f"{arm}, seed {seed}", run)
     base_err = 1 - results["labeled"]["final"] if "labeled" in results else None
-    print(f"\n{'method':10s} {'base':>6s} {'final':>6s} {'error':>6s} {'error / labeled-only error':>26s}")
+    print(f"\n{'method':14s} {'base':>6s} {'final':>6s} {'error':>6s} {'error / labeled-only error':>26s}  finals per seed")
     for arm, res in results.items():
         ratio = "" if not base_err else f"{(1 - res['final']) / base_err:.3f}"
-        print(f"{arm:10s} {res['base']:6.3f} {res['final']:6.3f} {1 - res['final']:6.3f} {ratio:>26s}")
+        print(f"{arm:14s} {res['base']:6.3f} {res['final']:6.3f} {1 - res['final']:6.3f} {ratio:>26s}  "
+              + " ".join(f"{f:.3f}" for f in res["finals"]))
     if "lmsi" in results:
-        print("\nlmsi: precision of the majority answer by its votes (of k), all rounds")
-        print("  ".join(f"{m}: {p:.3f}" for m, p in results["lmsi"]["precision_by_margin"].items()))
+        print("\nlmsi: precision of the majority answer by its votes (of k), all rounds" + (", first seed" if len(args.seeds) > 1 else ""))
+        print("  ".join(f"{m}: {p:.3f}" for m, p in results["lmsi"]["seeds"][args.seeds[0]]["precision_by_margin"].items()))
 
 
 if __name__ == "__main__":

@@ -131,6 +131,7 @@ class SemisupConfig:
     demos: int = 2                   # semievol: nearest labeled examples put before each unlabeled problem
     beta: float = 0.1                # pairs: DPO temperature
     pairs_per_problem: int = 2       # pairs: (right, wrong) pairs formed per problem at most
+    rpo_alpha: float = 0.0           # pairs: weight of the chosen answers' NLL per token beside DPO (RPO); 0: DPO alone
     temperatures: list[float] = field(default_factory=list)  # B-STaR: choose the sampling temperature among these
                                      # each round by the balance score on a slice of the dev split (empty: fixed)
     thresholds: list[float] = field(default_factory=list)    # B-STaR: ... and refine.vote_agreement among these

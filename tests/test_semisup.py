@@ -8,12 +8,13 @@ import pytest
 
 from evolvelm import config
 from evolvelm.config import ConfigError
+from evolvelm.evaluate.suite import held_out_prompts
 from evolvelm.recipes.semisup import (balance, demonstrations, draw_labeled, held, labeled_set, monitor,
                                      training_mixture)
 from evolvelm.refine.filters import FilterContext, cap, consistency, vote
 from evolvelm.store.run import Run
 from evolvelm.tasks import chain_steps, chain_valid, get_task, hint_prompt
-from evolvelm.types import Problem, Sample
+from evolvelm.types import Example, Problem, Sample
 from test_resume import evolvelm, outcome
 
 SMALL = ["rounds=2", "acquire.problems=15", "acquire.samples=4", "update.steps=20", "eval.problems=20",
@@ -101,10 +102,12 @@ def test_labeled_set_ships_with_the_model_and_is_never_held_out():
     problems = labeled_set(cfg, Run("."))
     # 100 per difficulty, but one operation has only 100 distinct problems and half of them are held out
     assert [sum(p.difficulty == d for p in problems) for d in (1, 2, 3, 4)] == [50, 100, 100, 100]
-    h = held(cfg)["chain"]
+    h = held(cfg, Run("."))["chain"]  # the splits are drawn around the labeled problems
     assert not any(p.prompt in h[p.difficulty] for p in problems)
+    assert [len(h[d]) for d in (1, 2, 3, 4)] == [50, 450, 1200, 1200]  # a quarter of 100 and 1000 distinct at most
     assert all(get_task("chain").check(p, p.answer) and chain_valid(p.prompt, p.answer) for p in problems)
-    assert problems == draw_labeled("chain", 400, 4, h)  # how zoo:chain's labeled.jsonl was drawn
+    drawn_around = held_out_prompts(get_task("chain"), 4, 200, 200, cfg.eval.seed)  # the splits when it was drawn
+    assert problems == draw_labeled("chain", 400, 4, drawn_around)  # how zoo:chain's labeled.jsonl was drawn
 
 
 def test_semisup_config_and_labeled_file_are_checked(tmp_path):
@@ -183,10 +186,29 @@ def test_pairs_trains_an_adapter_with_dpo(tmp_path):
     run = Run.open(tmp_path / "run")
     update = run.done(1, "update")
     assert update["pairs"] > 0 and update["adapter"] and update["model"] == "zoo:chain"
-    assert update["loss_first"] == pytest.approx(0.6931, abs=1e-3)  # log 2: the policy starts as the reference
+    assert update["loss_first"] > 0.6931  # log 2 (the policy starts as the reference) + RPO's NLL term
     assert update["loss_last"] < update["loss_first"]
     with pytest.raises(ConfigError, match="lora"):
         config.load("pairs", ["update.method=full"])
+
+
+def test_dpo_loss_starts_at_log_2_plus_rpo_times_the_chosen_nll():
+    import torch
+
+    from evolvelm.recipes.ladder import ZOO
+    from evolvelm.update import dpo, sft
+
+    base = str(ZOO / "chain")
+    tok = sft.tokenizer(base)
+    pair = ("M352=", "33,58,20|0", "33,58,21|1")  # one pair: every batch holds it only
+    x, y, mask = sft.batch(tok, *sft.encode(tok, [Example(pair[0], pair[1])]))
+    with torch.no_grad():
+        logp, tokens = dpo.logps(sft.load_for_training(base, None, "full", 8, 16), x, y, mask)
+    nll = -(logp / tokens).item()
+    for alpha in (0.0, 2.0):  # a fresh LoRA adapter: the policy is the reference, so the DPO term is log 2
+        model = sft.load_for_training(base, None, "lora", 8, 16, seed=0)
+        losses = dpo.train(model, tok, [pair], 1, 2, 1e-4, 0.1, seed=0, warmup=0, quiet=True, rpo_alpha=alpha)
+        assert losses[0] == pytest.approx(0.6931 + alpha * nll, abs=1e-3)
 
 
 def test_bstar_chooses_temperature_and_agreement_by_balance(tmp_path):

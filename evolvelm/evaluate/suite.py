@@ -17,30 +17,33 @@ CHUNK = 512  # prompts per backend call; one progress-bar tick each
 
 
 @lru_cache(maxsize=4096)
-def splits(task: Task, difficulty: int, test_n: int, dev_n: int, seed: int) -> dict[str, tuple[Problem, ...]]:
-    """The fixed `test` and `dev` problems of one difficulty, disjoint from each other.
+def splits(task: Task, difficulty: int, test_n: int, dev_n: int, seed: int,
+           avoid: frozenset[str] = frozenset()) -> dict[str, tuple[Problem, ...]]:
+    """The fixed `test` and `dev` problems of one difficulty, disjoint from each other and from the
+    prompts in `avoid` (a labeled set the model was trained on).
 
     Each split takes at most a quarter of the difficulty's distinct prompts, so that training
     (which excludes both) always keeps at least half of them: otherwise tiny difficulties, such as
     the 26 strings of length 1, would vanish from training and be forgotten.
     """
     cap = max(1, task.space(difficulty) // 4)
-    test = task.problems(difficulty, min(test_n, cap), int(content_id("test", seed), 16) % 2**31)
+    test = task.problems(difficulty, min(test_n, cap), int(content_id("test", seed), 16) % 2**31, exclude=avoid)
     dev = task.problems(difficulty, min(dev_n, cap), int(content_id("dev", seed), 16) % 2**31,
-                        exclude=frozenset(p.prompt for p in test))
+                        exclude=avoid | frozenset(p.prompt for p in test))
     return {"test": tuple(test), "dev": tuple(dev)}
 
 
-def held_out_prompts(task: Task, max_difficulty: int, test_n: int, dev_n: int, seed: int) -> dict[int, frozenset[str]]:
+def held_out_prompts(task: Task, max_difficulty: int, test_n: int, dev_n: int, seed: int,
+                     avoid: frozenset[str] = frozenset()) -> dict[int, frozenset[str]]:
     """Per difficulty, every prompt of both splits: training draws must avoid these."""
-    return {d: frozenset(p.prompt for split in splits(task, d, test_n, dev_n, seed).values() for p in split)
+    return {d: frozenset(p.prompt for split in splits(task, d, test_n, dev_n, seed, avoid).values() for p in split)
             for d in range(1, max_difficulty + 1)}
 
 
 def accuracy(backend, skills: list[str], difficulties: dict[str, range], split: str, test_n: int, dev_n: int,
-             seed: int, quiet: bool = False) -> dict[str, dict[int, float]]:
+             seed: int, quiet: bool = False, avoid: frozenset[str] = frozenset()) -> dict[str, dict[int, float]]:
     """Greedy exact-match accuracy per skill per difficulty on one fixed split ("test" or "dev")."""
-    groups = {(s, d): splits(get_task(s), d, test_n, dev_n, seed)[split] for s in skills for d in difficulties[s]}
+    groups = {(s, d): splits(get_task(s), d, test_n, dev_n, seed, avoid)[split] for s in skills for d in difficulties[s]}
     bar = tqdm(total=sum(map(len, groups.values())), desc=f"eval {split}", disable=quiet, leave=False)
     out: dict[str, dict[int, float]] = {s: {} for s in skills}
     # one backend call per (skill, difficulty) and chunk, so max_new_tokens fits the task

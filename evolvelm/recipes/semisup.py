@@ -57,10 +57,10 @@ def preflight(cfg: Config, run: Run) -> None:
     labeled_set(cfg, run)
 
 
-def held(cfg: Config) -> dict[str, dict[int, frozenset[str]]]:
-    """Per skill and difficulty, the prompts of the fixed test and dev splits."""
-    e = cfg.eval
-    return {s: held_out_prompts(get_task(s), e.max_difficulty, e.problems, e.dev_problems, e.seed) for s in cfg.skills}
+def held(cfg: Config, run: Run) -> dict[str, dict[int, frozenset[str]]]:
+    """Per skill and difficulty, the prompts of the fixed test and dev splits (none of them labeled)."""
+    e, avoid = cfg.eval, labeled_prompts(cfg, run)
+    return {s: held_out_prompts(get_task(s), e.max_difficulty, e.problems, e.dev_problems, e.seed, avoid) for s in cfg.skills}
 
 
 def draw_labeled(skill: str, n: int, max_difficulty: int, exclude: dict[int, frozenset[str]]) -> list[Problem]:
@@ -90,13 +90,17 @@ def read_labeled(path: Path) -> list[Problem]:
 
 def labeled_set(cfg: Config, run: Run) -> list[Problem]:
     """The few labeled problems of the run's skills: `semisup.labeled_file`, or the `labeled.jsonl`
-    the base model was trained on. Any that fall in this run's held-out splits are left out."""
+    the base model was trained on. The held-out splits are drawn around them (`labeled_prompts`)."""
     path = labeled_path(cfg, run)
-    h = held(cfg)
-    out = [p for p in read_labeled(path) if p.skill in h and p.prompt not in h[p.skill].get(p.difficulty, ())]
+    out = [p for p in read_labeled(path) if p.skill in cfg.skills]
     if not out:
-        raise ConfigError(f"{path}: no labeled problem of the skills {cfg.skills} outside the held-out splits")
+        raise ConfigError(f"{path}: no labeled problem of the skills {cfg.skills}")
     return out
+
+
+def labeled_prompts(cfg: Config, run: Run) -> frozenset[str]:
+    """The labeled prompts, which the test and dev splits skip: the base model was trained on them."""
+    return frozenset(p.prompt for p in read_labeled(labeled_path(cfg, run)))
 
 
 def labeled_path(cfg: Config, run: Run) -> Path:
@@ -162,14 +166,14 @@ def balance(samples: list[Sample], right: list[bool], n_star: int) -> float:
     return score / len(problems)
 
 
-def choose(cfg: Config, model, rnd: int, quiet: bool) -> dict:
+def choose(cfg: Config, run: Run, model, rnd: int, quiet: bool) -> dict:
     """B-STaR: the sampling temperature and vote agreement with the best balance score on a slice of
     the dev split (labeled, never trained on), each candidate scored on the same problems, on what the
     chain keeps before its `dedup`."""
-    e, s = cfg.eval, cfg.semisup
+    e, s, avoid = cfg.eval, cfg.semisup, labeled_prompts(cfg, run)
     per = max(1, s.dev_slice // e.max_difficulty)
     dev = [p for sk in cfg.skills for d in range(1, e.max_difficulty + 1)
-           for p in splits(get_task(sk), d, e.problems, e.dev_problems, e.seed)["dev"][:per]]
+           for p in splits(get_task(sk), d, e.problems, e.dev_problems, e.seed, avoid)["dev"][:per]]
     scores = {}
     for t in s.temperatures or [cfg.acquire.temperature]:
         drawn = sample(model, dev, rnd, derive_seed(cfg.seed, "bstar"), cfg.acquire.samples, t, cfg.acquire.greedy_first, quiet)
@@ -188,7 +192,7 @@ def acquire(cfg: Config, run: Run, rnd: int, state: dict, exclude: dict, quiet: 
     rationalisations), at the temperature B-STaR chose when `semisup.temperatures` is set."""
     t0, a, method = time.time(), cfg.acquire, cfg.semisup.method
     model = backend_for(cfg, run, state)
-    chosen = choose(cfg, model, rnd, quiet) if cfg.semisup.temperatures or cfg.semisup.thresholds else {}
+    chosen = choose(cfg, run, model, rnd, quiet) if cfg.semisup.temperatures or cfg.semisup.thresholds else {}
     problems = unlabeled(cfg, rnd, exclude)
     if method == "semievol":  # answered with demonstrations in context, stored under the plain prompt
         labeled = labeled_set(cfg, run)
@@ -303,9 +307,10 @@ def train_pairs(cfg: Config, run: Run, rnd: int, state: dict, pairs: list, quiet
     model = sft.load_for_training(base_dir, resolve(state["adapter"], run) if state["adapter"] else None, "lora",
                                   u.lora_r, u.lora_alpha, seed)
     losses = dpo.train(model, sft.tokenizer(base_dir), pairs, u.steps, u.batch_size, u.lr, cfg.semisup.beta, seed,
-                       u.warmup, desc=f"dpo round {rnd}", quiet=quiet)
+                       u.warmup, desc=f"dpo round {rnd}", quiet=quiet, rpo_alpha=cfg.semisup.rpo_alpha)
     sft.save(model, base_dir, run.staging(rnd, "update") / "model",
              card={"round": rnd, "method": "dpo", "parent": state["adapter"], "pairs": len(pairs), "beta": cfg.semisup.beta,
+                   "rpo_alpha": cfg.semisup.rpo_alpha,
                    "loss_first": losses[0], "loss_last": losses[-1]})
     return {"model": state["model"], "adapter": str(run.stage_dir(rnd, "update").relative_to(run.root) / "model"),
             "loss_first": round(losses[0], 5), "loss_last": round(sum(losses[-20:]) / len(losses[-20:]), 5)}
@@ -313,11 +318,12 @@ def train_pairs(cfg: Config, run: Run, rnd: int, state: dict, pairs: list, quiet
 
 def evaluate(cfg: Config, run: Run, rnd: int, state: dict, quiet: bool) -> dict:
     """Greedy accuracy of the final answer on the test (reported) and dev (gate) splits."""
-    t0, e = time.time(), cfg.eval
+    t0, e, avoid = time.time(), cfg.eval, labeled_prompts(cfg, run)
     model = backend_for(cfg, run, state)
     ranges = {s: range(1, e.max_difficulty + 1) for s in cfg.skills}
-    acc = {split: accuracy(model, cfg.skills, ranges, split, e.problems, e.dev_problems, e.seed, quiet) for split in ("test", "dev")}
-    rows = [(split, s, d, a, len(splits(get_task(s), d, e.problems, e.dev_problems, e.seed)[split]), model.version,
+    acc = {split: accuracy(model, cfg.skills, ranges, split, e.problems, e.dev_problems, e.seed, quiet, avoid)
+           for split in ("test", "dev")}
+    rows = [(split, s, d, a, len(splits(get_task(s), d, e.problems, e.dev_problems, e.seed, avoid)[split]), model.version,
              get_task(s).version) for split in acc for s in cfg.skills for d, a in acc[split][s].items()]
     model.close()
     info = {"frontier": {s: frontier(acc["test"][s], e.threshold) for s in cfg.skills}, "dev": acc["dev"],
@@ -329,9 +335,10 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: dict, quiet: bool) -> dict:
 
 def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
     """Run (or resume) every round in `run`; returns the summary."""
-    exclude, labeled = held(cfg), labeled_set(cfg, run)
+    exclude, labeled = held(cfg, run), labeled_set(cfg, run)
     for p in labeled:
-        exclude[p.skill][p.difficulty] |= {p.prompt}
+        if p.difficulty in exclude[p.skill]:
+            exclude[p.skill][p.difficulty] |= {p.prompt}
     if not run.done(0, "eval"):
         evaluate(cfg, run, 0, base_state(cfg), quiet)
     if not run.done(0, "gate"):  # the labeled set's provenance goes with the base model

@@ -1,4 +1,5 @@
-"""Direct preference optimisation (Rafailov et al. 2023) on (prompt, chosen, rejected) triples.
+"""Direct preference optimisation (Rafailov et al. 2023) on (prompt, chosen, rejected) triples, with
+an optional supervised term on the chosen answers (RPO: Pang et al. 2024, `rpo_alpha`).
 
 The policy is a LoRA adapter; the reference is the same model with the adapter disabled (PEFT's
 `disable_adapter`), so no second copy of the weights is held. The same plain loop as `sft.train`
@@ -13,18 +14,22 @@ from evolvelm.types import Example
 from evolvelm.update.sft import batch, encode, optimizer, step
 
 
-def logps(model, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per sequence, the summed log-probability of its answer tokens (labels != -100)."""
+def logps(model, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sequence, the summed log-probability of its answer tokens (labels != -100), and their number."""
     logits = model(input_ids=x, attention_mask=mask).logits[:, :-1].float()
     target = y[:, 1:]
     per_token = logits.log_softmax(-1).gather(-1, target.clamp(min=0)[..., None])[..., 0]
-    return (per_token * (target != -100)).sum(-1)
+    answer = target != -100
+    return (per_token * answer).sum(-1), answer.sum(-1)
 
 
 def train(model, tokenizer, pairs: list[tuple[str, str, str]], steps: int, batch_size: int, lr: float, beta: float,
-          seed: int, warmup: int = 30, desc: str = "dpo", quiet: bool = False) -> list[float]:
+          seed: int, warmup: int = 30, desc: str = "dpo", quiet: bool = False, rpo_alpha: float = 0.0) -> list[float]:
     """Train the adapter of `model` (a PeftModel) in place on (prompt, chosen, rejected) pairs; returns
-    step losses: -log sigmoid(beta * (policy margin - reference margin)), margins in summed log-probs."""
+    step losses: -log sigmoid(beta * (policy margin - reference margin)), margins in summed log-probs,
+    plus `rpo_alpha` x the chosen answers' negative log-likelihood per token. DPO alone may lower the
+    likelihood of both answers of a pair that differ in a few tokens; the supervised term holds the
+    chosen one up."""
     if not pairs:
         raise ValueError("no preference pairs")
     torch.manual_seed(seed)
@@ -39,11 +44,13 @@ def train(model, tokenizer, pairs: list[tuple[str, str, str]], steps: int, batch
         idx = torch.randint(len(pairs), (batch_size,), generator=gen).tolist()
         x, y, mask = (t.to(device) for t in batch(tokenizer, [chosen[i] for i in idx] + [rejected[i] for i in idx],
                                                   [starts[i] for i in idx] * 2))
-        policy = logps(model, x, y, mask)
+        policy, tokens = logps(model, x, y, mask)
         with torch.no_grad(), model.disable_adapter():
-            reference = logps(model, x, y, mask)
+            reference, _ = logps(model, x, y, mask)
         margin = (policy - reference)[:batch_size] - (policy - reference)[batch_size:]
         loss = -torch.nn.functional.logsigmoid(beta * margin).mean()
+        if rpo_alpha:
+            loss = loss - rpo_alpha * policy[:batch_size].sum() / tokens[:batch_size].sum()
         step(loss, params, opt, sched)
         losses.append(loss.item())
     model.eval()

@@ -100,7 +100,7 @@ def labeled_set(cfg: Config, run: Run) -> list[Problem]:
 
 def labeled_prompts(cfg: Config, run: Run) -> frozenset[str]:
     """The labeled prompts, which the test and dev splits skip: the base model was trained on them."""
-    return frozenset(p.prompt for p in read_labeled(labeled_path(cfg, run)))
+    return frozenset(p.prompt for p in labeled_set(cfg, run))
 
 
 def labeled_path(cfg: Config, run: Run) -> Path:

@@ -17,11 +17,13 @@ the labeled set alone, the baseline):
     semievol   8 scratchpads after the 2 nearest labeled examples; consistent or low-NLL answers;
                semievol-noctx: the same without the examples in context (in-weight propagation only)
     pairs      DPO (LoRA) on right-vs-wrong answers of the same problem
-Printed per arm and round: mean test accuracy (kept model, and the round's candidate), pass@1, pass@k,
+Printed per arm and round: test accuracy pooled over every held-out problem (kept model, and the
+round's candidate), pass@1, pass@k,
 distinct right rationales per problem, answer diversity, precision of the kept labels (final answer)
 and of their whole scratchpads, wall time (per seed with --seeds). Then per arm: final accuracy (the
-mean over seeds, and each seed's), its error against the labeled baseline's, and, for lmsi, the
-precision of the majority answer by its number of votes (all rounds).
+mean over seeds, and each seed's), its error against the labeled baseline's, how many promoted rounds
+lowered test accuracy (and the largest drop), and, for lmsi, the precision of the majority answer by
+its number of votes (all rounds).
 """
 from __future__ import annotations
 
@@ -84,6 +86,11 @@ def measure(arm: str, seed: int, rounds: int, overrides: list[str], workdir: Pat
             "seconds": s["bench_seconds"]}
 
 
+def drops(rounds: list[dict]) -> list[float]:
+    """How much each promoted round lowered the kept model's test accuracy (0 when it did not)."""
+    return [max(0.0, round(a["accuracy"] - b["accuracy"], 4)) for a, b in zip(rounds, rounds[1:]) if b["promoted"]]
+
+
 def print_rounds(name: str, res: dict) -> None:
     fmt = lambda x: "    -" if x is None else f"{x:.3f}"
     print(f"\n{name}  (wall time {res['seconds']:.0f}s)")
@@ -122,10 +129,13 @@ def main() -> None:
         for seed, run in res["seeds"].items():
             print_rounds(arm if len(args.seeds) == 1 else f"{arm}, seed {seed}", run)
     base_err = 1 - results["labeled"]["final"] if "labeled" in results else None
-    print(f"\n{'method':14s} {'base':>6s} {'final':>6s} {'error':>6s} {'error / labeled-only error':>26s}  finals per seed")
+    print(f"\n{'method':14s} {'base':>6s} {'final':>6s} {'error':>6s} {'error / labeled-only error':>26s} "
+          f"{'promoted rounds lowering test':>29s}  finals per seed")
     for arm, res in results.items():
         ratio = "" if not base_err else f"{(1 - res['final']) / base_err:.3f}"
-        print(f"{arm:14s} {res['base']:6.3f} {res['final']:6.3f} {1 - res['final']:6.3f} {ratio:>26s}  "
+        fell = [d for run in res["seeds"].values() for d in drops(run["rounds"])]
+        lowered = f"{sum(d > 0 for d in fell)} of {len(fell)}" + (f" (max {max(fell):.4f})" if any(fell) else "")
+        print(f"{arm:14s} {res['base']:6.3f} {res['final']:6.3f} {1 - res['final']:6.3f} {ratio:>26s} {lowered:>29s}  "
               + " ".join(f"{f:.3f}" for f in res["finals"]))
     if "lmsi" in results:
         print("\nlmsi: precision of the majority answer by its votes (of k), all rounds" + (", first seed" if len(args.seeds) > 1 else ""))

@@ -84,6 +84,8 @@ class EvalConfig:
 class GateConfig:
     tolerance: float = 0.04          # max drop in dev accuracy on any difficulty the previous model solved
     retry: bool = True               # after a rollback, retry with half the step, or else a stricter filter
+    z: float = 0.0                   # semisup: the dev gain must reach z standard errors of the paired
+                                     # difference (evaluate.suite.paired_gate); tolerance then counts pooled
 
 
 @dataclass

@@ -143,6 +143,11 @@ def test_lmsi_rounds_vote_train_and_monitor(lmsi_run):
     assert sum(x.weight for x in examples) == pytest.approx(1.0)
     s = json.loads((lmsi_run / "summary.json").read_text())
     assert len(s["semisup"]["accuracy"]) == 3 and s["semisup"]["base"] > 0.3
+    test = run.query("SELECT accuracy, n FROM evals WHERE round=0 AND split='test'")  # pooled over problems
+    assert s["semisup"]["base"] == round(sum(r["accuracy"] * r["n"] for r in test) / sum(r["n"] for r in test), 4)
+    marks = run.done(0, "eval")["dev_right"]["chain"]
+    assert [len(marks[str(d)]) for d in range(1, 5)] == [10, 10, 10, 10]
+    assert all("dev problems:" in r["reason"] for r in s["rounds"][1:])
     assert evolvelm("report", str(lmsi_run)).returncode == 0
     assert "Learning from unlabeled data" in (lmsi_run / "report.html").read_text()
 

@@ -1,5 +1,5 @@
-from evolvelm.evaluate.suite import gate, held_out_prompts, splits
-from evolvelm.tasks import TASKS, addition_prompt, get_task
+from evolvelm.evaluate.suite import gate, held_out_prompts, paired_gate, splits
+from evolvelm.tasks import LETTERS, TASKS, addition_prompt, get_task
 from evolvelm.types import Problem
 
 
@@ -22,6 +22,16 @@ def test_literal_answers_and_the_checker():
     p = Problem("addition", 2, prompt, answer)
     assert get_task("addition").check(p, "c2d1e1") and not get_task("addition").check(p, "c1d1e2")
     assert addition_prompt(5, 7, 25) == ("Az5+z7=", "z2a1")  # hints wrap from z to a
+
+
+def test_drawn_addition_problems_never_wrap_their_hints_up_to_25_digits():
+    task, starts = get_task("addition"), set()
+    for d in (1, 5, 12, 25):
+        for p in task.problems(d, 100, seed=0):
+            hints = p.answer[0::2]
+            assert hints == LETTERS[LETTERS.index(hints[0]):][:len(hints)], p
+            starts.add((d, hints[0]))
+    assert {s for d, s in starts if d == 5} == set(LETTERS[:21]) and {s for d, s in starts if d == 25} == {"a"}
 
 
 def test_held_out_splits_are_fixed_disjoint_and_excluded_from_training_draws():
@@ -48,6 +58,18 @@ def test_gate_compares_each_solved_difficulty():
     assert ok  # small noise, and an unsolved difficulty may move freely
     ok, reason = gate(prev, {"copy": {1: 0.83, 2: 1.0, 3: 1.0, 4: 1.0, 5: 0.9}}, 0.99, 0.04)
     assert not ok and "copy difficulty 1: dev accuracy 1.000 -> 0.830" in reason
+
+
+def test_paired_gate_counts_problems_that_change_and_asks_for_a_significant_gain():
+    before = [True] * 80 + [False] * 20
+    after = [True] * 70 + [False] * 10 + [True] * 20  # 20 newly right, 10 newly wrong
+    ok, reason = paired_gate(before, after, 0.0, 0.0)
+    assert ok and "100 dev problems: 20 newly right, 10 newly wrong (net +10" in reason
+    assert paired_gate(before, after, 1.0, 0.0)[0]  # +10 >= 1 x sqrt(30) = 5.5
+    assert not paired_gate(before, after, 2.0, 0.0)[0]  # +10 < 2 x sqrt(30) = 11.0
+    assert not paired_gate(after, before, 0.0, 0.0)[0]  # a net loss
+    assert paired_gate(after, before, 0.0, 0.1)[0]  # within a tolerance of 0.1 x 100 problems
+    assert paired_gate(before, before, 1.0, 0.0)[0]  # the same answers: nothing lost, nothing to test
 
 
 def test_tiny_difficulties_do_not_loop_forever():

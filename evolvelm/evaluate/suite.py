@@ -40,23 +40,31 @@ def held_out_prompts(task: Task, max_difficulty: int, test_n: int, dev_n: int, s
             for d in range(1, max_difficulty + 1)}
 
 
-def accuracy(backend, skills: list[str], difficulties: dict[str, range], split: str, test_n: int, dev_n: int,
-             seed: int, quiet: bool = False, avoid: frozenset[str] = frozenset()) -> dict[str, dict[int, float]]:
-    """Greedy exact-match accuracy per skill per difficulty on one fixed split ("test" or "dev")."""
+def right_answers(backend, skills: list[str], difficulties: dict[str, range], split: str, test_n: int, dev_n: int,
+                  seed: int, quiet: bool = False, avoid: frozenset[str] = frozenset()) -> dict[str, dict[int, list[bool]]]:
+    """Per skill and difficulty, whether the greedy answer to each problem of one fixed split ("test" or
+    "dev") is right, in the split's order."""
     groups = {(s, d): splits(get_task(s), d, test_n, dev_n, seed, avoid)[split] for s in skills for d in difficulties[s]}
     bar = tqdm(total=sum(map(len, groups.values())), desc=f"eval {split}", disable=quiet, leave=False)
-    out: dict[str, dict[int, float]] = {s: {} for s in skills}
+    out: dict[str, dict[int, list[bool]]] = {s: {} for s in skills}
     # one backend call per (skill, difficulty) and chunk, so max_new_tokens fits the task
     for (skill, d), probs in groups.items():
-        task, right = get_task(skill), 0
+        task, right = get_task(skill), []
         for i in range(0, len(probs), CHUNK):
             chunk = probs[i:i + CHUNK]
             gens = backend.generate([p.prompt for p in chunk], [0] * len(chunk), 0.0, task.answer_lengths(d)[1] + 2)
-            right += sum(task.check_many(list(chunk), [g.text for g in gens]))
+            right += task.check_many(list(chunk), [g.text for g in gens])
             bar.update(len(chunk))
-        out[skill][d] = right / len(probs)
+        out[skill][d] = right
     bar.close()
     return out
+
+
+def accuracy(backend, skills: list[str], difficulties: dict[str, range], split: str, test_n: int, dev_n: int,
+             seed: int, quiet: bool = False, avoid: frozenset[str] = frozenset()) -> dict[str, dict[int, float]]:
+    """Greedy exact-match accuracy per skill per difficulty on one fixed split ("test" or "dev")."""
+    return {s: {d: sum(r) / len(r) for d, r in by_d.items()}
+            for s, by_d in right_answers(backend, skills, difficulties, split, test_n, dev_n, seed, quiet, avoid).items()}
 
 
 def frontier(acc: dict[int, float], threshold: float) -> int:
@@ -86,3 +94,19 @@ def gate(prev_dev: dict[str, dict[int, float]], new_dev: dict[str, dict[int, flo
                                f"(drop {before - after:.3f} > tolerance {tolerance})")
     return (not reasons, "; ".join(reasons) or "no regression on solved difficulties")
 
+
+
+def paired_gate(before: list[bool], after: list[bool], z: float, tolerance: float) -> tuple[bool, str]:
+    """Promote when the candidate's gain on the same dev problems, pooled over skills and difficulties,
+    reaches `z` standard errors of the paired difference, less `tolerance` x problems:
+    b - c >= z * sqrt(b + c) - tolerance * n, where b counts the problems only the candidate gets
+    right and c those only the kept model does (the sign test behind McNemar's). z = 0 and
+    tolerance = 0: promote when it gets at least as many right. Pooled, a difficulty with few distinct
+    problems weighs what its problems weigh, not as much as one with thousands."""
+    b = sum(a and not p for p, a in zip(before, after))
+    c = sum(p and not a for p, a in zip(before, after))
+    need = z * (b + c) ** 0.5 - tolerance * len(before)
+    verdict = "gain" if b - c >= need - 1e-9 else "too little gain"  # 1e-9: float noise
+    return (b - c >= need - 1e-9,
+            f"{verdict} on {len(before)} dev problems: {b} newly right, {c} newly wrong "
+            f"(net {b - c:+d}; needed {need:+.1f} = {z} x sqrt({b + c}) - {tolerance} x {len(before)})")

@@ -26,8 +26,9 @@ Round 0 evaluates it. Every later round runs, in order:
              LoRA adapter continued, the reference the base with the adapter disabled; labeled: the
              labeled set alone (the baseline)
     eval     greedy accuracy of the final answer per difficulty on the fixed test and dev splits
-    gate     promote, or keep the previous model when its mean dev accuracy on a skill fell by more
-             than gate.tolerance (the dev split, never the reported test split)
+    gate     promote, or keep the previous model, on the dev split (never the reported test split),
+             pooled over difficulties: promote when the candidate's net gain in right dev answers
+             reaches gate.z standard errors of the paired difference, less gate.tolerance x problems
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ from tqdm import tqdm
 
 from evolvelm.acquire.ladder import CHUNK, derive_seed, sample
 from evolvelm.config import Config, ConfigError
-from evolvelm.evaluate.suite import accuracy, frontier, gate, held_out_prompts, splits
+from evolvelm.evaluate.suite import frontier, held_out_prompts, paired_gate, right_answers, splits
 from evolvelm.recipes.ladder import backend_for, base_state, resolve, train_round
 from evolvelm.refine.filters import FilterContext, final, judged, majority, run_chain
 from evolvelm.store.run import Run
@@ -317,20 +318,28 @@ def train_pairs(cfg: Config, run: Run, rnd: int, state: dict, pairs: list, quiet
 
 
 def evaluate(cfg: Config, run: Run, rnd: int, state: dict, quiet: bool) -> dict:
-    """Greedy accuracy of the final answer on the test (reported) and dev (gate) splits."""
+    """Greedy accuracy of the final answer on the test (reported) and dev (gate) splits; which dev
+    problems it gets right goes in the manifest, for the gate's paired comparison."""
     t0, e, avoid = time.time(), cfg.eval, labeled_prompts(cfg, run)
     model = backend_for(cfg, run, state)
     ranges = {s: range(1, e.max_difficulty + 1) for s in cfg.skills}
-    acc = {split: accuracy(model, cfg.skills, ranges, split, e.problems, e.dev_problems, e.seed, quiet, avoid)
-           for split in ("test", "dev")}
-    rows = [(split, s, d, a, len(splits(get_task(s), d, e.problems, e.dev_problems, e.seed, avoid)[split]), model.version,
-             get_task(s).version) for split in acc for s in cfg.skills for d, a in acc[split][s].items()]
+    right = {split: right_answers(model, cfg.skills, ranges, split, e.problems, e.dev_problems, e.seed, quiet, avoid)
+             for split in ("test", "dev")}
+    acc = {split: {s: {d: sum(r) / len(r) for d, r in by_d.items()} for s, by_d in right[split].items()} for split in right}
+    rows = [(split, s, d, a, len(right[split][s][d]), model.version, get_task(s).version)
+            for split in acc for s in cfg.skills for d, a in acc[split][s].items()]
     model.close()
     info = {"frontier": {s: frontier(acc["test"][s], e.threshold) for s in cfg.skills}, "dev": acc["dev"],
-            "dev_mean": {s: round(sum(a.values()) / len(a), 4) for s, a in acc["dev"].items()},
+            "dev_right": {s: {d: "".join("01"[x] for x in r) for d, r in by_d.items()} for s, by_d in right["dev"].items()},
             "model_version": rows[0][5], "seconds": round(time.time() - t0, 2)}
     run.commit(rnd, "eval", info, evals=rows)
     return info
+
+
+def dev_right(run: Run, rnd: int) -> list[bool]:
+    """Which dev problems round `rnd`'s model got right, pooled over skills and difficulties in a fixed order."""
+    marks = run.done(rnd, "eval")["dev_right"]
+    return [c == "1" for s in sorted(marks) for d in sorted(marks[s], key=int) for c in marks[s][d]]
 
 
 def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
@@ -359,10 +368,8 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
         if not run.done(rnd, "eval"):
             evaluate(cfg, run, rnd, candidate, quiet)
         if not run.done(rnd, "gate"):
-            mean = lambda r: {s: {0: a} for s, a in run.done(r, "eval")["dev_mean"].items()}
-            ok, reason = gate(mean(state["round"]), mean(rnd), 0.0, cfg.gate.tolerance)
+            ok, reason = paired_gate(dev_right(run, state["round"]), dev_right(run, rnd), cfg.gate.z, cfg.gate.tolerance)
             info = candidate if ok else {key: state[key] for key in ("model", "adapter", "levels", "round")}
-            reason = reason.replace("difficulty 0", "mean") if not ok else f"mean dev accuracy fell by at most {cfg.gate.tolerance}"
             run.commit(rnd, "gate", {**info, "promoted": ok, "reason": reason, "decision": "", "seconds": 0.0})
         summary = write_summary(run, cfg)
         if not quiet:

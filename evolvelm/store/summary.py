@@ -36,7 +36,7 @@ def summarize(run: Run, cfg: Config) -> dict:
     if cfg.recipe == "knowledge":
         extra = {"knowledge": knowledge(rounds, cfg.skills + ["population"])}
     if cfg.recipe == "semisup":
-        extra = {"semisup": semisup(rounds)}
+        extra = {"semisup": semisup(run, rounds)}
     return {**extra, "rounds": rounds, "final_frontier": promoted[-1]["frontier"] if promoted else {},
             "sandbox": (run.done(0, "eval") or {}).get("sandbox"),
             "skills": cfg.skills, "wall_seconds": round(sum(seconds.values()), 1)}
@@ -95,15 +95,20 @@ def knowledge(rounds: list[dict], other: list[str]) -> dict:
             "other_base": {s: round(sum(rounds[0]["accuracy"][s].values()) / len(rounds[0]["accuracy"][s]), 4) for s in other}}
 
 
-def semisup(rounds: list[dict]) -> dict:
-    """Mean test accuracy over skills and difficulties, per round: of the model kept after the round
-    (`accuracy`; a rolled-back round keeps the previous one's) and of the round's candidate."""
-    mean = lambda r: round(sum(a for acc in r["accuracy"].values() for a in acc.values())
-                           / sum(len(acc) for acc in r["accuracy"].values()), 4)
+def semisup(run: Run, rounds: list[dict]) -> dict:
+    """Test accuracy pooled over every held-out problem of every skill and difficulty (right answers /
+    problems), per round: of the model kept after the round (`accuracy`; a rolled-back round keeps
+    the previous one's) and of the round's candidate. Pooled, a difficulty with 25 distinct problems
+    weighs 25 problems, not as much as one with a thousand."""
+    def pooled(rnd: int) -> float:
+        rows = run.query("SELECT accuracy, n FROM evals WHERE round=? AND split='test'", (rnd,))
+        return round(sum(r["accuracy"] * r["n"] for r in rows) / sum(r["n"] for r in rows), 4)
+
+    candidate = [pooled(r["round"]) for r in rounds]
     kept = []
-    for r in rounds:
-        kept.append(mean(r) if r["promoted"] or not kept else kept[-1])
-    return {"accuracy": kept, "candidate": [mean(r) for r in rounds], "base": kept[0] if kept else None}
+    for r, acc in zip(rounds, candidate):
+        kept.append(acc if r["promoted"] or not kept else kept[-1])
+    return {"accuracy": kept, "candidate": candidate, "base": kept[0] if kept else None}
 
 
 def write_summary(run: Run, cfg: Config) -> dict:

@@ -6,7 +6,8 @@ Prompt formats (character level, one token per character):
     reverse   "R" + s + "="            -> s reversed
     addition  "A" + a + "+" + b + "="  -> a + b, all numbers written least-significant digit first,
                                           each digit after an index hint: the letter of its place,
-                                          counted on from a letter drawn per problem, z wrapping to a
+                                          counted on from a letter drawn per problem so that the
+                                          answer's hints never run past z (up to 25 digits)
                                           (A95+17= with hints from c: Ac5d9+c7d1= -> c2d1e1, i.e. 112)
     echo      s + "="                  -> s (letters, digits and "+"; no marker: the modular base's pretraining)
     shift     "S" + s + "="            -> every letter of s moved one on (z -> a)
@@ -104,6 +105,15 @@ def hinted(digits: str, start: int) -> str:
     return "".join(LETTERS[(start + i) % 26] + c for i, c in enumerate(digits))
 
 
+def hint_start(places: int, rng: random.Random) -> int:
+    """A first hint letter from which `places` hints run straight, never wrapping from z to a (up to
+    26 places; past that, from a). Zhou et al. 2024 likewise draw consecutive hints from an ordered set.
+    Wrapped hints were the largest gap of the addition ladder (README): the models learned sums whose
+    hints wrap far worse than straight ones (at 9 digits 3% vs 51%), so a ladder that kept only right
+    labels trained on straight ones alone and could never solve the wrapped quarter to half."""
+    return rng.randrange(max(1, 27 - places))
+
+
 def addition_prompt(a: int, b: int, start: int) -> tuple[str, str]:
     """The hinted reversed addition problem a + b and its answer."""
     return f"A{hinted(str(a)[::-1], start)}+{hinted(str(b)[::-1], start)}=", hinted(str(a + b)[::-1], start)
@@ -116,7 +126,7 @@ def operand(d: int, rng: random.Random) -> int:
 
 def _addition(d: int, rng: random.Random) -> tuple[str, str]:
     a, b = operand(d, rng), operand(d, rng)
-    return addition_prompt(a, b, rng.randrange(26))
+    return addition_prompt(a, b, hint_start(d + 1, rng))
 
 
 def _echo(d: int, rng: random.Random) -> tuple[str, str]:
@@ -230,7 +240,7 @@ TASKS: dict[str, Task] = {
     "echo": Task("echo", _echo, lambda d: (d, d), lambda d: len(ECHO_CHARS) ** d),
     "shift": Task("shift", _shift, lambda d: (d, d), lambda d: 26**d),
     "addition": Task("addition", _addition, lambda d: (2 * d, 2 * d + 2),
-                     lambda d: 26 * (100 if d == 1 else (9 * 10 ** (d - 1)) ** 2), "hinted-1"),
+                     lambda d: max(1, 26 - d) * (100 if d == 1 else (9 * 10 ** (d - 1)) ** 2), "hinted-2"),
     "expr": Task("expr", _expr, lambda d: (d, 2 * d + 1), lambda d: 9 * 10 ** (d - 1), "expr-sandbox-1", _judge_expr),
     "chain": Task("chain", _chain, lambda d: (3 * d + 4, 3 * d + 4), lambda d: 10 ** (d + 1), "final-1",
                   final=chain_final, rationale=chain_valid),

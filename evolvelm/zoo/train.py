@@ -27,7 +27,7 @@ import torch
 from transformers import SmolLM3Config, SmolLM3ForCausalLM
 
 from evolvelm.tasks import (ALPHABET, CHAIN_ALPHABET, addition_prompt, expr_mistake, facts, get_task, hint_prompt,
-                            operand, retry_prompt)
+                            hint_start, operand, retry_prompt)
 from evolvelm.types import Example, Problem
 from evolvelm.update.sft import train
 from evolvelm.zoo.tokenizer import char_tokenizer
@@ -204,7 +204,7 @@ def mixed_addition(d: int, d2: int, rng: random.Random) -> Problem:
     a, b = operand(d, rng), operand(d2, rng)
     if rng.random() < 0.5:
         a, b = b, a
-    return Problem("addition", max(d, d2), *addition_prompt(a, b, rng.randrange(26)))
+    return Problem("addition", max(d, d2), *addition_prompt(a, b, hint_start(max(d, d2) + 1, rng)))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -62,7 +62,7 @@ def _execute(run: Run, quiet: bool) -> int:
               f" retention of batch 1 {k['retention'][-1:]}; other skills {k['other'][-1:]} (base {k['other_base']})")
     elif "semisup" in summary:
         s = summary["semisup"]
-        print(f"{cfg.semisup.method}: mean test accuracy {s['base']} (base) -> {s['accuracy'][-1]}")
+        print(f"{cfg.semisup.method}: test accuracy (pooled) {s['base']} (base) -> {s['accuracy'][-1]}")
     else:
         print(f"frontier: base {first['frontier']} -> final {summary['final_frontier']}")
     print(f"summary: {run.root / 'summary.json'}   report: evolvelm report {run.root}")

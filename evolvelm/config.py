@@ -83,9 +83,10 @@ class EvalConfig:
 @dataclass
 class GateConfig:
     tolerance: float = 0.04          # max drop in dev accuracy on any difficulty the previous model solved
+                                     # (semisup: in accuracy pooled over all dev problems)
     retry: bool = True               # after a rollback, retry with half the step, or else a stricter filter
-    z: float = 0.0                   # semisup: the dev gain must reach z standard errors of the paired
-                                     # difference (evaluate.suite.paired_gate); tolerance then counts pooled
+    z: float = 0.0                   # semisup only: the net dev gain must also reach z standard errors of
+                                     # the paired difference (evaluate.suite.paired_gate)
 
 
 @dataclass
@@ -293,6 +294,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"knowledge.anchor_weight: must be in [0, 1), got {cfg.knowledge.anchor_weight}")
     if not 0 <= cfg.semisup.labeled_weight < 1:
         raise ConfigError(f"semisup.labeled_weight: must be in [0, 1), got {cfg.semisup.labeled_weight}")
+    if cfg.gate.z < 0 or (cfg.gate.z and cfg.recipe != "semisup"):
+        raise ConfigError(f"gate.z: the paired dev gate is the semisup recipe's and z must be >= 0; got {cfg.gate.z} "
+                          f"for recipe {cfg.recipe!r}")
     if cfg.recipe == "semisup" and cfg.semisup.method == "pairs" and cfg.update.method != "lora":
         raise ConfigError("update.method: semisup.method=pairs trains a LoRA adapter against the base with the "
                           "adapter disabled (the DPO reference); set update.method=lora")

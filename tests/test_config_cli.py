@@ -43,6 +43,9 @@ def test_bad_choices_and_ranges():
         config.load(None, ["skills=[sorting]"])
     with pytest.raises(config.ConfigError, match="rounds: must be >= 1"):
         config.load(None, ["rounds=0"])
+    with pytest.raises(config.ConfigError, match="gate.z: the paired dev gate is the semisup recipe's"):
+        config.load("copy-ladder", ["gate.z=1.0"])
+    assert config.load("lmsi", ["gate.z=2.0"]).gate.z == 2.0
 
 
 def run_cli(*args):

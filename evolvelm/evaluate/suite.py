@@ -95,7 +95,6 @@ def gate(prev_dev: dict[str, dict[int, float]], new_dev: dict[str, dict[int, flo
     return (not reasons, "; ".join(reasons) or "no regression on solved difficulties")
 
 
-
 def paired_gate(before: list[bool], after: list[bool], z: float, tolerance: float) -> tuple[bool, str]:
     """Promote when the candidate's gain on the same dev problems, pooled over skills and difficulties,
     reaches `z` standard errors of the paired difference, less `tolerance` x problems:

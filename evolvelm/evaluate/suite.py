@@ -63,8 +63,12 @@ def right_answers(backend, skills: list[str], difficulties: dict[str, range], sp
 def accuracy(backend, skills: list[str], difficulties: dict[str, range], split: str, test_n: int, dev_n: int,
              seed: int, quiet: bool = False, avoid: frozenset[str] = frozenset()) -> dict[str, dict[int, float]]:
     """Greedy exact-match accuracy per skill per difficulty on one fixed split ("test" or "dev")."""
-    return {s: {d: sum(r) / len(r) for d, r in by_d.items()}
-            for s, by_d in right_answers(backend, skills, difficulties, split, test_n, dev_n, seed, quiet, avoid).items()}
+    return rates(right_answers(backend, skills, difficulties, split, test_n, dev_n, seed, quiet, avoid))
+
+
+def rates(right: dict[str, dict[int, list[bool]]]) -> dict[str, dict[int, float]]:
+    """Per skill and difficulty, the share of right answers."""
+    return {s: {d: sum(r) / len(r) for d, r in by_d.items()} for s, by_d in right.items()}
 
 
 def frontier(acc: dict[int, float], threshold: float) -> int:
@@ -105,7 +109,6 @@ def paired_gate(before: list[bool], after: list[bool], z: float, tolerance: floa
     b = sum(a and not p for p, a in zip(before, after))
     c = sum(p and not a for p, a in zip(before, after))
     need = z * (b + c) ** 0.5 - tolerance * len(before)
-    verdict = "gain" if b - c >= need - 1e-9 else "too little gain"  # 1e-9: float noise
-    return (b - c >= need - 1e-9,
-            f"{verdict} on {len(before)} dev problems: {b} newly right, {c} newly wrong "
+    ok = b - c >= need - 1e-9  # 1e-9: float noise
+    return (ok, f"{'gain' if ok else 'too little gain'} on {len(before)} dev problems: {b} newly right, {c} newly wrong "
             f"(net {b - c:+d}; needed {need:+.1f} = {z} x sqrt({b + c}) - {tolerance} x {len(before)})")

@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from evolvelm.acquire.ladder import CHUNK, derive_seed, sample
 from evolvelm.config import Config, ConfigError
-from evolvelm.evaluate.suite import frontier, held_out_prompts, paired_gate, right_answers, splits
+from evolvelm.evaluate.suite import frontier, held_out_prompts, paired_gate, rates, right_answers, splits
 from evolvelm.recipes.ladder import backend_for, base_state, resolve, train_round
 from evolvelm.refine.filters import FilterContext, final, judged, majority, run_chain
 from evolvelm.store.run import Run
@@ -325,7 +325,7 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: dict, quiet: bool) -> dict:
     ranges = {s: range(1, e.max_difficulty + 1) for s in cfg.skills}
     right = {split: right_answers(model, cfg.skills, ranges, split, e.problems, e.dev_problems, e.seed, quiet, avoid)
              for split in ("test", "dev")}
-    acc = {split: {s: {d: sum(r) / len(r) for d, r in by_d.items()} for s, by_d in right[split].items()} for split in right}
+    acc = {split: rates(r) for split, r in right.items()}
     rows = [(split, s, d, a, len(right[split][s][d]), model.version, get_task(s).version)
             for split in acc for s in cfg.skills for d, a in acc[split][s].items()]
     model.close()

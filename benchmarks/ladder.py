@@ -6,8 +6,10 @@
 Each task runs its shipped recipe (`copy-ladder`, `reverse-ladder`, `addition-ladder`); each arm changes
 only how labels are filtered (and drops the voters where it does not use them). Every arm gets the
 same wall-clock budget on this machine: it starts rounds until the budget is spent.
-    model-vote   the recipe itself: the model and its independently seeded voters must agree
+    model-vote   the model and its independently seeded voters must agree (copy- and reverse-ladder)
     sample-vote  no voters; greedy and 4 samples at T=1 of the one model must agree (+ length, guard)
+    variant-vote no voters; greedy answers to the problem and to 7 equivalent prompts (skills with
+                 variants: addition), 6 of the 8 must agree (+ length, guard; addition-ladder)
     length       length filter only
     none         no filter (dedup only): the model trains on all of its own answers
     oracle       the task's checker with the true labels (an upper bound, not an unsupervised method)
@@ -30,16 +32,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from evolvelm import config  # noqa: E402
 from evolvelm.recipes.ladder import run_recipe  # noqa: E402
 from evolvelm.store.run import Run  # noqa: E402
+from evolvelm.tasks import get_task  # noqa: E402
 
-ALONE = ["model.voters=[]", "acquire.samples=1"]
+ALONE = ["model.voters=[]", "acquire.samples=1", "acquire.variants=0"]
 ARMS = {
-    "model-vote": [],
-    "sample-vote": ["model.voters=[]", "acquire.samples=5", "refine.chain=[length, vote, agreement, dedup]",
-                    "refine.vote_agreement=1.0"],
+    "model-vote": ["acquire.variants=0"],
+    "variant-vote": ["model.voters=[]", "acquire.samples=1", "acquire.variants=7", "refine.vote_agreement=0.75",
+                     "refine.chain=[length, vote, agreement, dedup]"],
+    "sample-vote": ["model.voters=[]", "acquire.variants=0", "acquire.samples=5", "refine.vote_agreement=1.0",
+                    "refine.chain=[length, vote, agreement, dedup]"],
     "length": ALONE + ["refine.chain=[length, dedup]"],
     "none": ALONE + ["refine.chain=[dedup]"],
     "oracle": ALONE + ["refine.chain=[oracle, dedup]"],
 }
+# copy-ladder and reverse-ladder are the model-vote arm; addition-ladder votes across equivalent prompts,
+# and its model-vote arm is zoo:addition with its two independently seeded copies, at the 6000 problems
+# per difficulty their rare agreement needs
+VOTERS = {"addition": ["model.path=zoo:addition", "model.voters=[zoo:addition-seed1, zoo:addition-seed2]",
+                       "acquire.problems=6000", "refine.chain=[length, model_vote, agreement, dedup]"]}
 TASKS = ["copy", "reverse", "addition"]
 
 
@@ -47,7 +57,8 @@ def run_arm(task: str, arm: str, budget: float, extra: list[str], workdir: Path)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    cfg = config.load(f"{task}-ladder", ARMS[arm] + ["rounds=1000", f"budget_minutes={budget}"] + extra)
+    overrides = ARMS[arm] + (VOTERS.get(task, []) if arm == "model-vote" else [])
+    cfg = config.load(f"{task}-ladder", overrides + ["rounds=1000", f"budget_minutes={budget}"] + extra)
     t0 = time.time()
     summary = run_recipe(cfg, Run.create(workdir / f"{task}-{arm}", cfg), quiet=True)
     summary["bench_wall_seconds"] = round(time.time() - t0, 1)
@@ -89,6 +100,9 @@ def main() -> None:
         for task in args.tasks:
             budget = args.budget_minutes or (45.0 if task == "addition" else 30.0)
             for arm in args.arms:
+                if arm == "variant-vote" and get_task(task).variant is None:
+                    print(f"task: {task}  arm: {arm}: skipped, the task has no equivalent prompts\n", flush=True)
+                    continue
                 results.setdefault(task, {})[arm] = run_arm(task, arm, budget, args.overrides, workdir)
                 print(table(task, arm, results[task][arm]) + "\n", flush=True)
                 if args.out:

@@ -35,6 +35,8 @@ class AcquireConfig:
     samples: int = 5                 # answers drawn per problem (k)
     temperature: float = 1.0         # sampling temperature for answers after the first
     greedy_first: bool = True        # answer 0 of each problem is greedy
+    variants: int = 0                # also answer the problem asked this many other ways (skills with
+                                     # equivalent prompts: addition), greedily; votes count them beside the k
     step: int = 1                    # difficulties labelled ahead of the trained level per round (adaptive: at most)
     schedule: str = "fixed"          # fixed: label `step` difficulties ahead; adaptive: go on to the next
                                      # difficulty while the answers stay unanimous (never held-out labels)
@@ -280,6 +282,12 @@ def validate(cfg: Config) -> None:
                        ("eval.problems", cfg.eval.problems), ("eval.dev_problems", cfg.eval.dev_problems)]:
         if value < 1:
             raise ConfigError(f"{key}: must be >= 1, got {value}")
+    if cfg.acquire.variants:
+        without = [s for s in cfg.skills if TASKS[s].variant is None]
+        if cfg.acquire.variants < 0 or without or cfg.recipe != "ladder":
+            raise ConfigError(f"acquire.variants: equivalent prompts are asked by the ladder recipe, of skills "
+                              f"{sorted(s for s, t in TASKS.items() if t.variant)}, and must be >= 0; got "
+                              f"{cfg.acquire.variants} for recipe {cfg.recipe!r}" + (f" and skills {without}" if without else ""))
     if cfg.acquire.consolidate < 0:
         raise ConfigError(f"acquire.consolidate: must be >= 0, got {cfg.acquire.consolidate}")
     if not 0 <= cfg.refine.model_vote_min <= 1 + len(cfg.model.voters):

@@ -46,6 +46,10 @@ def test_bad_choices_and_ranges():
     with pytest.raises(config.ConfigError, match="gate.z: the paired dev gate is the semisup recipe's"):
         config.load("copy-ladder", ["gate.z=1.0"])
     assert config.load("lmsi", ["gate.z=2.0"]).gate.z == 2.0
+    for recipe, extra in [("copy-ladder", []), ("lmsi", []), ("addition-ladder", ["skills=[addition, copy]"])]:
+        with pytest.raises(config.ConfigError, match=r"acquire.variants: .* of skills \['addition'\]"):
+            config.load(recipe, ["acquire.variants=3", *extra])
+    assert config.load("addition-ladder", ["acquire.variants=3"]).acquire.variants == 3
 
 
 def run_cli(*args):

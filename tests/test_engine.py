@@ -4,9 +4,11 @@ import json
 import pytest
 
 from evolvelm import config
+from evolvelm.backends import fake
 from evolvelm.cli import main
 from evolvelm.recipes.ladder import next_attempt, run_recipe, strictness
 from evolvelm.store.run import Run
+from evolvelm.tasks import get_task
 from evolvelm.update.mixture import mixture, original_data
 
 
@@ -113,6 +115,24 @@ def test_adaptive_schedule_labels_further_only_while_answers_agree(tmp_path, fak
                      "acquire.adaptive_agreement=0.0")
     run_recipe(cfg, run, quiet=True)
     assert {s.difficulty for s in run.samples(1)} == {5, 6, 7}
+
+
+def test_variants_answer_the_same_problem_asked_other_ways_and_vote(tmp_path, fake_recipe):
+    """Every problem is also asked 3 other ways; the answers map back and count in the vote."""
+    base = ["skills=[addition]", "acquire.samples=1", "rounds=1", "refine.chain=[length, vote, dedup]",
+            f"model.path={fake.write(tmp_path / 'adder', {'addition': 3})}"]
+    cfg, run = start(tmp_path, fake_recipe, *base, "acquire.variants=3", "refine.vote_agreement=1.0")
+    run_recipe(cfg, run, quiet=True)
+    samples = run.samples(1)
+    assert len(samples) == 4 * 60 and [s.k for s in samples[:4]] == [0, 1, 2, 3]
+    for s in samples:
+        assert (s.context == "") == (s.k == 0) and s.context != s.prompt and s.temperature == 0.0
+        assert s.context in ("", get_task("addition").variant(s.prompt, s.k)[0])
+    assert run.done(1, "refine")["kept_retries"] == 0
+    alone = start(tmp_path / "alone", fake_recipe, *base)
+    run_recipe(*alone, quiet=True)
+    with_variants, without = (r.done(1, "refine")["label_precision"] for r in (run, alone[1]))
+    assert with_variants == 1.0 > without
 
 
 def test_consolidate_labels_the_newest_self_taught_difficulties_again(tmp_path, fake_recipe):

@@ -100,3 +100,21 @@ def test_shipped_addition_model_solves_its_training_range():
     probs = task.problems(3, 20, seed=11)
     gens = HFBackend(str(ZOO / "addition")).generate([p.prompt for p in probs], [0] * 20, 0.0, 10)
     assert sum(task.check(p, g.text) for p, g in zip(probs, gens)) >= 18
+
+
+def test_the_addition_models_answers_to_equivalent_prompts_outvote_its_mistakes():
+    """One digit past its range, the addition-ladder's model answers 60 sums asked 4 ways each: the
+    labels all 4 answers agree on are right, more often than its answers to the prompts alone."""
+    from evolvelm.acquire.ladder import sample
+    from evolvelm.refine.filters import FilterContext, run_chain
+
+    task = get_task("addition")
+    probs = {p.prompt: p for p in task.problems(6, 60, seed=5)}
+    samples = sample(HFBackend(str(ZOO / "addition-seed2")), list(probs.values()), 1, 0, 1, 1.0, True,
+                     quiet=True, variants=3)
+    run_chain(["vote"], samples, FilterContext(samples_per_problem=4, vote_agreement=1.0))
+    right = [task.check(probs[s.prompt], s.completion) for s in samples]
+    greedy = [ok for s, ok in zip(samples, right) if s.k == 0]
+    kept = [ok for s, ok in zip(samples, right) if s.kept]
+    assert len(samples) == 240 and len(kept) >= 40
+    assert sum(kept) / len(kept) > sum(greedy) / len(greedy)

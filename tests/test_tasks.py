@@ -34,6 +34,25 @@ def test_drawn_addition_problems_never_wrap_their_hints_up_to_25_digits():
     assert {s for d, s in starts if d == 5} == set(LETTERS[:21]) and {s for d, s in starts if d == 25} == {"a"}
 
 
+def test_addition_variants_ask_the_same_sum_and_their_answers_map_back():
+    task = get_task("addition")
+
+    def operands(prompt):  # the digits of each operand (least significant first) and the first hint
+        return tuple(x[1::2] for x in prompt[1:-1].split("+")), LETTERS.index(prompt[1])
+
+    for d in (1, 4, 24):
+        for p in task.problems(d, 30, seed=2):
+            (a, b), _ = operands(p.prompt)
+            for i in (1, 2, 3):
+                prompt, back = task.variant(p.prompt, i)
+                assert prompt == task.variant(p.prompt, i)[0]  # fixed by (prompt, i)
+                (x, y), start = operands(prompt)
+                assert (x, y) == ((b, a) if i % 2 else (a, b))  # odd i: operands swapped
+                answer = addition_prompt(int(x[::-1]), int(y[::-1]), start)[1]  # its true answer, its own hints
+                assert back(answer) == p.answer and back(answer[:-1]) != p.answer
+    assert all(TASKS[name].variant is None for name in ("copy", "reverse", "chain"))
+
+
 def test_held_out_splits_are_fixed_disjoint_and_excluded_from_training_draws():
     task = get_task("copy")
     first = splits(task, 5, 50, 30, seed=7)

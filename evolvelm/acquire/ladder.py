@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Callable
 
 from tqdm import tqdm
 
@@ -22,31 +23,37 @@ def draw_problems(skill: str, difficulty: int, n: int, run_seed: int, rnd: int, 
 
 
 def sample(backend, problems: list[Problem], rnd: int, run_seed: int, k: int, temperature: float,
-           greedy_first: bool, quiet: bool = False, member: int = 0) -> list[Sample]:
-    """Draw k answers per problem; answer j of problem p is seeded by (run seed, round, p, j), and by
+           greedy_first: bool, quiet: bool = False, member: int = 0, variants: int = 0) -> list[Sample]:
+    """Draw k answers per problem, then with `variants` a greedy answer to each of that many equivalent
+    prompts (the task's `variant`), mapped back to an answer to the problem itself and stored under it,
+    with the prompt seen in `context`. Answer j of problem p is seeded by (run seed, round, p, j), and by
     the `member` of the voting population too when it is not the model itself (member 0).
 
     Samples come back ordered by problem, then j. The true answer is recorded for the
     benchmark's label-precision measurement; unsupervised filters never read it.
     """
-    jobs = [(p, j) for p in problems for j in range(k)]
+    def asked(p: Problem, j: int) -> tuple[str, Callable[[str], str]]:
+        return (p.prompt, str) if j < k else get_task(p.skill).variant(p.prompt, j - k + 1)
+
+    jobs = [(p, j) for p in problems for j in range(k + variants)]
     out: list[Sample] = []
     bar = tqdm(total=len(jobs), desc=f"acquire round {rnd}" + (f" (voter {member})" if member else ""),
                disable=quiet, leave=False)
     for i in range(0, len(jobs), CHUNK):
         chunk = jobs[i:i + CHUNK]
         for greedy in (True, False):  # greedy and sampled answers go to the backend separately
-            part = [(p, j) for p, j in chunk if (greedy_first and j == 0) == greedy]
+            part = [(p, j) for p, j in chunk if (j >= k or (greedy_first and j == 0)) == greedy]
             if not part:
                 continue
             temp = 0.0 if greedy else temperature
             seeds = [derive_seed(run_seed, rnd, p.id, j, *([member] if member else [])) for p, j in part]
             max_new = max(get_task(p.skill).answer_lengths(p.difficulty)[1] for p, _ in part) + 2
-            for (p, j), g in zip(part, backend.generate([p.prompt for p, _ in part], seeds, temp, max_new)):
+            seen = [asked(p, j) for p, j in part]
+            for (p, j), (prompt, back), g in zip(part, seen, backend.generate([q for q, _ in seen], seeds, temp, max_new)):
                 out.append(Sample(round=rnd, skill=p.skill, difficulty=p.difficulty, prompt=p.prompt,
-                                  completion=g.text, model_version=backend.version, seed=g.seed, k=j,
+                                  completion=back(g.text), model_version=backend.version, seed=g.seed, k=j,
                                   temperature=temp, mean_logprob=sum(g.logprobs) / max(1, len(g.logprobs)),
-                                  true_answer=p.answer, member=member))
+                                  true_answer=p.answer, member=member, context="" if prompt == p.prompt else prompt))
         bar.update(len(chunk))
     bar.close()
     position = {(p.skill, p.prompt): i for i, p in enumerate(problems)}

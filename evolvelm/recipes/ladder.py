@@ -147,7 +147,8 @@ def acquire(cfg: Config, run: Run, rnd: int, state: dict, held: dict, quiet: boo
         for d in [*again, *range(level + 1, level + state.get("step", a.step) + 1)]:
             problems = draw_problems(skill, d, a.problems, cfg.seed, rnd, held[skill].get(d, frozenset()))
             got = [smp for i, b in enumerate(backends)
-                   for smp in sample(b, problems, rnd, cfg.seed, a.samples, a.temperature, a.greedy_first, quiet, member=i)]
+                   for smp in sample(b, problems, rnd, cfg.seed, a.samples, a.temperature, a.greedy_first, quiet,
+                                     member=i, variants=a.variants)]
             unanimity.setdefault(skill, {})[d] = round(unanimous_share(got), 4)
             if a.feedback and get_task(skill).judge:
                 retries = [r for i, b in enumerate(backends)
@@ -171,7 +172,7 @@ def refine(cfg: Config, run: Run, rnd: int, state: dict) -> None:
     t0 = time.time()
     samples = run.samples(rnd)
     strict = strictness(cfg, state.get("strict", 0))
-    ctx = FilterContext(cfg.acquire.samples, strict.get("vote_agreement", cfg.refine.vote_agreement),
+    ctx = FilterContext(cfg.acquire.samples + cfg.acquire.variants, strict.get("vote_agreement", cfg.refine.vote_agreement),
                         cfg.refine.min_agreement, members=len(members(state)),
                         problems=Counter((sk, d) for sk, d, _ in {(s.skill, s.difficulty, s.prompt) for s in samples}),
                         model_vote_min=strict.get("model_vote_min", cfg.refine.model_vote_min),
@@ -187,7 +188,7 @@ def refine(cfg: Config, run: Run, rnd: int, state: dict) -> None:
                                                and all(v.kept for v in s.verdicts[:pos + 1])])
     kept = [s for s in samples if s.kept]
     run.commit(rnd, "refine", {"chain": cfg.refine.chain, "filters": counts, "strictness": strict, "kept": len(kept),
-                               "kept_retries": sum(1 for s in kept if s.context),
+                               "kept_retries": sum(1 for s in kept if s.k >= cfg.acquire.samples + cfg.acquire.variants),
                                "label_precision": precision([i for i, s in enumerate(samples) if s.kept]), "seconds": round(time.time() - t0, 2)},
                samples=samples, verdicts=True)
 

@@ -51,6 +51,9 @@ class Task:
     # and votes compare only this. None: the whole completion is the answer.
     rationale: Callable[[str, str], bool] | None = None
     # rationale: (prompt, completion) -> whether the scratchpad itself is right (benchmark measurement only)
+    variant: Callable[[str, int], tuple[str, Callable[[str], str]]] | None = None
+    # variant: (prompt, i) -> the same problem asked another way (i = 1, 2, ...), and the map from an answer
+    # to it back to an answer to the prompt. None: the skill has no equivalent prompts (`acquire.variants`).
 
     def answer_of(self, completion: str) -> str:
         """The final answer a completion gives (all of it, unless the task writes a scratchpad)."""
@@ -127,6 +130,21 @@ def operand(d: int, rng: random.Random) -> int:
 def _addition(d: int, rng: random.Random) -> tuple[str, str]:
     a, b = operand(d, rng), operand(d, rng)
     return addition_prompt(a, b, hint_start(d + 1, rng))
+
+
+def _addition_variant(prompt: str, i: int) -> tuple[str, Callable[[str], str]]:
+    """The same sum with hints from another start letter, operands swapped for odd i: variants 1 and 2
+    take the first of the other straight starts in an order drawn from the prompt, 3 and 4 the second,
+    and so on. An answer to it maps back by writing its digits with the prompt's own hints. A model's
+    systematic mistakes, tied to a place or to hint letters, then show as disagreement between the
+    answers to equivalent prompts (addition-ladder, README)."""
+    a, b = (operand[1::2] for operand in prompt[1:-1].split("+"))  # hint letters at even positions
+    start = LETTERS.index(prompt[1])
+    others = [s for s in range(max(1, 27 - max(len(a), len(b)) - 1)) if s != start] or [start]
+    random.Random(prompt).shuffle(others)
+    new = others[(i - 1) // 2 % len(others)]
+    x, y = (b, a) if i % 2 else (a, b)
+    return f"A{hinted(x, new)}+{hinted(y, new)}=", lambda answer: hinted(re.sub("[a-z]", "", answer), start)
 
 
 def _echo(d: int, rng: random.Random) -> tuple[str, str]:
@@ -240,7 +258,8 @@ TASKS: dict[str, Task] = {
     "echo": Task("echo", _echo, lambda d: (d, d), lambda d: len(ECHO_CHARS) ** d),
     "shift": Task("shift", _shift, lambda d: (d, d), lambda d: 26**d),
     "addition": Task("addition", _addition, lambda d: (2 * d, 2 * d + 2),
-                     lambda d: max(1, 26 - d) * (100 if d == 1 else (9 * 10 ** (d - 1)) ** 2), "hinted-2"),
+                     lambda d: max(1, 26 - d) * (100 if d == 1 else (9 * 10 ** (d - 1)) ** 2), "hinted-2",
+                     variant=_addition_variant),
     "expr": Task("expr", _expr, lambda d: (d, 2 * d + 1), lambda d: 9 * 10 ** (d - 1), "expr-sandbox-1", _judge_expr),
     "chain": Task("chain", _chain, lambda d: (3 * d + 4, 3 * d + 4), lambda d: 10 ** (d + 1), "final-1",
                   final=chain_final, rationale=chain_valid),

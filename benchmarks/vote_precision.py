@@ -12,6 +12,9 @@ labels (the baseline), and the wall time of the row. Filters measured:
     min-logprob >= x       greedy answers whose least likely token has log-probability >= x
     models m/n             with --voters: the greedy answer of at least m of the n models (the model
                            and its independently seeded voters) agrees with the model's own
+    variants m/n           skills with equivalent prompts (addition): at least m of the greedy answers
+                           to the problem and to its n - 1 variants (`acquire.variants`) agree with the
+                           answer to the problem itself
 """
 from __future__ import annotations
 
@@ -37,6 +40,8 @@ def main() -> None:
     ap.add_argument("--logprob", type=float, nargs="+", default=[-0.05, -0.1, -0.3])
     ap.add_argument("--voters", nargs="*", default=["zoo:copy-reverse-seed1", "zoo:copy-reverse-seed2"],
                     help="independently seeded models for the cross-model vote (none: skip it)")
+    ap.add_argument("--variants", type=int, nargs="+", default=[3, 7],
+                    help="equivalent prompts per problem, for skills that have them")
     args = ap.parse_args()
     from transformers.utils import logging as hf_logging
 
@@ -81,6 +86,16 @@ def main() -> None:
             for m in range(2, n + 1):
                 kept = [i for i in range(len(probs)) if 1 + sum(o[i].text == greedy[i].text for o in others) >= m]
                 row(f"models {m}/{n}", kept, time.time() - t0, base)
+        if task.variant and args.variants:
+            t0 = time.time()
+            asked = [[task.variant(p, i) for p in prompts] for i in range(1, max(args.variants) + 1)]
+            others = [[back(g.text) for (_, back), g in zip(vs, backend.generate([q for q, _ in vs], [0] * len(vs), 0.0, max_new))]
+                      for vs in asked]
+            for v in args.variants:
+                n = 1 + v
+                for m in range(-(-3 * n // 4), n + 1):  # from three quarters of the answers to all of them
+                    kept = [i for i in range(len(probs)) if 1 + sum(o[i] == greedy[i].text for o in others[:v]) >= m]
+                    row(f"variants {m}/{n}", kept, time.time() - t0, base)
 
 
 if __name__ == "__main__":

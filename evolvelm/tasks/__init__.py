@@ -140,7 +140,8 @@ def _addition_variant(prompt: str, i: int) -> tuple[str, Callable[[str], str]]:
     answers to equivalent prompts (addition-ladder, README)."""
     a, b = (operand[1::2] for operand in prompt[1:-1].split("+"))  # hint letters at even positions
     start = LETTERS.index(prompt[1])
-    others = [s for s in range(max(1, 27 - max(len(a), len(b)) - 1)) if s != start] or [start]
+    places = max(len(a), len(b)) + 1  # of the answer, as `hint_start` counts them
+    others = [s for s in range(max(1, 27 - places)) if s != start] or [start]
     random.Random(prompt).shuffle(others)
     new = others[(i - 1) // 2 % len(others)]
     x, y = (b, a) if i % 2 else (a, b)

@@ -104,7 +104,7 @@ def test_labeled_set_ships_with_the_model_and_is_never_held_out():
     assert [sum(p.difficulty == d for p in problems) for d in (1, 2, 3, 4)] == [50, 100, 100, 100]
     h = held(cfg, Run("."))["chain"]  # the splits are drawn around the labeled problems
     assert not any(p.prompt in h[p.difficulty] for p in problems)
-    assert [len(h[d]) for d in (1, 2, 3, 4)] == [50, 500, 2000, 2000]  # a quarter of 100 and 1000 distinct at most
+    assert [len(h[d]) for d in (1, 2, 3, 4)] == [50, 500, 2000, 2000]  # test + dev: each up to 1000, a quarter of the distinct prompts at most
     assert all(get_task("chain").check(p, p.answer) and chain_valid(p.prompt, p.answer) for p in problems)
     drawn_around = held_out_prompts(get_task("chain"), 4, 200, 200, cfg.eval.seed)  # the splits when it was drawn
     assert problems == draw_labeled("chain", 400, 4, drawn_around)  # how zoo:chain's labeled.jsonl was drawn

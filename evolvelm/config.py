@@ -133,7 +133,8 @@ class SemisupConfig:
     labeled_file: str = ""           # the labeled set, JSON lines of skill, difficulty, prompt, answer; empty: the
                                      # labeled.jsonl beside the model (what zoo:chain was trained on)
     labeled_weight: float = 0.3      # share of the training mixture on the labeled set
-    demos: int = 2                   # semievol: nearest labeled examples put before each unlabeled problem
+    demos: int = 2                   # semievol: nearest labeled examples put before each unlabeled problem (and
+                                     # before each labeled one, in a second copy the update trains on too)
     beta: float = 0.1                # pairs: DPO temperature
     pairs_per_problem: int = 2       # pairs: (right, wrong) pairs formed per problem at most
     rpo_alpha: float = 0.0           # pairs: weight of the chosen answers' NLL per token beside DPO (RPO); 0: DPO alone

@@ -8,13 +8,12 @@ import pytest
 
 from evolvelm import config
 from evolvelm.config import ConfigError
-from evolvelm.evaluate.suite import held_out_prompts
-from evolvelm.recipes.semisup import (balance, demonstrations, draw_labeled, held, labeled_set, monitor,
-                                     training_mixture)
+from evolvelm.recipes.semisup import balance, demonstrations, held, labeled_set, monitor, training_mixture
 from evolvelm.refine.filters import FilterContext, cap, consistency, vote
 from evolvelm.store.run import Run
 from evolvelm.tasks import chain_steps, chain_valid, get_task, hint_prompt
 from evolvelm.types import Example, Problem, Sample
+from evolvelm.zoo.train import SPECS, labeled_problems
 from test_resume import evolvelm, outcome
 
 SMALL = ["rounds=2", "acquire.problems=15", "acquire.samples=4", "update.steps=20", "eval.problems=20",
@@ -106,8 +105,7 @@ def test_labeled_set_ships_with_the_model_and_is_never_held_out():
     assert not any(p.prompt in h[p.difficulty] for p in problems)
     assert [len(h[d]) for d in (1, 2, 3, 4)] == [50, 500, 2000, 2000]  # test + dev: each up to 1000, a quarter of the distinct prompts at most
     assert all(get_task("chain").check(p, p.answer) and chain_valid(p.prompt, p.answer) for p in problems)
-    drawn_around = held_out_prompts(get_task("chain"), 4, 200, 200, cfg.eval.seed)  # the splits when it was drawn
-    assert problems == draw_labeled("chain", 400, 4, drawn_around)  # how zoo:chain's labeled.jsonl was drawn
+    assert problems == labeled_problems(SPECS["chain"])  # `python -m evolvelm.zoo.train --model chain` draws it again
 
 
 def test_semisup_config_and_labeled_file_are_checked(tmp_path):
@@ -183,6 +181,11 @@ def test_semievol_answers_after_demonstrations_and_keeps_by_consistency(tmp_path
     rows = run.query("SELECT prompt, context FROM samples WHERE round=1")
     assert rows and all(r["context"].endswith(r["prompt"]) and len(r["context"]) > len(r["prompt"]) for r in rows)
     assert {r["filter"] for r in run.query("SELECT DISTINCT filter FROM verdicts WHERE round=1")} == {"consistency", "dedup"}
+    examples, new = training_mixture(run.config(), run, 1)  # the labeled set plain and after its demonstrations
+    labeled = labeled_set(run.config(), run)
+    shown = [x.prompt for x in examples[:2 * len(labeled)]]
+    assert new == run.done(1, "refine")["kept"] and len(examples) == 2 * len(labeled) + new
+    assert shown == [p.prompt for p in labeled] + [demonstrations(p.prompt, labeled, 2) + p.prompt for p in labeled]
 
 
 def test_pairs_trains_an_adapter_with_dpo(tmp_path):

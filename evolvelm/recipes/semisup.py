@@ -22,7 +22,8 @@ Round 0 evaluates it. Every later round runs, in order:
     update   lmsi, star, semievol: continue from the last promoted model on the labeled set
              (`semisup.labeled_weight`), this round's labels (`update.new_weight` of the rest) and
              earlier promoted rounds' labels; rest-em: from the base model, on the labeled set and
-             this round's labels only; pairs: DPO on (right, wrong) answers of the same problem, the
+             this round's labels only; semievol: the labeled set also after its demonstrations, so
+             the model keeps reading them; pairs: DPO on (right, wrong) answers of the same problem, the
              LoRA adapter continued, the reference the base with the adapter disabled; labeled: the
              labeled set alone (the baseline)
     eval     greedy accuracy of the final answer per difficulty on the fixed test and dev splits
@@ -257,8 +258,10 @@ def refine(cfg: Config, run: Run, rnd: int) -> None:
 
 def training_mixture(cfg: Config, run: Run, rnd: int) -> tuple[list[Example], int]:
     """The update's weighted examples and how many of them are this round's labels."""
-    s, method = cfg.semisup, cfg.semisup.method
-    labeled = [Example(p.prompt, p.answer) for p in labeled_set(cfg, run)]
+    s, method, problems = cfg.semisup, cfg.semisup.method, labeled_set(cfg, run)
+    labeled = [Example(p.prompt, p.answer) for p in problems]
+    if method == "semievol" and s.demos:  # and after their demonstrations, so the model keeps reading them
+        labeled += [Example(demonstrations(p.prompt, problems, s.demos) + p.prompt, p.answer) for p in problems]
     if method == "labeled":
         return labeled, 0
     label = lambda r: [Example(x.prompt, x.completion) for x in run.samples(r) if x.kept]

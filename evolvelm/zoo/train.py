@@ -69,8 +69,9 @@ SPECS = {
     # examples in context): 30% after their 2 nearest, the shipped spec until then: 100/87/66/53%, and
     # examples in context cut it to 40/42/26/15% (it copied their running sums); one copy after 2 nearest:
     # 96/82/58/34%; after 1-2 nearest and 1-2 random: 92/88/76/59%; this spec: 88/91/87/82%; with 4
-    # random copies: 92/90/84/69% (one seed each; the variants were edits of labeled_examples, not kept). Our reading: after other problems, the answers no longer
-    # stand where they were learned by heart. Measured earlier, trained without examples in context:
+    # random copies: 92/90/84/69% (one seed each; the variants were edits of labeled_examples, not kept).
+    # Our reading: after other problems, the answers no longer stand where they were learned by heart.
+    # Measured earlier, trained without examples in context:
     # 400 labels 99/88/72/52%, 800 labels 98/98/89/74%. A first chain skill with +, - and * and one fixed
     # order of steps went from 38/18/17/12% (200 labels) and 65/42/21/18% (400) to ~100% (600): the
     # partly competent model's mistakes were systematic (with 400 labels the majority of 8 samples was

@@ -4,6 +4,7 @@ held-out splits, against the base model and SFT on the labeled set alone.
     python benchmarks/semisup.py                                      # every arm x 5 rounds on 2 cores
     python benchmarks/semisup.py --methods labeled lmsi --rounds 3 --out semisup.json
     python benchmarks/semisup.py --methods lmsi-T1.2 bstar-T --seeds 0 1 2    # final accuracy: mean of 3 seeds
+    python benchmarks/semisup.py --load seeds01.json seeds23.json     # the tables of earlier --out files, merged
 
 Arms (the shipped recipes; `labeled` is lmsi.yaml with semisup.method=labeled: the same update on
 the labeled set alone, the baseline):
@@ -22,8 +23,9 @@ round's candidate), pass@1, pass@k,
 distinct right rationales per problem, answer diversity, precision of the kept labels (final answer)
 and of their whole scratchpads, wall time (per seed with --seeds). Then per arm: final accuracy (the
 mean over seeds, and each seed's), its error against the labeled baseline's, how many promoted rounds
-lowered test accuracy (and the largest drop), and, for lmsi, the precision of the majority answer by
-its number of votes (all rounds).
+lowered test accuracy (and the largest drop); with several seeds, every two arms' paired difference
+(the same seed gives both arms the same unlabeled draws and splits); for lmsi, the precision of the
+majority answer by its number of votes (all rounds).
 """
 from __future__ import annotations
 
@@ -103,6 +105,45 @@ def print_rounds(name: str, res: dict) -> None:
               f"{fmt(r['rationale_precision']):>7s} {r['seconds']:6.1f}")
 
 
+def arm_result(runs: dict[int, dict]) -> dict:
+    """One arm's runs by seed, with its base accuracy, its final accuracy (mean over seeds) and each seed's."""
+    finals = [runs[seed]["final"] for seed in sorted(runs)]
+    return {"seeds": dict(sorted(runs.items())), "base": next(iter(runs.values()))["base"],
+            "final": round(sum(finals) / len(finals), 4), "finals": finals}
+
+
+def load(paths: list[Path]) -> dict:
+    """Merge the `--out` files of earlier runs (same rounds and overrides, seeds told apart) into one result."""
+    runs: dict[str, dict[int, dict]] = defaultdict(dict)
+    first = None
+    for path in paths:
+        data = json.loads(path.read_text())
+        setting = {"rounds": data["rounds"], "overrides": data["overrides"]}
+        if first is not None and setting != first:
+            sys.exit(f"{path}: measured with {setting}, not {first} like {paths[0]}; merge like with like")
+        first = setting
+        for arm, res in data["arms"].items():
+            for seed, run in res["seeds"].items():
+                if int(seed) in runs[arm]:
+                    sys.exit(f"{path}: {arm} seed {seed} is already in an earlier file")
+                runs[arm][int(seed)] = run
+    return {arm: arm_result(r) for arm, r in runs.items()}
+
+
+def paired(a: dict, b: dict) -> dict | None:
+    """Arm a's final accuracy minus arm b's over the seeds both ran (runs of one seed share their unlabeled
+    draws, dev and test splits): the mean difference, its standard error, and how many seeds a was higher,
+    equal, lower. None with fewer than two seeds in common."""
+    common = sorted(set(a["seeds"]) & set(b["seeds"]))
+    if len(common) < 2:
+        return None
+    d = [a["seeds"][s]["final"] - b["seeds"][s]["final"] for s in common]
+    mean = sum(d) / len(d)
+    se = (sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d)) ** 0.5
+    return {"seeds": len(d), "mean": round(mean, 4), "se": round(se, 4), "higher": sum(x > 0 for x in d),
+            "equal": sum(x == 0 for x in d), "lower": sum(x < 0 for x in d)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--methods", nargs="+", default=list(ARMS), choices=list(ARMS))
@@ -110,24 +151,27 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0],
                     help="run seeds (sampling, training, unlabeled draws); the final accuracy is their mean")
     ap.add_argument("--out", type=Path, help="write the tables as JSON")
+    ap.add_argument("--load", nargs="+", type=Path, metavar="JSON",
+                    help="run nothing: print the tables of earlier --out files, their seeds merged")
     ap.add_argument("overrides", nargs="*", help="recipe overrides, e.g. acquire.problems=200")
     args = ap.parse_args()
-    results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for arm in args.methods:
-            runs = {}
-            for seed in args.seeds:
-                runs[seed] = measure(arm, seed, args.rounds, args.overrides, Path(tmp))
-                print(f"{arm} seed {seed}: done in {runs[seed]['seconds']:.0f}s", file=sys.stderr, flush=True)
-            finals = [r["final"] for r in runs.values()]
-            results[arm] = {"seeds": runs, "base": runs[args.seeds[0]]["base"], "final": round(sum(finals) / len(finals), 4),
-                            "finals": finals}
-            if args.out:  # after every arm, so that a stopped benchmark keeps what it measured
-                args.out.write_text(json.dumps({"rounds": args.rounds, "seeds": args.seeds, "overrides": args.overrides,
-                                                "arms": results}, indent=2))
+    if args.load:
+        results = load(args.load)
+    else:
+        results = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for arm in args.methods:
+                runs = {}
+                for seed in args.seeds:
+                    runs[seed] = measure(arm, seed, args.rounds, args.overrides, Path(tmp))
+                    print(f"{arm} seed {seed}: done in {runs[seed]['seconds']:.0f}s", file=sys.stderr, flush=True)
+                results[arm] = arm_result(runs)
+                if args.out:  # after every arm, so that a stopped benchmark keeps what it measured
+                    args.out.write_text(json.dumps({"rounds": args.rounds, "seeds": args.seeds, "overrides": args.overrides,
+                                                    "arms": results}, indent=2))
     for arm, res in results.items():
         for seed, run in res["seeds"].items():
-            print_rounds(arm if len(args.seeds) == 1 else f"{arm}, seed {seed}", run)
+            print_rounds(arm if len(res["seeds"]) == 1 else f"{arm}, seed {seed}", run)
     base_err = 1 - results["labeled"]["final"] if "labeled" in results else None
     print(f"\n{'method':14s} {'base':>6s} {'final':>6s} {'error':>6s} {'error / labeled-only error':>26s} "
           f"{'promoted rounds lowering test':>29s}  finals per seed")
@@ -137,10 +181,16 @@ def main() -> None:
         lowered = f"{sum(d > 0 for d in fell)} of {len(fell)}" + (f" (max {max(fell):.4f})" if any(fell) else "")
         print(f"{arm:14s} {res['base']:6.3f} {res['final']:6.3f} {1 - res['final']:6.3f} {ratio:>26s} {lowered:>29s}  "
               + " ".join(f"{f:.3f}" for f in res["finals"]))
+    pairs = [(a, b, paired(results[a], results[b])) for i, a in enumerate(results) for b in list(results)[i + 1:]]
+    if any(p for _, _, p in pairs):
+        print("\npaired difference of final accuracy over the seeds both arms ran: mean (standard error), seeds higher/equal/lower")
+        for a, b, p in pairs:
+            if p:
+                print(f"{a + ' - ' + b:30s} {p['mean']:+.4f} ({p['se']:.4f})  {p['higher']}/{p['equal']}/{p['lower']} of {p['seeds']}")
     if "lmsi" in results:
-        print("\nlmsi: precision of the majority answer by its votes (of k), all rounds" + (", first seed" if len(args.seeds) > 1 else ""))
-        print("  ".join(f"{m}: {p:.3f}" for m, p in results["lmsi"]["seeds"][args.seeds[0]]["precision_by_margin"].items()))
-
+        seeds = results["lmsi"]["seeds"]
+        print("\nlmsi: precision of the majority answer by its votes (of k), all rounds" + (", first seed" if len(seeds) > 1 else ""))
+        print("  ".join(f"{m}: {p:.3f}" for m, p in next(iter(seeds.values()))["precision_by_margin"].items()))
 
 if __name__ == "__main__":
     main()

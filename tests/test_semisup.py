@@ -71,7 +71,10 @@ def test_balance_score_rewards_distinct_right_answers_and_precision():
     group[2].kept = False  # dropping the wrong answer raises exploitation
     assert balance(group, right, 2) == pytest.approx((1.0 + 0.5) / 2)
     group.append(s("11,12|2", 1, prompt="M11=", truth="11,12|2"))
-    right.append(True)  # one right answer kept twice: exploitation 1 distinct right of 2 kept
+    right.append(True)  # one right answer kept twice counts once, as in the authors' code
+    assert balance(group, right, 2) == pytest.approx((1.0 + 0.5) / 2)
+    group.append(s("11,13|3", 2, prompt="M11=", truth="11,12|2"))
+    right.append(False)  # a wrong answer kept beside it halves that problem's exploitation
     assert balance(group, right, 2) == pytest.approx((1.0 + 0.5 * 0.5) / 2)
     for x in group:
         x.kept = False
@@ -240,3 +243,29 @@ def test_kill_during_update_then_resume_matches(lmsi_run, tmp_path):
     resumed = evolvelm("resume", str(run_dir), timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert outcome(run_dir) == outcome(lmsi_run)
+
+
+def test_benchmark_merges_seeds_and_pairs_arms(tmp_path):
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("bench_semisup", Path(__file__).parent.parent / "benchmarks" / "semisup.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    run = lambda final: {"final": final, "base": 0.8, "rounds": []}
+    out = lambda seeds, overrides=(): {"rounds": 5, "overrides": list(overrides), "arms": {
+        "a": {"seeds": {str(k): run(v) for k, v in seeds["a"].items()}},
+        "b": {"seeds": {str(k): run(v) for k, v in seeds["b"].items()}}}}
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    one.write_text(json.dumps(out({"a": {0: 0.90, 1: 0.92}, "b": {0: 0.91, 1: 0.92}})))
+    two.write_text(json.dumps(out({"a": {2: 0.95}, "b": {2: 0.93}})))
+    merged = bench.load([one, two])
+    assert merged["a"]["finals"] == [0.90, 0.92, 0.95] and merged["a"]["final"] == pytest.approx(0.9233, abs=1e-4)
+    p = bench.paired(merged["a"], merged["b"])  # differences -0.01, 0, +0.02
+    assert (p["seeds"], p["higher"], p["equal"], p["lower"]) == (3, 1, 1, 1)
+    assert p["mean"] == pytest.approx(0.0033, abs=1e-4) and p["se"] == pytest.approx(0.0088, abs=1e-4)
+    assert bench.paired(bench.load([two])["a"], bench.load([two])["b"]) is None  # one seed: no spread
+    with pytest.raises(SystemExit, match="already in"):
+        bench.load([one, one])
+    two.write_text(json.dumps(out({"a": {2: 0.95}, "b": {2: 0.93}}, ["acquire.problems=100"])))
+    with pytest.raises(SystemExit, match="like with like"):
+        bench.load([one, two])

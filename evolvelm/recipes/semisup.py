@@ -153,25 +153,21 @@ def demonstrations(prompt: str, labeled: list[Problem], n: int) -> str:
 
 def balance(samples: list[Sample], right: list[bool], n_star: int) -> float:
     """B-STaR's balance score of one selection, averaged over problems: min(n'/n*, 1) (exploration)
-    times n'/n (exploitation), where n' counts the distinct right answers kept for the problem and n
-    all the answers kept, repeats included (so a selection of one answer repeated scores low); 0 when
-    none is kept. Score a selection before deduplication."""
-    kept: dict[tuple[str, str], list[tuple[Sample, bool]]] = defaultdict(list)
-    problems = {(s.skill, s.prompt) for s in samples}
+    times n'/n (exploitation), where n' counts the distinct right answers kept for the problem and n the
+    distinct answers kept; 0 when none is kept. Repeats count once, as in the authors' code, which
+    scores the selection after deduplication."""
+    kept: dict[tuple[str, str], dict[str, bool]] = defaultdict(dict)
     for s, ok in zip(samples, right):
         if s.kept:
-            kept[(s.skill, s.prompt)].append((s, ok))
-    score = 0.0
-    for g in kept.values():
-        distinct_right = len({s.completion for s, ok in g if ok})
-        score += min(distinct_right / n_star, 1.0) * distinct_right / len(g)
-    return score / len(problems)
+            kept[(s.skill, s.prompt)][s.completion] = ok
+    problems = {(s.skill, s.prompt) for s in samples}
+    return sum(min(sum(g.values()) / n_star, 1.0) * sum(g.values()) / len(g) for g in kept.values()) / len(problems)
 
 
 def choose(cfg: Config, run: Run, model, rnd: int, quiet: bool) -> dict:
     """B-STaR: the sampling temperature and vote agreement with the best balance score on a slice of
     the dev split (labeled, never trained on), each candidate scored on the same problems, on what the
-    chain keeps before its `dedup`."""
+    chain keeps."""
     e, s, avoid = cfg.eval, cfg.semisup, labeled_prompts(cfg, run)
     per = max(1, s.dev_slice // e.max_difficulty)
     dev = [p for sk in cfg.skills for d in range(1, e.max_difficulty + 1)
@@ -182,7 +178,7 @@ def choose(cfg: Config, run: Run, model, rnd: int, quiet: bool) -> dict:
         right = [ok for ok, _ in judged(drawn)]
         for a in s.thresholds or [cfg.refine.vote_agreement]:
             trial = copy.deepcopy(drawn)
-            run_chain([f for f in cfg.refine.chain if f != "dedup"], trial, FilterContext(cfg.acquire.samples, a, max_per_problem=cfg.refine.max_per_problem,
+            run_chain(cfg.refine.chain, trial, FilterContext(cfg.acquire.samples, a, max_per_problem=cfg.refine.max_per_problem,
                                                              nll_quantile=cfg.refine.nll_quantile))
             scores[(t, a)] = round(balance(trial, right, s.balance_n), 4)
     t, a = max(scores, key=lambda key: (scores[key], -abs(key[0] - cfg.acquire.temperature)))

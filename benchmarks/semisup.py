@@ -192,5 +192,6 @@ def main() -> None:
         print("\nlmsi: precision of the majority answer by its votes (of k), all rounds" + (", first seed" if len(seeds) > 1 else ""))
         print("  ".join(f"{m}: {p:.3f}" for m, p in next(iter(seeds.values()))["precision_by_margin"].items()))
 
+
 if __name__ == "__main__":
     main()

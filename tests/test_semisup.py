@@ -1,8 +1,10 @@
 """Learning from unlabeled data: the chain skill and its scratchpad checker, the semisup filters and
 monitoring on literal samples, and the recipes end to end on the shipped zoo:chain model."""
+import importlib.util
 import json
 import signal
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -246,8 +248,6 @@ def test_kill_during_update_then_resume_matches(lmsi_run, tmp_path):
 
 
 def test_benchmark_merges_seeds_and_pairs_arms(tmp_path):
-    import importlib.util
-    from pathlib import Path
     spec = importlib.util.spec_from_file_location("bench_semisup", Path(__file__).parent.parent / "benchmarks" / "semisup.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

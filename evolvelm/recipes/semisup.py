@@ -148,7 +148,13 @@ def demonstrations(prompt: str, labeled: list[Problem], n: int) -> str:
     want = Counter(prompt)
     near = sorted((i for i, p in enumerate(labeled) if p.prompt != prompt),
                   key=lambda i: (-sum((Counter(labeled[i].prompt) & want).values()), abs(len(labeled[i].prompt) - len(prompt)), i))
-    return "".join(labeled[i].prompt + labeled[i].answer for i in near[:n])
+    return written([labeled[i] for i in near[:n]])
+
+
+def written(problems: list[Problem]) -> str:
+    """Labeled problems with their answers, one after another: how examples go before a prompt, both
+    in SemiEvol's demonstrations and in the base model's training (`zoo.train`)."""
+    return "".join(p.prompt + p.answer for p in problems)
 
 
 def balance(samples: list[Sample], right: list[bool], n_star: int) -> float:

@@ -174,7 +174,7 @@ def labeled_examples(spec: dict, problems: list[Problem], rng: random.Random) ->
     """The labeled problems; a `hint_share` of them again with the answer as a hint (STaR); and each
     `context_copies` more times after 1 or 2 other labeled problems with their answers: the first copy
     after its nearest ones (SemiEvol's demonstrations), the others after random ones."""
-    from evolvelm.recipes.semisup import demonstrations
+    from evolvelm.recipes.semisup import demonstrations, written
 
     task = get_task(spec["skills"][0])
     out = [Example(p.prompt, p.answer) for p in problems]
@@ -185,7 +185,7 @@ def labeled_examples(spec: dict, problems: list[Problem], rng: random.Random) ->
         out.append(Example(demonstrations(p.prompt, problems, rng.randint(1, 2)) + p.prompt, p.answer))
         for _ in range(spec["context_copies"] - 1):
             shown = rng.sample(others, rng.randint(1, 2))
-            out.append(Example("".join(q.prompt + q.answer for q in shown) + p.prompt, p.answer))
+            out.append(Example(written(shown) + p.prompt, p.answer))
     return out
 
 

@@ -20,10 +20,10 @@ import argparse
 import json
 import time
 
-from evolvelm.acquire.ladder import derive_seed
+from evolvelm.acquire.sampling import derive_seed
 from evolvelm.backends.hf import HFBackend
 from evolvelm.evaluate.suite import splits
-from evolvelm.recipes.ladder import resolve
+from evolvelm.models import resolve
 from evolvelm.tasks import get_task, retry_prompt
 
 

@@ -7,7 +7,7 @@ puts the nearest ones there).
 One row per choice of examples and n; one column per difficulty (operations), plus wall seconds.
     none              the prompt alone (the baseline)
     nearest           the labeled problems with most characters in common, then closest length
-                      (`evolvelm.recipes.semisup.demonstrations`, what the semievol recipe uses)
+                      (`evolvelm.tasks.labeled.demonstrations`, what the semievol recipe uses)
     farthest          labeled problems of the same length with fewest characters in common
     random-same-len   random labeled problems of the same length
     random            random labeled problems
@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from evolvelm import config  # noqa: E402
 from evolvelm.evaluate.suite import splits  # noqa: E402
-from evolvelm.recipes.ladder import ZOO  # noqa: E402
-from evolvelm.recipes.semisup import demonstrations, read_labeled  # noqa: E402
+from evolvelm.models import ZOO  # noqa: E402
 from evolvelm.tasks import get_task  # noqa: E402
+from evolvelm.tasks.labeled import demonstrations, read_labeled  # noqa: E402
 
 
 def main() -> None:

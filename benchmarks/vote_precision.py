@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from evolvelm.acquire.ladder import derive_seed  # noqa: E402
-from evolvelm.recipes.ladder import ZOO  # noqa: E402
+from evolvelm.acquire.sampling import derive_seed  # noqa: E402
+from evolvelm.models import ZOO  # noqa: E402
 from evolvelm.tasks import get_task  # noqa: E402
 
 

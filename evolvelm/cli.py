@@ -1,6 +1,6 @@
 """The `evolvelm` command line: thin wrappers over recipes, the run directory and the report.
 
-    evolvelm run copy-ladder [--run-dir DIR] [key=value ...]   start a run
+    evolvelm run copy-ladder [key=value ...] [--run-dir DIR]   start a run (overrides before or after options)
     evolvelm resume RUN_DIR                                    continue from the first uncommitted stage
     evolvelm validate RECIPE [key=value ...]                   check a recipe without loading weights
     evolvelm ls [RUNS_DIR]                                     shipped recipes and runs
@@ -72,7 +72,8 @@ def _execute(run: Run, quiet: bool) -> int:
 def _load(a) -> config.Config:
     """The recipe with overrides; relative model and data paths are taken relative to the current directory."""
     cfg = config.load(a.recipe, a.overrides)
-    absolute = lambda ref: ref if not ref or ref.startswith("zoo:") or Path(ref).is_absolute() else str(Path(ref).resolve())
+    # a path that exists here is made absolute; anything else stays as written (zoo:NAME, a hub id)
+    absolute = lambda ref: str(Path(ref).resolve()) if ref and not ref.startswith("zoo:") and Path(ref).exists() else ref
     cfg.model.path, cfg.model.voters = absolute(cfg.model.path), [absolute(v) for v in cfg.model.voters]
     cfg.semisup.labeled_file = absolute(cfg.semisup.labeled_file)
     return cfg
@@ -220,7 +221,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args, extra = p.parse_known_args(argv)
+    if extra:  # key=value overrides may also come after options (`run RECIPE --run-dir DIR rounds=1`)
+        if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra):
+            p.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides += extra
     try:
         return args.fn(args)
     except (ConfigError, FileNotFoundError) as e:

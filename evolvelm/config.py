@@ -21,9 +21,14 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    path: str = "zoo:copy-reverse"   # HF checkpoint directory, or zoo:NAME for a shipped tiny model
+    path: str = "zoo:copy-reverse"   # a Hugging Face directory, a hub id in the local cache, a .gguf file, or
+                                     # zoo:NAME (a shipped tiny model, or zoo:smollm2-135m-instruct)
     backend: str = "hf"              # generation backend: hf | fake
-    device: str = "cpu"              # torch device for the hf backend
+    device: str = "auto"             # auto (CUDA when present, else cpu) | cpu | cuda | cuda:N
+    dtype: str = "auto"              # auto (float32 on the CPU, bfloat16 on a GPU) | float32 | bfloat16 | float16
+    chat: str = "auto"               # prompts through the model's chat template: auto (when it has one) | on | off
+    system: str = ""                 # chat: a system message before every prompt (empty: the template's default)
+    stop: list[str] = field(default_factory=list)  # generation also ends at any of these strings (cut from answers)
     batch_size: int = 512            # prompts per generation batch
     voters: list[str] = field(default_factory=list)  # independently seeded checkpoints that evolve beside the
                                      # model and vote with it in `model_vote` (zoo:NAME or paths)
@@ -165,7 +170,8 @@ class Config:
     semisup: SemisupConfig = field(default_factory=SemisupConfig)  # recipe semisup
 
 
-CHOICES = {"model.backend": sorted(BACKENDS), "update.method": ["full", "lora"], "recipe": ["ladder", "modular", "knowledge", "semisup"],
+CHOICES = {"model.backend": sorted(BACKENDS), "model.dtype": ["auto", "float32", "bfloat16", "float16"],
+           "model.chat": ["auto", "on", "off"], "update.method": ["full", "lora"], "recipe": ["ladder", "modular", "knowledge", "semisup"],
            "semisup.method": ["lmsi", "star", "rest-em", "semievol", "pairs", "labeled"],
            "knowledge.method": ["distill", "sft-qa", "sft-doc", "icl", "retrieval"],
            "modules.method": ["modular", "shared", "replay", "full"], "modules.router": ["hidden", "chars"],
@@ -277,12 +283,24 @@ def validate(cfg: Config) -> None:
                               f"labels; skills it can verify: {sorted(s for s, t in TASKS.items() if t.judge)}")
     if cfg.sandbox.level not in ("auto", "subprocess", "bwrap"):
         raise ConfigError(f"sandbox.level: must be one of ['auto', 'subprocess', 'bwrap'], got {cfg.sandbox.level!r}")
-    for key, value in [("rounds", cfg.rounds), ("acquire.problems", cfg.acquire.problems),
-                       ("acquire.samples", cfg.acquire.samples), ("acquire.step", cfg.acquire.step),
-                       ("update.steps", cfg.update.steps), ("eval.max_difficulty", cfg.eval.max_difficulty),
-                       ("eval.problems", cfg.eval.problems), ("eval.dev_problems", cfg.eval.dev_problems)]:
-        if value < 1:
-            raise ConfigError(f"{key}: must be >= 1, got {value}")
+    if cfg.model.device != "auto" and not (cfg.model.device == "cpu" or cfg.model.device.startswith(("cuda", "mps"))):
+        raise ConfigError(f"model.device: must be auto, cpu, cuda, cuda:N or mps, got {cfg.model.device!r}")
+    for key in ("rounds", "acquire.problems", "acquire.samples", "acquire.step", "update.steps",
+                "eval.max_difficulty", "eval.problems", "eval.dev_problems", "model.batch_size", "update.batch_size",
+                "update.lora_r", "update.lora_alpha", "sandbox.memory_mb"):
+        if _value(cfg, key) < 1:
+            raise ConfigError(f"{key}: must be >= 1, got {_value(cfg, key)}")
+    for key in ("update.lr", "sandbox.wall_s", "eval.threshold"):
+        if _value(cfg, key) <= 0:
+            raise ConfigError(f"{key}: must be > 0, got {_value(cfg, key)}")
+    for key in ("acquire.temperature", "update.warmup", "update.original", "acquire.start_level",
+                "refine.max_per_problem", "budget_minutes", "sandbox.workers", "gate.tolerance"):
+        if _value(cfg, key) < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {_value(cfg, key)}")
+    for key in ("refine.vote_agreement", "refine.min_agreement", "refine.min_diversity", "refine.nll_quantile",
+                "acquire.adaptive_agreement", "eval.threshold"):
+        if not 0 <= _value(cfg, key) <= 1:
+            raise ConfigError(f"{key}: must be in [0, 1], got {_value(cfg, key)}")
     if cfg.acquire.variants:
         without = [s for s in cfg.skills if TASKS[s].variant is None]
         if cfg.acquire.variants < 0 or without or cfg.recipe != "ladder":
@@ -313,6 +331,14 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"update.new_weight: must be in (0, 1], got {cfg.update.new_weight}")
     if not 0 <= cfg.update.original_weight <= 1 - cfg.update.new_weight:
         raise ConfigError(f"update.original_weight: must be in [0, 1 - update.new_weight], got {cfg.update.original_weight}")
+
+
+def _value(cfg: Config, key: str):
+    """The setting at a dotted key."""
+    node = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
 
 
 def to_dict(cfg: Config) -> dict:

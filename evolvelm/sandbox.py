@@ -424,6 +424,18 @@ def configure(level: str = "auto", allow_unsafe: bool = False, workers: int | No
         _shared = None
 
 
+def configure_from(sb) -> None:
+    """`configure` from a config's `sandbox` section (evolvelm.config.SandboxConfig)."""
+    configure(sb.level, sb.allow_unsafe, sb.workers, Limits(wall_s=sb.wall_s, cpu_s=max(1, int(sb.wall_s)), memory_mb=sb.memory_mb))
+
+
+def info(skills: list[str]) -> dict:
+    """{"sandbox": level description} when some skill executes its answers, for the eval manifest."""
+    from evolvelm.tasks import get_task
+
+    return {"sandbox": shared().describe()} if any(get_task(s).judge for s in skills) else {}
+
+
 def shared() -> Sandbox:
     """The sandbox configured by `configure`, built on first use."""
     global _shared

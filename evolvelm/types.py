@@ -33,6 +33,7 @@ class Generation:
     text: str                   # decoded completion, special tokens stripped
     logprobs: list[float]       # per generated token (incl. end-of-sequence): natural log, under the model at temperature 1
     seed: int                   # the seed that produced it
+    rendered: str = ""          # the prompt as the model read it (chat template, special tokens)
 
 
 @dataclass
@@ -63,6 +64,8 @@ class Sample:
     member: int = 0             # which model of the voting population answered (0 = the model itself)
     context: str = ""           # what the model saw beyond `prompt`: for a second try, the generated
                                 # prompt with the failed attempt and the executor's feedback
+    rendered: str = ""          # the text the model read, as its prompt format rendered it (special tokens,
+                                # chat template): what `prompt` (or `context`) became
     verdicts: list[Verdict] = field(default_factory=list)
     kept: bool = True           # AND of all verdicts
 

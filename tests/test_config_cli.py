@@ -71,7 +71,7 @@ def test_cli_exit_code_2_for_missing_files(capsys, tmp_path):
     assert run_cli("validate", "copy-ladder", "model.path=/nonexistent/model") == 2
     assert "directory not found: /nonexistent/model" in capsys.readouterr().err
     assert run_cli("validate", "copy-ladder", "model.voters=[zoo:nope]") == 2
-    assert "model.voters: no shipped model 'zoo:nope'" in capsys.readouterr().err
+    assert "model.voters: no zoo model 'zoo:nope'" in capsys.readouterr().err
     assert run_cli("resume", str(tmp_path / "missing-run")) == 2
 
 

@@ -8,7 +8,9 @@ import torch
 from evolvelm import config
 from evolvelm.backends.hf import HFBackend
 from evolvelm.cli import main
-from evolvelm.recipes.ladder import ZOO, run_recipe
+from evolvelm.models import ZOO
+from evolvelm.prompts import PromptFormat
+from evolvelm.recipes.ladder import run_recipe
 from evolvelm.store.run import Run
 from evolvelm.tasks import get_task
 from evolvelm.types import Example
@@ -66,7 +68,7 @@ def test_update_changes_parameters_and_the_loss_falls(method):
     assert (method == "lora") == bool(frozen)
     task = get_task("copy")
     examples = [Example(p.prompt, p.answer) for p in task.problems(9, 200, seed=5)]  # beyond its range
-    losses = sft.train(model, sft.tokenizer(MODEL), examples, steps=40, batch_size=16, lr=3e-3, seed=0, warmup=5, quiet=True)
+    losses = sft.train(model, PromptFormat.load(MODEL), examples, steps=40, batch_size=16, lr=3e-3, seed=0, warmup=5, quiet=True)
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
     changed = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, trainable[n])]
     assert changed
@@ -105,7 +107,7 @@ def test_shipped_addition_model_solves_its_training_range():
 def test_the_addition_models_answers_to_equivalent_prompts_outvote_its_mistakes():
     """One digit past its range, the addition-ladder's model answers 60 sums asked 4 ways each: the
     labels all 4 answers agree on are right, more often than its answers to the prompts alone."""
-    from evolvelm.acquire.ladder import sample
+    from evolvelm.acquire.sampling import sample
     from evolvelm.refine.filters import FilterContext, run_chain
 
     task = get_task("addition")

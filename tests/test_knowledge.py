@@ -5,9 +5,11 @@ import signal
 
 import pytest
 import torch
+from test_resume import evolvelm, outcome
 
 from evolvelm import config
 from evolvelm.config import ConfigError
+from evolvelm.prompts import PromptFormat
 from evolvelm.recipes.knowledge import grounded
 from evolvelm.store.memory import Memory
 from evolvelm.store.run import Run
@@ -15,7 +17,6 @@ from evolvelm.tasks import ALPHABET, facts
 from evolvelm.update import distill, sft
 from evolvelm.zoo.tokenizer import char_tokenizer
 from evolvelm.zoo.train import build
-from test_resume import evolvelm, outcome
 
 SMALL = ["rounds=2", "knowledge.people=4", "knowledge.documents=1", "knowledge.anchors=800", "update.steps=60",
          "eval.max_difficulty=2", "eval.problems=20", "eval.dev_problems=10"]
@@ -60,10 +61,11 @@ def test_distillation_changes_the_parameters_and_lowers_the_kl():
     tok = char_tokenizer(ALPHABET + facts.CHARS)
     teacher, student = (build(dict(hidden=32, layers=2, heads=2, rope=True), tok) for _ in range(2))
     prompts, answers = ["Qwho is ab?=", "Qwho is cd?="], ["xy", "zw"]
-    targets = distill.distributions(teacher, tok, ["ctx." + p for p in prompts], answers)
+    fmt = PromptFormat(tok)
+    targets = distill.distributions(teacher, fmt, ["ctx." + p for p in prompts], answers)
     assert targets[0].shape == (3, len(tok)) and torch.allclose(targets[0].sum(-1), torch.ones(3))
     before = [p.detach().clone() for p in student.parameters()]
-    losses = sft.train(student, tok, distill.soft_examples(prompts, answers, targets), 80, 4, 3e-3, seed=0, quiet=True)
+    losses = sft.train(student, fmt, distill.soft_examples(prompts, answers, targets), 80, 4, 3e-3, seed=0, quiet=True)
     assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
     assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
 

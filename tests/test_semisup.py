@@ -10,10 +10,11 @@ import pytest
 
 from evolvelm import config
 from evolvelm.config import ConfigError
-from evolvelm.recipes.semisup import balance, demonstrations, held, labeled_set, monitor, training_mixture
+from evolvelm.recipes.semisup import balance, held, labeled_set, monitor, training_mixture
 from evolvelm.refine.filters import FilterContext, cap, consistency, vote
 from evolvelm.store.run import Run
 from evolvelm.tasks import chain_steps, chain_valid, get_task, hint_prompt
+from evolvelm.tasks.labeled import demonstrations
 from evolvelm.types import Example, Problem, Sample
 from evolvelm.zoo.train import SPECS, labeled_problems
 from test_resume import evolvelm, outcome
@@ -208,13 +209,14 @@ def test_pairs_trains_an_adapter_with_dpo(tmp_path):
 def test_dpo_loss_starts_at_log_2_plus_rpo_times_the_chosen_nll():
     import torch
 
-    from evolvelm.recipes.ladder import ZOO
+    from evolvelm.models import ZOO
+    from evolvelm.prompts import PromptFormat
     from evolvelm.update import dpo, sft
 
     base = str(ZOO / "chain")
-    tok = sft.tokenizer(base)
+    tok = PromptFormat.load(base)
     pair = ("M352=", "33,58,20|0", "33,58,21|1")  # one pair: every batch holds it only
-    x, y, mask = sft.batch(tok, *sft.encode(tok, [Example(pair[0], pair[1])]))
+    x, y, mask = sft.batch(tok.pad_id, *sft.encode(tok, [Example(pair[0], pair[1])]))
     with torch.no_grad():
         logp, tokens = dpo.logps(sft.load_for_training(base, None, "full", 8, 16), x, y, mask)
     nll = -(logp / tokens).item()

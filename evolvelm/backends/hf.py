@@ -1,9 +1,16 @@
-"""transformers backend: local generation and scoring on CPU or one GPU, PEFT adapters."""
+"""transformers backend: local generation and scoring on CPU or one GPU, PEFT adapters.
+
+Prompts become tokens through the model's `PromptFormat` (raw or its chat template), the same one
+training uses. Generation batches prompts of similar length together (sorted by token count, then
+left-padded), which is what makes batching pay on real tokenizers; results come back in input order.
+"""
 from __future__ import annotations
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
+from transformers import AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
+from evolvelm.models import load_model, torch_device
+from evolvelm.prompts import PromptFormat
 from evolvelm.store.hashing import dir_hash
 from evolvelm.types import Generation
 
@@ -27,13 +34,27 @@ class SeededSampling(LogitsProcessor):
         return logp + gumbel.to(logp.device)
 
 
+def left_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input ids and attention mask of token rows, padded on the left to the longest."""
+    width = max(map(len, rows))
+    x = torch.full((len(rows), width), pad_id)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, seq in enumerate(rows):
+        if seq:
+            x[r, width - len(seq):], mask[r, width - len(seq):] = torch.tensor(seq), 1
+    return x, mask
+
+
 class HFBackend:
     """Batched generation with `model.generate`; per-token log-probs from the raw logits."""
 
-    def __init__(self, model_path: str, adapter: str | None = None, device: str = "cpu", batch_size: int = 256):
-        self.model_path, self.device, self.batch_size = model_path, device, batch_size
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
-        self.base = AutoModelForCausalLM.from_pretrained(model_path).to(device).eval()
+    def __init__(self, model_path: str, adapter: str | None = None, device: str = "auto", batch_size: int = 256,
+                 dtype: str = "auto", chat: str = "auto", system: str = "", stop: list[str] = ()):
+        self.model_path, self.device, self.batch_size = model_path, torch_device(device), batch_size
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.format = PromptFormat.load(model_path, chat, system, self.tokenizer)
+        self.stop = list(stop)  # stop strings: generation ends once one appears; the answer is cut before it
+        self.base = load_model(model_path, self.device, dtype).eval()
         self._base_version = dir_hash(model_path)
         self.model, self.adapter, self.version = self.base, None, self._base_version
         if adapter:
@@ -54,37 +75,53 @@ class HFBackend:
     @torch.no_grad()
     def generate(self, prompts: list[str], seeds: list[int], temperature: float,
                  max_new_tokens: int) -> list[Generation]:
-        out: list[Generation] = []
-        tok = self.tokenizer
-        for i in range(0, len(prompts), self.batch_size):
-            chunk, chunk_seeds = prompts[i:i + self.batch_size], seeds[i:i + self.batch_size]
-            enc = tok([tok.bos_token + p for p in chunk], return_tensors="pt", padding=True,
-                      add_special_tokens=False).to(self.device)
+        fmt, tok = self.format, self.tokenizer
+        ids = [fmt.prompt_ids(p) for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
+        out: list[Generation | None] = [None] * len(prompts)
+        for i in range(0, len(order), self.batch_size):
+            rows = order[i:i + self.batch_size]
+            x, mask = left_padded([ids[r] for r in rows], fmt.pad_id)
+            chunk_seeds = [seeds[r] for r in rows]
             processors = LogitsProcessorList([SeededSampling(chunk_seeds, temperature)] if temperature > 0 else [])
             res = self.model.generate(
-                **enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, logits_processor=processors,
-                pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                output_logits=True, return_dict_in_generate=True,
+                input_ids=x.to(self.device), attention_mask=mask.to(self.device), max_new_tokens=max_new_tokens,
+                do_sample=False, num_beams=1, logits_processor=processors, pad_token_id=fmt.pad_id,
+                eos_token_id=fmt.stop_ids, output_logits=True, return_dict_in_generate=True,
+                **({"stop_strings": self.stop, "tokenizer": tok} if self.stop else {}),
             )
-            new = res.sequences[:, enc.input_ids.shape[1]:]
+            new = res.sequences[:, x.shape[1]:]
             logp = torch.stack(res.logits, 1).float().log_softmax(-1).gather(-1, new[..., None])[..., 0]
-            for row, lp, seed in zip(new.tolist(), logp.tolist(), chunk_seeds):
-                n = row.index(tok.eos_token_id) + 1 if tok.eos_token_id in row else len(row)
-                out.append(Generation(tok.decode(row[:n], skip_special_tokens=True), lp[:n], seed))
+            for r, row, lp in zip(rows, new.tolist(), logp.tolist()):
+                n = next((j + 1 for j, t in enumerate(row) if t in fmt.stop_ids), len(row))
+                text = tok.decode(row[:n], skip_special_tokens=True)
+                if self.stop:
+                    n, text = self._cut(row[:n], text)
+                out[r] = Generation(text, lp[:n], seeds[r], fmt.render(prompts[r]))
         return out
+
+    def _cut(self, row: list[int], text: str) -> tuple[int, str]:
+        """The answer before the first stop string, and the tokens up to the one that completed it."""
+        hits = [text.find(s) for s in self.stop if s in text]
+        if not hits:
+            return len(row), text
+        cut = min(hits)
+        n = next(j for j in range(1, len(row) + 1)
+                 if any(s in self.tokenizer.decode(row[:j], skip_special_tokens=True)[cut:] for s in self.stop))
+        return n, text[:cut]
 
     @torch.no_grad()
     def logprobs(self, prompts: list[str], completions: list[str]) -> list[list[float]]:
-        tok, out = self.tokenizer, []
+        fmt, out = self.format, []
         for i in range(0, len(prompts), self.batch_size):
-            ps, cs = prompts[i:i + self.batch_size], completions[i:i + self.batch_size]
-            enc = tok([tok.bos_token + p + c + tok.eos_token for p, c in zip(ps, cs)], return_tensors="pt",
-                      padding=True, add_special_tokens=False).to(self.device)
-            logp = self.model(**enc).logits[:, :-1].float().log_softmax(-1)
-            tgt = logp.gather(-1, enc.input_ids[:, 1:, None])[..., 0]
-            for row, c in zip(tgt.tolist(), cs):
-                n = len(tok(c, add_special_tokens=False).input_ids) + 1
-                out.append(row[-n:])
+            pairs = [fmt.pair_ids(p, c) for p, c in zip(prompts[i:i + self.batch_size], completions[i:i + self.batch_size])]
+            x, mask = left_padded([ids for ids, _ in pairs], fmt.pad_id)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as `generate` numbers left-padded rows
+            logits = self.model(input_ids=x.to(self.device), attention_mask=mask.to(self.device),
+                                position_ids=positions.to(self.device)).logits
+            tgt = logits[:, :-1].float().log_softmax(-1).gather(-1, x[:, 1:, None].to(self.device))[..., 0]
+            for row, (ids, start) in zip(tgt.tolist(), pairs):  # the answer's tokens and its end
+                out.append(row[len(row) - (len(ids) - start):])
         return out
 
     def close(self) -> None:

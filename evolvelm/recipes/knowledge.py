@@ -34,10 +34,10 @@ import time
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from evolvelm.acquire.ladder import derive_seed, draw_problems
+from evolvelm.acquire.sampling import derive_seed, draw_problems
 from evolvelm.config import Config
 from evolvelm.evaluate.suite import accuracy, frontier, gate, held_out_prompts, splits
-from evolvelm.recipes.ladder import backend_for, base_state, resolve
+from evolvelm.models import backend_for, base_state, prompt_format, resolve
 from evolvelm.store.memory import Memory
 from evolvelm.store.run import Run
 from evolvelm.store.summary import write_summary
@@ -91,10 +91,10 @@ def acquire(cfg: Config, run: Run, rnd: int, state: dict) -> None:
     teacher = backend_for(cfg, run, state)
     gens = answer(teacher, [facts.in_context(doc, q) for doc, _, q in asked])
     qa = [Sample(rnd, "facts", rnd, q.prompt, g.text, teacher.version, 0, j, 0.0,
-                 sum(g.logprobs) / max(1, len(g.logprobs)), q.answer, context=doc) for (doc, j, q), g in zip(asked, gens)]
+                 sum(g.logprobs) / max(1, len(g.logprobs)), q.answer, context=doc, rendered=g.rendered) for (doc, j, q), g in zip(asked, gens)]
     staging = run.staging(rnd, "acquire")
     if k.method == "distill":  # the teacher's distributions, keyed by sample id, for the update
-        targets = distill.distributions(teacher.model, teacher.tokenizer, [s.context + s.prompt for s in qa],
+        targets = distill.distributions(teacher.model, teacher.format, [s.context + s.prompt for s in qa],
                                         [s.completion for s in qa], cfg.model.batch_size)
         save_file({s.id: t.contiguous() for s, t in zip(qa, targets)}, staging / "targets.safetensors")
     teacher.close()
@@ -155,7 +155,7 @@ def anchors(cfg: Config, run: Run, rnd: int, held: dict) -> list[Example]:
     prompts += [pop[i] for i in sorted(order[:n - len(prompts)])]
     model = backend_for(cfg, run, base_state(cfg))
     answers = [g.text for g in model.generate(prompts, [0] * len(prompts), 0.0, max(e.max_difficulty, facts.max_answer_length()) + 2)]
-    targets = distill.distributions(model.model, model.tokenizer, prompts, answers, cfg.model.batch_size)
+    targets = distill.distributions(model.model, model.format, prompts, answers, cfg.model.batch_size)
     model.close()
     return distill.soft_examples(prompts, answers, targets)
 
@@ -174,8 +174,8 @@ def update_stage(cfg: Config, run: Run, rnd: int, state: dict, held: dict, quiet
     mixture = weighted([(new, new_share), (old, share - new_share), (anchor, k.anchor_weight)])
     base_dir, seed = resolve(state["model"], run), derive_seed(cfg.seed, rnd, "train")
     model = sft.load_for_training(base_dir, resolve(state["adapter"], run) if state["adapter"] else None, u.method,
-                                  u.lora_r, u.lora_alpha, seed)
-    losses = sft.train(model, sft.tokenizer(base_dir), mixture, u.steps, u.batch_size, u.lr, seed=seed,
+                                  u.lora_r, u.lora_alpha, seed, cfg.model.device, cfg.model.dtype)
+    losses = sft.train(model, prompt_format(cfg, base_dir), mixture, u.steps, u.batch_size, u.lr, seed=seed,
                        warmup=u.warmup, desc=f"update round {rnd}", quiet=quiet)
     staging, final = run.staging(rnd, "update"), run.stage_dir(rnd, "update").relative_to(run.root)
     (staging / "model").mkdir(parents=True)

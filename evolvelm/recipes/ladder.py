@@ -30,76 +30,34 @@ from pathlib import Path
 from tqdm import tqdm
 
 from evolvelm import sandbox
-from evolvelm.acquire.ladder import derive_seed, draw_problems, retry_with_feedback, sample
-from evolvelm.backends import make_backend
+from evolvelm.acquire.sampling import draw_problems, retry_with_feedback, sample
 from evolvelm.config import Config, ConfigError
 from evolvelm.evaluate.suite import accuracy, frontier, gate, held_out_prompts, splits
+from evolvelm.models import backend_for, members, resolve
 from evolvelm.refine.filters import FilterContext, judged, run_chain, unanimous_share
 from evolvelm.store.run import Run
 from evolvelm.store.summary import write_summary
 from evolvelm.tasks import get_task
 from evolvelm.update.mixture import mixture
-
-ZOO = Path(__file__).resolve().parent.parent / "zoo"
-
-
-def resolve(ref: str, run: Run, key: str = "model.path") -> str:
-    """A model reference -> a local path: zoo:NAME, an absolute path, or a path inside the run."""
-    if ref.startswith("zoo:"):
-        path = ZOO / ref[4:]
-        if not path.is_dir():
-            raise ConfigError(f"{key}: no shipped model {ref!r}; shipped: {sorted('zoo:' + p.parent.name for p in ZOO.glob('*/config.json'))}")
-        return str(path)
-    path = Path(ref) if Path(ref).is_absolute() else run.root / ref
-    if not path.is_dir():
-        raise ConfigError(f"{key}: directory not found: {path}")
-    return str(path)
+from evolvelm.update.rounds import train_round
 
 
 def start_levels(cfg: Config, run: Run) -> dict[str, int]:
     """Per skill, the highest difficulty the base model was trained on (and every voter must exist)."""
     for v in cfg.model.voters:
-        resolve(v, run, "model.voters")
+        resolve(v, run, "model.voters", convert=False)
     if cfg.acquire.start_level:
         return {s: cfg.acquire.start_level for s in cfg.skills}
-    meta_path = Path(resolve(cfg.model.path, run)) / "evolvelm.json"
+    meta_path = Path(resolve(cfg.model.path, run, convert=False)) / "evolvelm.json"
     trained = json.loads(meta_path.read_text())["skills"] if meta_path.is_file() else {}
     missing = [s for s in cfg.skills if s not in trained]
     if missing:
-        raise ConfigError(f"{meta_path} does not say which range {missing} were trained on; set acquire.start_level")
+        raise ConfigError(f"model.path: {cfg.model.path} carries no trained range for {missing} (no evolvelm.json "
+                          f"beside it names them): set acquire.start_level to the difficulty to start above")
     return {s: trained[s][1] for s in cfg.skills}
 
 
 preflight = start_levels  # what `evolvelm run/validate` checks before anything is created
-
-
-def configure_sandbox(cfg: Config) -> None:
-    """Set up the sandbox that skills which execute answers (expr) use, from the `sandbox` section."""
-    sb = cfg.sandbox
-    sandbox.configure(sb.level, sb.allow_unsafe, sb.workers,
-                      sandbox.Limits(wall_s=sb.wall_s, cpu_s=max(1, int(sb.wall_s)), memory_mb=sb.memory_mb))
-
-
-def sandbox_info(skills: list[str]) -> dict:
-    """{"sandbox": level description} when some skill executes its answers, for the eval manifest."""
-    return {"sandbox": sandbox.shared().describe()} if any(get_task(s).judge for s in skills) else {}
-
-
-def base_state(cfg: Config) -> dict:
-    """The gate state of round 0 for the recipes with one model: the configured model, no adapter."""
-    return {"model": cfg.model.path, "adapter": None, "levels": {}, "round": 0}
-
-
-def backend_for(cfg: Config, run: Run, state: dict):
-    """A backend serving the model described by a gate state."""
-    return make_backend(cfg.model.backend, resolve(state["model"], run),
-                        adapter=resolve(state["adapter"], run) if state["adapter"] else None,
-                        device=cfg.model.device, batch_size=cfg.model.batch_size)
-
-
-def members(state: dict) -> list[dict]:
-    """The voting population of a gate state: the model itself, then its voters."""
-    return [{"model": state["model"], "adapter": state["adapter"]}] + state.get("voters", [])
 
 
 def evaluate(cfg: Config, run: Run, rnd: int, state: dict, quiet: bool) -> dict:
@@ -122,7 +80,7 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: dict, quiet: bool) -> dict:
         backend.close()
     info = {"frontier": {s: frontier(acc["test"][s], e.threshold) for s in cfg.skills}, "dev": acc["dev"],
             "voters_dev": [acc[f"dev:voter{i}"] for i in range(1, len(members(state)))],
-            "model_version": version, "seconds": round(time.time() - t0, 2), **sandbox_info(cfg.skills)}
+            "model_version": version, "seconds": round(time.time() - t0, 2), **sandbox.info(cfg.skills)}
     run.commit(rnd, "eval", info, evals=rows)
     return info
 
@@ -233,7 +191,7 @@ def next_attempt(cfg: Config, state: dict, promoted: bool) -> tuple[int, int, st
 
 def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
     """Run (or resume) every round of the ladder in `run`; returns the summary."""
-    configure_sandbox(cfg)
+    sandbox.configure_from(cfg.sandbox)
     held = {s: held_out_prompts(get_task(s), cfg.eval.max_difficulty, cfg.eval.problems, cfg.eval.dev_problems,
                                 cfg.eval.seed) for s in cfg.skills}
 
@@ -297,33 +255,3 @@ def _agreement_reasons(run: Run, rnd: int) -> str:
     reasons = {r["reason"] for r in run.query("SELECT reason FROM verdicts WHERE round=? AND filter='agreement' "
                                                "AND kept=0", (rnd,))}
     return "".join(f"; avalanche guard: {r}" for r in sorted(reasons))
-
-
-def train_round(cfg: Config, run: Run, rnd: int, state: dict, member: int, examples, staging: Path, quiet: bool) -> dict:
-    """The update stage's work for one member: continue training its promoted weights on `examples`
-    and save them under `staging`. Returns where they land once the stage is committed, and the losses.
-    """
-    name = "model" if member == 0 else f"voter{member}"
-    out = staging / name
-    final = str(run.stage_dir(rnd, "update").relative_to(run.root) / name)
-    if cfg.model.backend == "fake":
-        from evolvelm.backends import fake
-
-        losses = fake.train(resolve(state["model"], run), examples, out)
-        return {"model": final, "adapter": None, "loss_first": losses[0], "loss_last": losses[-1]}
-    from evolvelm.update import sft
-
-    u = cfg.update
-    lora = u.method == "lora"
-    seed = cfg.seed * 1000 + rnd if member == 0 else derive_seed(cfg.seed, rnd, "train", member)
-    model = sft.load_for_training(resolve(state["model"], run),
-                                  resolve(state["adapter"], run) if state["adapter"] else None,
-                                  u.method, u.lora_r, u.lora_alpha, seed)
-    base_dir = resolve(state["model"], run)
-    losses = sft.train(model, sft.tokenizer(base_dir), examples, u.steps, u.batch_size, u.lr, seed=seed,
-                       warmup=u.warmup, desc=f"update round {rnd}" + (f" ({name})" if member else ""), quiet=quiet)
-    sft.save(model, base_dir, out, card={"round": rnd, "member": member, "parent": state, "method": u.method,
-                                         "examples": len(examples), "loss_first": losses[0], "loss_last": losses[-1]})
-    return {"model": state["model"] if lora else final, "adapter": final if lora else None,
-            "loss_first": round(losses[0], 5), "loss_last": round(sum(losses[-20:]) / len(losses[-20:]), 5)}
-

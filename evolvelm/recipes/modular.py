@@ -29,11 +29,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from evolvelm.acquire.ladder import derive_seed, draw_problems
+from evolvelm import sandbox
+from evolvelm.acquire.sampling import derive_seed, draw_problems
 from evolvelm.backends.hf import HFBackend
 from evolvelm.config import Config
 from evolvelm.evaluate.suite import accuracy, frontier, gate, held_out_prompts, splits
-from evolvelm.recipes.ladder import configure_sandbox, resolve, sandbox_info
+from evolvelm.models import backend_for, backend_options, prompt_format, resolve
 from evolvelm.store.run import Run
 from evolvelm.store.summary import write_summary
 from evolvelm.tasks import get_task
@@ -60,9 +61,8 @@ def model_for(cfg: Config, run: Run, state: dict):
     if cfg.modules.method == "modular" and "modules" in state:
         router = Router.load(Path(resolve(state["router"], run)) / "router.json") if state["router"] else None
         return ModularModel(resolve(state["model"], run), {n: str(resolve(p, run)) for n, p in state["modules"].items()},
-                            router, cfg.model.device, cfg.model.batch_size)
-    return HFBackend(resolve(state["model"], run), adapter=resolve(state["adapter"], run) if state["adapter"] else None,
-                     device=cfg.model.device, batch_size=cfg.model.batch_size)
+                            router, **backend_options(cfg))
+    return backend_for(cfg, run, state)
 
 
 def acquire(cfg: Config, run: Run, rnd: int, held: dict) -> None:
@@ -129,8 +129,8 @@ def _train(cfg: Config, run: Run, model_ref: str, adapter_ref: str | None, metho
     """Continue training (full weights, or a LoRA adapter: `adapter_ref`, or fresh) and save to `out`."""
     u, base_dir, seed = cfg.update, resolve(model_ref, run), derive_seed(cfg.seed, rnd, "train")
     model = sft.load_for_training(base_dir, resolve(adapter_ref, run) if adapter_ref else None, method,
-                                  u.lora_r, u.lora_alpha, seed)
-    losses = sft.train(model, sft.tokenizer(base_dir), examples, u.steps, u.batch_size, u.lr,
+                                  u.lora_r, u.lora_alpha, seed, cfg.model.device, cfg.model.dtype)
+    losses = sft.train(model, prompt_format(cfg, base_dir), examples, u.steps, u.batch_size, u.lr,
                        seed=seed, warmup=u.warmup, desc=f"update round {rnd}", quiet=quiet)
     out.mkdir(parents=True)
     sft.save(model, base_dir, out, card={"round": rnd, "method": method, "base": model_ref, "parent": adapter_ref,
@@ -151,8 +151,8 @@ def fit_router(cfg: Config, run: Run, rnd: int, base_dir: str, out: Path) -> Non
     if cfg.modules.router == "chars":
         feats = char_features(prompts)
     else:
-        backend = HFBackend(base_dir, device=cfg.model.device, batch_size=cfg.model.batch_size)
-        feats = hidden_features(backend.model, backend.tokenizer, prompts, cfg.model.batch_size)
+        backend = HFBackend(base_dir, **backend_options(cfg))
+        feats = hidden_features(backend.model, backend.format, prompts, cfg.model.batch_size)
         backend.close()
     out.mkdir(parents=True)
     Router.fit(cfg.modules.router, feats, labels, cfg.modules.novelty).save(out / "router.json")
@@ -168,7 +168,7 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: dict, quiet: bool) -> dict:
     rows = [(split, s, d, a, len(splits(get_task(s), d, e.problems, e.dev_problems, e.seed)[split]),
              answerer.version, get_task(s).version) for split in acc for s in skills for d, a in acc[split][s].items()]
     info = {"frontier": {s: frontier(acc["test"][s], e.threshold) for s in skills}, "dev": acc["dev"],
-            "model_version": answerer.version, **sandbox_info(skills)}
+            "model_version": answerer.version, **sandbox.info(skills)}
     if isinstance(model, ModularModel):
         learned = run.promoted_rounds(rnd) + ([rnd] if rnd else [])  # the rounds this state was trained on
         owner = {cfg.skills[r - 1]: run.done(r, "refine")["module"] for r in learned}
@@ -191,7 +191,7 @@ def router_accuracy(model: ModularModel, skills: list[str], owner: dict[str, str
 
 def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
     """Run (or resume) every round of the sequence in `run`; returns the summary."""
-    configure_sandbox(cfg)
+    sandbox.configure_from(cfg.sandbox)
     held = {s: held_out_prompts(get_task(s), cfg.eval.max_difficulty, cfg.eval.problems, cfg.eval.dev_problems,
                                 cfg.eval.seed) for s in sequence(cfg)}
     base = {"model": cfg.model.path, "adapter": None, "modules": {}, "router": None, "levels": {}, "round": 0}

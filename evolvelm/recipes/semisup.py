@@ -36,22 +36,24 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
 
-from evolvelm.acquire.ladder import CHUNK, derive_seed, sample
+from evolvelm.acquire.sampling import CHUNK, derive_seed, sample
 from evolvelm.config import Config, ConfigError
 from evolvelm.evaluate.suite import frontier, held_out_prompts, paired_gate, rates, right_answers, splits
-from evolvelm.recipes.ladder import backend_for, base_state, resolve, train_round
+from evolvelm.models import backend_for, base_state, prompt_format, resolve
 from evolvelm.refine.filters import FilterContext, final, judged, majority, run_chain
 from evolvelm.store.run import Run
 from evolvelm.store.summary import write_summary
 from evolvelm.tasks import get_task, hint_prompt
+from evolvelm.tasks.labeled import demonstrations, read_labeled
 from evolvelm.types import Example, Problem, Sample
 from evolvelm.update.mixture import weighted
+from evolvelm.update.rounds import train_round
 
 
 def preflight(cfg: Config, run: Run) -> None:
@@ -63,31 +65,6 @@ def held(cfg: Config, run: Run) -> dict[str, dict[int, frozenset[str]]]:
     """Per skill and difficulty, the prompts of the fixed test and dev splits (none of them labeled)."""
     e, avoid = cfg.eval, labeled_prompts(cfg, run)
     return {s: held_out_prompts(get_task(s), e.max_difficulty, e.problems, e.dev_problems, e.seed, avoid) for s in cfg.skills}
-
-
-def draw_labeled(skill: str, n: int, max_difficulty: int, exclude: dict[int, frozenset[str]]) -> list[Problem]:
-    """`n` labeled problems spread evenly over difficulties 1..max_difficulty, none in `exclude` (fewer
-    where a difficulty has too few distinct problems left). How zoo:chain's labeled.jsonl was drawn."""
-    per = max(1, n // max_difficulty)
-    return [p for d in range(1, max_difficulty + 1)
-            for p in get_task(skill).problems(d, per, derive_seed("labeled", skill, d), exclude=exclude[d])]
-
-
-def read_labeled(path: Path) -> list[Problem]:
-    """A labeled set: JSON lines of {"skill", "difficulty", "prompt", "answer"}; errors name the line."""
-    if not path.is_file():
-        raise ConfigError(f"semisup.labeled_file: labeled set not found: {path}")
-    out = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            out.append(Problem(str(row["skill"]), int(row["difficulty"]), str(row["prompt"]), str(row["answer"])))
-        except (ValueError, KeyError, TypeError) as e:
-            raise ConfigError(f"{path}:{i}: not a labeled problem ({type(e).__name__}: {e}); expected JSON with "
-                              f"skill, difficulty, prompt, answer") from e
-    return out
 
 
 def labeled_set(cfg: Config, run: Run) -> list[Problem]:
@@ -138,23 +115,8 @@ def rationalize(backend, samples: list[Sample], rnd: int, run_seed: int, quiet: 
         for s, prompt, g in zip(chunk, prompts, backend.generate(prompts, seeds, 0.0, max_new)):
             out.append(replace(s, completion=g.text, model_version=backend.version, seed=g.seed, k=s.k + shift,
                                temperature=0.0, mean_logprob=sum(g.logprobs) / max(1, len(g.logprobs)),
-                               context=prompt, verdicts=[], kept=True))
+                               context=prompt, rendered=g.rendered, verdicts=[], kept=True))
     return out
-
-
-def demonstrations(prompt: str, labeled: list[Problem], n: int) -> str:
-    """SemiEvol's in-context propagation: the `n` labeled problems nearest to `prompt` (most characters
-    in common, then closest length), written out with their answers, to go before it."""
-    want = Counter(prompt)
-    near = sorted((i for i, p in enumerate(labeled) if p.prompt != prompt),
-                  key=lambda i: (-sum((Counter(labeled[i].prompt) & want).values()), abs(len(labeled[i].prompt) - len(prompt)), i))
-    return written([labeled[i] for i in near[:n]])
-
-
-def written(problems: list[Problem]) -> str:
-    """Labeled problems with their answers, one after another: how examples go before a prompt, both
-    in SemiEvol's demonstrations and in the base model's training (`zoo.train`)."""
-    return "".join(p.prompt + p.answer for p in problems)
 
 
 def balance(samples: list[Sample], right: list[bool], n_star: int) -> float:
@@ -311,8 +273,8 @@ def train_pairs(cfg: Config, run: Run, rnd: int, state: dict, pairs: list, quiet
     u, seed = cfg.update, derive_seed(cfg.seed, rnd, "dpo")
     base_dir = resolve(state["model"], run)
     model = sft.load_for_training(base_dir, resolve(state["adapter"], run) if state["adapter"] else None, "lora",
-                                  u.lora_r, u.lora_alpha, seed)
-    losses = dpo.train(model, sft.tokenizer(base_dir), pairs, u.steps, u.batch_size, u.lr, cfg.semisup.beta, seed,
+                                  u.lora_r, u.lora_alpha, seed, cfg.model.device, cfg.model.dtype)
+    losses = dpo.train(model, prompt_format(cfg, base_dir), pairs, u.steps, u.batch_size, u.lr, cfg.semisup.beta, seed,
                        u.warmup, desc=f"dpo round {rnd}", quiet=quiet, rpo_alpha=cfg.semisup.rpo_alpha)
     sft.save(model, base_dir, run.staging(rnd, "update") / "model",
              card={"round": rnd, "method": "dpo", "parent": state["adapter"], "pairs": len(pairs), "beta": cfg.semisup.beta,

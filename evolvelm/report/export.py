@@ -20,7 +20,7 @@ def export(run: Run, out: Path, merged: bool = False, module: str | None = None)
     """Copy the last promoted model to `out`: full weights, a LoRA adapter, or (merged) base + adapter.
     Modular runs: the base, every module and the router (`out/base`, `out/modules/NAME`,
     `out/router.json`), or with `merged` one module merged into the base."""
-    from evolvelm.recipes.ladder import resolve
+    from evolvelm.models import resolve
     from evolvelm.update.modules import merge
 
     state = last_state(run)

@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS manifest (
 CREATE TABLE IF NOT EXISTS samples (
     id TEXT PRIMARY KEY, round INTEGER, skill TEXT, difficulty INTEGER, prompt TEXT, completion TEXT,
     model_version TEXT, seed INTEGER, k INTEGER, temperature REAL, mean_logprob REAL, true_answer TEXT, member INTEGER,
-    context TEXT);
+    context TEXT, rendered TEXT DEFAULT '');
 CREATE TABLE IF NOT EXISTS verdicts (
     sample_id TEXT, round INTEGER, position INTEGER, filter TEXT, version TEXT, kept INTEGER, reason TEXT,
     PRIMARY KEY (sample_id, filter));
@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS evals (
     checker_version TEXT, PRIMARY KEY (round, split, skill, difficulty));
 """
 SAMPLE_COLUMNS = ["id", "round", "skill", "difficulty", "prompt", "completion", "model_version", "seed", "k",
-                  "temperature", "mean_logprob", "true_answer", "member", "context"]
+                  "temperature", "mean_logprob", "true_answer", "member", "context", "rendered"]
 STAGES = ["acquire", "refine", "update", "eval", "gate"]
 
 
@@ -94,6 +94,9 @@ class Run:
             raise CorruptRun(f"{run.db} is corrupt: {e}") from e
         if not {"manifest", "samples", "verdicts", "evals"} <= tables:
             raise CorruptRun(f"{run.db} is missing tables; found {sorted(tables)}")
+        with closing(run.connect()) as con, con:  # runs from before rendered prompts were stored
+            if "rendered" not in {r[1] for r in con.execute("PRAGMA table_info(samples)")}:
+                con.execute("ALTER TABLE samples ADD COLUMN rendered TEXT DEFAULT ''")
         return run
 
     def config(self) -> Config:

@@ -11,15 +11,15 @@ from evolvelm.update.sft import encode
 
 
 @torch.no_grad()
-def distributions(model, tokenizer, prompts: list[str], answers: list[str], batch_size: int = 256) -> list[torch.Tensor]:
+def distributions(model, fmt, prompts: list[str], answers: list[str], batch_size: int = 256) -> list[torch.Tensor]:
     """Per (prompt, answer): the model's next-token probabilities at every answer token and at the end
     of sequence, a [len(answer tokens) + 1, vocab] tensor (temperature 1, float32, on the CPU)."""
-    ids, starts = encode(tokenizer, [Example(p, a) for p, a in zip(prompts, answers)])
+    ids, starts = encode(fmt, [Example(p, a) for p, a in zip(prompts, answers)])
     device, out = next(model.parameters()).device, []
     model.eval()
     for i in range(0, len(ids), batch_size):
         rows, width = ids[i:i + batch_size], max(len(r) for r in ids[i:i + batch_size])
-        x = torch.full((len(rows), width), tokenizer.pad_token_id)
+        x = torch.full((len(rows), width), fmt.pad_id)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for r, seq in enumerate(rows):  # right padding: positions stay those of the unpadded sequence
             x[r, :len(seq)], mask[r, :len(seq)] = torch.tensor(seq), 1

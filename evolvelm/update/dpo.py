@@ -23,7 +23,7 @@ def logps(model, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> tuple[
     return (per_token * answer).sum(-1), answer.sum(-1)
 
 
-def train(model, tokenizer, pairs: list[tuple[str, str, str]], steps: int, batch_size: int, lr: float, beta: float,
+def train(model, fmt, pairs: list[tuple[str, str, str]], steps: int, batch_size: int, lr: float, beta: float,
           seed: int, warmup: int = 30, desc: str = "dpo", quiet: bool = False, rpo_alpha: float = 0.0) -> list[float]:
     """Train the adapter of `model` (a PeftModel) in place on (prompt, chosen, rejected) pairs; returns
     step losses: -log sigmoid(beta * (policy margin - reference margin)), margins in summed log-probs,
@@ -34,16 +34,16 @@ def train(model, tokenizer, pairs: list[tuple[str, str, str]], steps: int, batch
         raise ValueError("no preference pairs")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    chosen, starts = encode(tokenizer, [Example(p, c) for p, c, _ in pairs])
-    rejected, _ = encode(tokenizer, [Example(p, r) for p, _, r in pairs])
+    chosen, starts = encode(fmt, [Example(p, c) for p, c, _ in pairs])
+    rejected, _ = encode(fmt, [Example(p, r) for p, _, r in pairs])
     params, opt, sched = optimizer(model, lr, steps, warmup)
     device = next(model.parameters()).device
     model.train()
     losses = []
     for _ in tqdm(range(steps), desc=desc, disable=quiet, leave=False):
         idx = torch.randint(len(pairs), (batch_size,), generator=gen).tolist()
-        x, y, mask = (t.to(device) for t in batch(tokenizer, [chosen[i] for i in idx] + [rejected[i] for i in idx],
-                                                  [starts[i] for i in idx] * 2))
+        x, y, mask = (t.to(device) for t in batch(fmt.pad_id, [chosen[i] for i in idx] + [rejected[i] for i in idx],
+                                                 [starts[i] for i in idx] * 2))
         policy, tokens = logps(model, x, y, mask)
         with torch.no_grad(), model.disable_adapter():
             reference, _ = logps(model, x, y, mask)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from evolvelm.acquire.ladder import derive_seed
+from evolvelm.acquire.sampling import derive_seed
 from evolvelm.config import Config
 from evolvelm.evaluate.suite import held_out_prompts
 from evolvelm.tasks import get_task

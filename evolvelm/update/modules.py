@@ -34,23 +34,26 @@ def char_features(prompts: list[str]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def hidden_features(model, tokenizer, prompts: list[str], batch_size: int = 512) -> torch.Tensor:
-    """(len(prompts), 2 * hidden) the base model's last hidden state at each prompt's first token
-    (where a task marker sits) and averaged over the prompt.
+def hidden_features(model, fmt, prompts: list[str], batch_size: int = 512) -> torch.Tensor:
+    """(len(prompts), 2 * hidden) the base model's last hidden state at each prompt's first token of
+    its own text (where a task marker sits: `PromptFormat.content_start`) and averaged over the whole
+    input the model reads.
     `model` may be a PeftModel: its adapters are disabled, so features never drift as modules train."""
     from contextlib import nullcontext
+
+    from evolvelm.backends.hf import left_padded
 
     device = next(model.parameters()).device
     rows = []
     ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
     with ctx:
         for i in range(0, len(prompts), batch_size):
-            enc = tokenizer([tokenizer.bos_token + p for p in prompts[i:i + batch_size]], return_tensors="pt",
-                            padding=True, add_special_tokens=False).to(device)
-            h = model(**enc, output_hidden_states=True).hidden_states[-1].float()
-            mask = enc.attention_mask[..., None].float()
-            first = enc.attention_mask.argmax(1) + 1  # the prompt's first token (left padding, then <s>)
-            opening = h[torch.arange(len(h)), first.clamp_max(h.shape[1] - 1)]
+            chunk = prompts[i:i + batch_size]
+            x, attention = left_padded([fmt.prompt_ids(p) for p in chunk], fmt.pad_id)
+            h = model(input_ids=x.to(device), attention_mask=attention.to(device), output_hidden_states=True).hidden_states[-1].float()
+            mask = attention.to(device)[..., None].float()
+            first = attention.argmax(1) + torch.tensor([fmt.content_start(p) for p in chunk])  # after left padding
+            opening = h[torch.arange(len(h)), first.clamp_max(h.shape[1] - 1).to(device)]
             rows.append(torch.cat([opening, (h * mask).sum(1) / mask.sum(1)], 1).cpu())
     return torch.cat(rows)
 
@@ -113,14 +116,13 @@ class ModularModel:
     router is measured against), then generates each group with its adapter active.
     """
 
-    def __init__(self, base: str, modules: dict[str, str], router: Router | None, device: str = "cpu",
-                 batch_size: int = 512):
+    def __init__(self, base: str, modules: dict[str, str], router: Router | None, **options):
         from peft import PeftModel
 
         from evolvelm.backends.hf import HFBackend
         from evolvelm.store.hashing import dir_hash
 
-        self.backend = HFBackend(base, device=device, batch_size=batch_size)
+        self.backend = HFBackend(base, **options)  # options: those of the hf backend (models.backend_options)
         self.router, self.names = router, sorted(modules)
         if modules:
             first, *rest = self.names
@@ -134,7 +136,7 @@ class ModularModel:
         """The router's features of `prompts`."""
         if self.router.features == "chars":
             return char_features(prompts)
-        return hidden_features(self.backend.model, self.backend.tokenizer, prompts, self.backend.batch_size)
+        return hidden_features(self.backend.model, self.backend.format, prompts, self.backend.batch_size)
 
     def route(self, prompts: list[str]) -> list[str | None]:
         return self.router.route(self.features(prompts)) if self.router and prompts else [None] * len(prompts)

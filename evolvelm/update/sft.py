@@ -13,23 +13,21 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
+from evolvelm.models import load_model
+from evolvelm.prompts import PromptFormat
 from evolvelm.types import Example
 
 
-def encode(tokenizer, examples: list[Example]) -> tuple[list[list[int]], list[int]]:
-    """Token ids of "<s> prompt answer </s>" and, per example, where the answer starts."""
-    ids, starts = [], []
-    for ex in examples:
-        p = [tokenizer.bos_token_id] + tokenizer(ex.prompt, add_special_tokens=False).input_ids
-        a = tokenizer(ex.answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-        ids.append(p + a)
-        starts.append(len(p))
-    return ids, starts
+def encode(fmt: PromptFormat, examples: list[Example]) -> tuple[list[list[int]], list[int]]:
+    """Token ids of each prompt answered and closed, as the model's prompt format writes them (raw:
+    "<s> prompt answer </s>" for the zoo; chat: the template's turns), and where each answer starts."""
+    pairs = [fmt.pair_ids(ex.prompt, ex.answer) for ex in examples]
+    return [ids for ids, _ in pairs], [start for _, start in pairs]
 
 
-def train(model, tokenizer, examples: list[Example], steps: int, batch_size: int, lr: float, seed: int,
+def train(model, fmt: PromptFormat, examples: list[Example], steps: int, batch_size: int, lr: float, seed: int,
           warmup: int = 50, weight_decay: float = 0.0, desc: str = "train", quiet: bool = False) -> list[float]:
     """Train `model` in place for `steps` steps; the loss is on answer tokens only. Returns step losses.
 
@@ -42,7 +40,7 @@ def train(model, tokenizer, examples: list[Example], steps: int, batch_size: int
         raise ValueError("no training examples")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    ids, starts = encode(tokenizer, examples)
+    ids, starts = encode(fmt, examples)
     weights = torch.tensor([ex.weight for ex in examples], dtype=torch.float)
     params, opt, sched = optimizer(model, lr, steps, warmup, weight_decay)
     device = next(model.parameters()).device
@@ -50,7 +48,7 @@ def train(model, tokenizer, examples: list[Example], steps: int, batch_size: int
     losses = []
     for _ in tqdm(range(steps), desc=desc, disable=quiet, leave=False):
         idx = torch.multinomial(weights, batch_size, replacement=True, generator=gen).tolist()
-        x, y, mask = batch(tokenizer, [ids[i] for i in idx], [starts[i] for i in idx])
+        x, y, mask = batch(fmt.pad_id, [ids[i] for i in idx], [starts[i] for i in idx])
         loss = _loss(model(input_ids=x.to(device), attention_mask=mask.to(device)).logits, y.to(device),
                      [(r, starts[i], examples[i].target) for r, i in enumerate(idx) if examples[i].target is not None])
         step(loss, params, opt, sched)
@@ -76,10 +74,10 @@ def step(loss: torch.Tensor, params, opt, sched) -> None:
     sched.step()
 
 
-def batch(tokenizer, seqs: list[list[int]], starts: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def batch(pad_id: int, seqs: list[list[int]], starts: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded input ids, labels (-100 outside the answers) and the attention mask."""
     width = max(map(len, seqs))
-    x = torch.full((len(seqs), width), tokenizer.pad_token_id)
+    x = torch.full((len(seqs), width), pad_id)
     y = torch.full((len(seqs), width), -100)
     for r, (seq, start) in enumerate(zip(seqs, starts)):
         x[r, :len(seq)] = torch.tensor(seq)
@@ -101,20 +99,25 @@ def _loss(logits: torch.Tensor, labels: torch.Tensor, soft: list[tuple[int, int,
     return per_token[target != -100].mean()
 
 
-def load_for_training(base: str, parent_adapter: str | None, method: str, lora_r: int, lora_alpha: int, seed: int = 0):
+def load_for_training(base: str, parent_adapter: str | None, method: str, lora_r: int, lora_alpha: int, seed: int = 0,
+                      device: str = "auto", dtype: str = "auto"):
     """The model a round trains: full weights, or base + (continued or fresh) LoRA adapter, whose
     random initialisation is drawn from `seed` (not from whatever the process drew before)."""
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base)
+    model = load_model(base, device, dtype)
     if method == "full":
         return model
     from peft import LoraConfig, PeftModel, get_peft_model
 
     if parent_adapter:
         return PeftModel.from_pretrained(model, parent_adapter, is_trainable=True)
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    targets = [t for t in LORA_TARGETS if t in names] or "all-linear"  # Llama-style names, else every linear layer
     return get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=lora_alpha, target_modules=targets,
                                             lora_dropout=0.0, task_type="CAUSAL_LM"))
+
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def tokenizer(path: str):

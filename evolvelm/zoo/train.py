@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from transformers import SmolLM3Config, SmolLM3ForCausalLM
 
+from evolvelm.prompts import PromptFormat
 from evolvelm.tasks import (ALPHABET, CHAIN_ALPHABET, addition_prompt, expr_mistake, facts, get_task, hint_prompt,
                             hint_start, operand, retry_prompt)
 from evolvelm.types import Example, Problem
@@ -164,7 +165,7 @@ def labeled_problems(spec: dict) -> list[Problem]:
     drawn; the recipes now draw larger splits around the labeled set instead)."""
     from evolvelm import config
     from evolvelm.evaluate.suite import held_out_prompts
-    from evolvelm.recipes.semisup import draw_labeled
+    from evolvelm.tasks.labeled import draw_labeled
 
     skill, top, seed = spec["skills"][0], spec["max_difficulty"], config.load("lmsi").eval.seed
     return draw_labeled(skill, spec["labeled"], top, held_out_prompts(get_task(skill), top, 200, 200, seed))
@@ -174,7 +175,7 @@ def labeled_examples(spec: dict, problems: list[Problem], rng: random.Random) ->
     """The labeled problems; a `hint_share` of them again with the answer as a hint (STaR); and each
     `context_copies` more times after 1 or 2 other labeled problems with their answers: the first copy
     after its nearest ones (SemiEvol's demonstrations), the others after random ones."""
-    from evolvelm.recipes.semisup import demonstrations, written
+    from evolvelm.tasks.labeled import demonstrations, written
 
     task = get_task(spec["skills"][0])
     out = [Example(p.prompt, p.answer) for p in problems]
@@ -239,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.time()
     if spec.get("warm_steps"):  # curriculum: the short problems first
         warm = examples(spec, rng, spec["warm_difficulty"], 20_000)
-        train(model, tokenizer, warm, spec["warm_steps"], spec["batch_size"], spec["lr"], args.seed, warmup=200,
+        train(model, PromptFormat(tokenizer, chat="off"), warm, spec["warm_steps"], spec["batch_size"], spec["lr"], args.seed, warmup=200,
               desc=f"warm-up {args.model}")
     pool = spec.get("pool", 20_000)
     labeled = labeled_problems(spec) if spec.get("labeled") else []
@@ -249,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
         data = facts_examples(spec, rng, pool)
     else:
         data = examples(spec, rng, spec["max_difficulty"], pool)
-    losses = train(model, tokenizer, data, spec["steps"], spec["batch_size"], spec["lr"],
+    losses = train(model, PromptFormat(tokenizer, chat="off"), data, spec["steps"], spec["batch_size"], spec["lr"],
                    args.seed + 1 if spec.get("warm_steps") else args.seed, warmup=200, desc=f"train {args.model}")
     seconds = time.time() - start
     out.mkdir(parents=True, exist_ok=True)

@@ -53,7 +53,8 @@ def sample(backend, problems: list[Problem], rnd: int, run_seed: int, k: int, te
                 out.append(Sample(round=rnd, skill=p.skill, difficulty=p.difficulty, prompt=p.prompt,
                                   completion=back(g.text), model_version=backend.version, seed=g.seed, k=j,
                                   temperature=temp, mean_logprob=sum(g.logprobs) / max(1, len(g.logprobs)),
-                                  true_answer=p.answer, member=member, context="" if prompt == p.prompt else prompt))
+                                  true_answer=p.answer, member=member, context="" if prompt == p.prompt else prompt,
+                                  rendered=g.rendered))
         bar.update(len(chunk))
     bar.close()
     position = {(p.skill, p.prompt): i for i, p in enumerate(problems)}
@@ -78,5 +79,5 @@ def retry_with_feedback(backend, samples: list[Sample], rnd: int, run_seed: int,
         for (s, _), prompt, g in zip(chunk, prompts, backend.generate(prompts, seeds, 0.0, max_new)):
             out.append(replace(s, completion=g.text, model_version=backend.version, seed=g.seed, k=s.k + shift,
                                temperature=0.0, mean_logprob=sum(g.logprobs) / max(1, len(g.logprobs)),
-                               context=prompt, verdicts=[], kept=True))
+                               context=prompt, rendered=g.rendered, verdicts=[], kept=True))
     return out

@@ -54,6 +54,7 @@ def resolve(ref: str, run=None, key: str = "model.path", convert: bool = True) -
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ConfigError(f"{key}: GGUF file not found: {path}")
+        check_gguf(path, key)
         return str(gguf_dir(path, key)) if convert else str(path)
     if path.is_dir():
         if (path / "config.json").is_file() and not any((path / f).is_file() for f in TOKENIZER_FILES):
@@ -110,13 +111,6 @@ def _converted(path: Path, size: int, mtime: float, key: str) -> Path:
     out = cache_root() / "gguf" / f"{path.stem}-{file_hash(path)}"
     if (out / "config.json").is_file():
         return out
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(4)
-    except OSError as e:
-        raise ConfigError(f"{key}: cannot read GGUF file {path}: {e}") from e
-    if magic != b"GGUF":
-        raise ConfigError(f"{key}: {path} is not a GGUF file (it starts with {magic!r}, not b'GGUF')")
     if importlib.util.find_spec("gguf") is None:
         raise ConfigError(f"{key}: loading {path} needs the gguf package: pip install gguf")
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -126,6 +120,9 @@ def _converted(path: Path, size: int, mtime: float, key: str) -> Path:
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype="float32")
     except Exception as e:
         raise ConfigError(f"{key}: transformers could not load the GGUF file {path}: {type(e).__name__}: {e}") from e
+    model.hf_quantizer = None  # the weights are dequantised floats: save them as an ordinary checkpoint
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
@@ -136,6 +133,17 @@ def _converted(path: Path, size: int, mtime: float, key: str) -> Path:
     except OSError:  # another process converted it first
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def check_gguf(path: Path, key: str) -> None:
+    """A readable GGUF file, or a ConfigError naming it (checked before a run is created)."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot read GGUF file {path}: {e}") from e
+    if magic != b"GGUF":
+        raise ConfigError(f"{key}: {path} is not a GGUF file (it starts with {magic!r}, not b'GGUF')")
 
 
 def gguf_dir(path: Path, key: str = "model.path") -> Path:

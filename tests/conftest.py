@@ -1,6 +1,7 @@
 """Shared fixtures: offline Hugging Face, a fake checkpoint, and a tiny fake-backend recipe."""
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,8 @@ import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# converted GGUF models (SmolLM2) are cached here across test sessions, never in the user's cache
+os.environ.setdefault("EVOLVELM_CACHE", os.path.join(tempfile.gettempdir(), "evolvelm-test-cache"))
 
 
 @pytest.fixture(autouse=True)
@@ -34,3 +37,35 @@ def fake_recipe(tmp_path, fake_model) -> Path:
     path = tmp_path / "fake.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}{% if loop.first and m['role'] != 'system' %}<|im_start|>system\n"
+                 "You are a tiny test model.<|im_end|>\n{% endif %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+                 "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.fixture(scope="session")
+def chat_model(tmp_path_factory) -> Path:
+    """A tiny random-weight Llama with a real byte-level BPE tokenizer and a ChatML chat template, like
+    SmolLM2's: no BOS added, no pad token, <|im_end|> ends a turn. Built in a second or two."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from evolvelm.tasks import ALPHABET, CHAIN_ALPHABET, facts
+
+    out = tmp_path_factory.mktemp("chat-model")
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    corpus = [ALPHABET + CHAIN_ALPHABET + facts.CHARS + "ESQ", "You are a tiny test model. system user assistant"] * 50
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", chat_template=CHAT_TEMPLATE)
+    tok.save_pretrained(out)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048,
+                      eos_token_id=tok.eos_token_id, bos_token_id=None, pad_token_id=None, tie_word_embeddings=True)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    return out

@@ -46,9 +46,9 @@ def start_levels(cfg: Config, run: Run) -> dict[str, int]:
     """Per skill, the highest difficulty the base model was trained on (and every voter must exist)."""
     for v in cfg.model.voters:
         resolve(v, run, "model.voters", convert=False)
+    meta_path = Path(resolve(cfg.model.path, run, convert=False)) / "evolvelm.json"
     if cfg.acquire.start_level:
         return {s: cfg.acquire.start_level for s in cfg.skills}
-    meta_path = Path(resolve(cfg.model.path, run, convert=False)) / "evolvelm.json"
     trained = json.loads(meta_path.read_text())["skills"] if meta_path.is_file() else {}
     missing = [s for s in cfg.skills if s not in trained]
     if missing:

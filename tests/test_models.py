@@ -140,6 +140,10 @@ def test_smollm2_from_the_zoo_answers_through_its_chat_template_like_transformer
     assert "5" in ours[0].text
     scored = HFBackend(path).logprobs([question], [ours[0].text])[0]  # scoring reads what generation read
     assert len(scored) == len(ours[0].logprobs) and all(math.isclose(a, b, abs_tol=2e-3) for a, b in zip(scored, ours[0].logprobs))
+    colour = ours[1].text
+    stop = colour[len(colour) // 2:len(colour) // 2 + 2]  # a stop string inside the answer: generation ends there
+    cut = HFBackend(path, stop=[stop]).generate(["Name a colour."], [0], 0.0, 12)[0]
+    assert len(colour) >= 4 and cut.text == colour[:colour.index(stop)] and len(cut.logprobs) < len(ours[1].logprobs)
 
 
 @NEEDS_SMOLLM2

@@ -28,6 +28,26 @@ def test_zoo_tokenizers_add_the_bos_their_models_were_trained_with():
     assert start == 5 and fmt.content_start("Cab=") == 1 and fmt.render("Cab=") == "<s>Cab="
 
 
+def test_lm_eval_harness_defaults_get_the_answers_evolvelm_gets():
+    """Another tool on a zoo checkpoint (what `evolvelm export` copies for full-weight runs), with its
+    defaults: lm-eval's `hf` model tokenizes with the tokenizer's own special tokens, so it must see
+    the <s> the model was trained with and answer as evolvelm does (before the zoo tokenizers added
+    <s> themselves, its exact match on copy prompts was 0.00 against 0.69)."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    path = str(ZOO / "copy-reverse")
+    prompts = ["Cabcdefgh=", "Rabcdef=", "Cxyzuvwqrs=", "Rqwertyu=", "Cmnbv="]
+    lm = HFLM(pretrained=path, device="cpu", batch_size=5)
+    assert lm.tok_encode("Cab=")[0] == lm.tokenizer.bos_token_id
+    theirs = lm.generate_until([Instance("generate_until", None, (p, {"until": ["</s>"], "max_gen_toks": 12,
+                                                                      "do_sample": False}), i)
+                                for i, p in enumerate(prompts)])
+    ours = [g.text for g in HFBackend(path).generate(prompts, [0] * len(prompts), 0.0, 12)]
+    assert theirs == ours and sum(a == p[1:-1] or a == p[1:-1][::-1] for a, p in zip(ours, prompts)) >= 3
+
+
 def test_chat_format_renders_the_template_everywhere(chat_model):
     fmt = PromptFormat.load(str(chat_model))
     tok = fmt.tokenizer

@@ -124,6 +124,7 @@ class KnowledgeConfig:
                                      # retrieval: no update, the best BM25 match among the stored documents in context
     people: int = 10                 # new people injected per round
     documents: int = 2               # documents per person, each in its own phrasing
+    population: int = 200            # people of zoo:facts' pretraining population whose facts eval asks (at most 200)
     anchors: int = 3200              # unrelated inputs (other skills, the pretraining population) held in place
     anchor_weight: float = 0.5       # share of the training mixture on the anchors
 
@@ -136,7 +137,8 @@ class SemisupConfig:
                                      # answers | pairs: DPO on right vs wrong answers | labeled: SFT on the
                                      # labeled set alone (the baseline)
     labeled_file: str = ""           # the labeled set, JSON lines of skill, difficulty, prompt, answer; empty: the
-                                     # labeled.jsonl beside the model (what zoo:chain was trained on)
+                                     # labeled.jsonl beside the model (what zoo:chain was trained on), or for a
+                                     # model without one the zoo's labeled set of the skills
     labeled_weight: float = 0.3      # share of the training mixture on the labeled set
     demos: int = 2                   # semievol: nearest labeled examples put before each unlabeled problem (and
                                      # before each labeled one, in a second copy the update trains on too)
@@ -317,6 +319,8 @@ def validate(cfg: Config) -> None:
                           f"{len(cfg.skills)} (the length of skills {cfg.skills}), got {cfg.rounds}")
     if cfg.knowledge.people < 1 or cfg.knowledge.documents < 1 or cfg.knowledge.anchors < 0:
         raise ConfigError("knowledge.people and knowledge.documents must be >= 1, knowledge.anchors >= 0")
+    if not 2 <= cfg.knowledge.population <= 200:
+        raise ConfigError(f"knowledge.population: must be in [2, 200] (a test and a dev half), got {cfg.knowledge.population}")
     if not 0 <= cfg.knowledge.anchor_weight < 1:
         raise ConfigError(f"knowledge.anchor_weight: must be in [0, 1), got {cfg.knowledge.anchor_weight}")
     if not 0 <= cfg.semisup.labeled_weight < 1:

@@ -209,3 +209,17 @@ def test_engine_imports_stay_light():
             "print(sorted(m for m in ('torch', 'transformers', 'vllm', 'ray') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_model_versions_are_remembered_until_a_file_changes(tmp_path, monkeypatch):
+    from evolvelm.store import hashing
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "w.bin").write_bytes(b"a" * 100)
+    first = hashing.dir_hash(tmp_path / "m")
+    reads = []
+    real = hashing.Path.read_bytes
+    monkeypatch.setattr(hashing.Path, "read_bytes", lambda self: reads.append(self) or real(self))
+    assert hashing.dir_hash(tmp_path / "m") == first and reads == []  # remembered: not read again
+    (tmp_path / "m" / "w.bin").write_bytes(b"b" * 101)
+    assert hashing.dir_hash(tmp_path / "m") != first and reads

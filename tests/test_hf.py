@@ -10,11 +10,13 @@ from evolvelm.backends.hf import HFBackend
 from evolvelm.cli import main
 from evolvelm.models import ZOO
 from evolvelm.prompts import PromptFormat
+from evolvelm.report.export import answerer
 from evolvelm.recipes.ladder import run_recipe
 from evolvelm.store.run import Run
 from evolvelm.tasks import get_task
 from evolvelm.types import Example
 from evolvelm.update import sft
+from test_models import lm_eval_generate
 
 pytestmark = pytest.mark.integration
 MODEL = str(ZOO / "copy-reverse")
@@ -95,6 +97,18 @@ def test_two_lora_rounds_on_the_shipped_model_then_export(tmp_path):
     assert main(["export", str(run.root), str(tmp_path / "merged"), "--merged"]) == 0
     merged = HFBackend(str(tmp_path / "merged"))
     assert merged.generate(["Rabc="], [0], 0.0, 5)[0].text == "cba"
+    # ... and another tool reads both as `evolvelm generate` does: lm-eval-harness's `hf` model, its
+    # defaults, on the merged directory and on the base with the exported adapter (peft=)
+    pytest.importorskip("lm_eval")
+    from lm_eval.models.huggingface import HFLM
+
+    assert main(["export", str(run.root), str(tmp_path / "adapter")]) == 0
+    prompts = ["Rabcdefg=", "Rqwertyuio=", "Rxyz=", "Rmnbvcxzlkj="]
+    ours = [answer for _, answer, _ in answerer(run)(prompts, 14)]
+    assert sum(a == p[1:-1][::-1] for a, p in zip(ours, prompts)) >= 2
+    for lm in (HFLM(pretrained=str(tmp_path / "merged"), device="cpu", batch_size=4),
+               HFLM(pretrained=str(ZOO / "copy-reverse"), peft=str(tmp_path / "adapter"), device="cpu", batch_size=4)):
+        assert lm_eval_generate(lm, prompts, 14) == ours
 
 
 def test_shipped_addition_model_solves_its_training_range():

@@ -8,6 +8,7 @@ import signal
 import pytest
 
 from evolvelm.backends.hf import HFBackend
+from evolvelm import config
 from evolvelm.cli import main
 from evolvelm.models import ZOO, resolve
 from evolvelm.prompts import PromptFormat
@@ -28,22 +29,27 @@ def test_zoo_tokenizers_add_the_bos_their_models_were_trained_with():
     assert start == 5 and fmt.content_start("Cab=") == 1 and fmt.render("Cab=") == "<s>Cab="
 
 
+def lm_eval_generate(lm, contexts: list[str], max_tokens: int, until=()) -> list[str]:
+    """lm-eval-harness's generate_until requests, greedy, as a generate_until task sends them."""
+    from lm_eval.api.instance import Instance
+
+    return lm.generate_until([Instance("generate_until", None, (c, {"until": list(until), "max_gen_toks": max_tokens,
+                                                                    "do_sample": False}), i) for i, c in enumerate(contexts)])
+
+
 def test_lm_eval_harness_defaults_get_the_answers_evolvelm_gets():
     """Another tool on a zoo checkpoint (what `evolvelm export` copies for full-weight runs), with its
     defaults: lm-eval's `hf` model tokenizes with the tokenizer's own special tokens, so it must see
     the <s> the model was trained with and answer as evolvelm does (before the zoo tokenizers added
     <s> themselves, its exact match on copy prompts was 0.00 against 0.69)."""
     pytest.importorskip("lm_eval")
-    from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
     path = str(ZOO / "copy-reverse")
     prompts = ["Cabcdefgh=", "Rabcdef=", "Cxyzuvwqrs=", "Rqwertyu=", "Cmnbv="]
     lm = HFLM(pretrained=path, device="cpu", batch_size=5)
     assert lm.tok_encode("Cab=")[0] == lm.tokenizer.bos_token_id
-    theirs = lm.generate_until([Instance("generate_until", None, (p, {"until": ["</s>"], "max_gen_toks": 12,
-                                                                      "do_sample": False}), i)
-                                for i, p in enumerate(prompts)])
+    theirs = lm_eval_generate(lm, prompts, 12, ["</s>"])
     ours = [g.text for g in HFBackend(path).generate(prompts, [0] * len(prompts), 0.0, 12)]
     assert theirs == ours and sum(a == p[1:-1] or a == p[1:-1][::-1] for a, p in zip(ours, prompts)) >= 3
 
@@ -93,18 +99,54 @@ LADDER = ["rounds=2", "skills=[copy]", "model.voters=[]", "acquire.start_level=2
           "update.original=20", "update.method=lora", "refine.chain=[dedup]", "gate.tolerance=1.0"]
 
 
-def test_ladder_on_a_chat_model_stores_rendered_prompts_and_resumes_identically(tmp_path, chat_model):
-    args = ["run", "copy-ladder", f"model.path={chat_model}", *LADDER]
+# every recipe family in a few seconds on the chat model; beside a shipped recipe, these override its sizes
+TINY = {"ladder": [s for s in LADDER if not s.startswith("skills=")],
+        "semisup": ["rounds=2", "acquire.problems=3", "acquire.samples=2", "update.steps=3", "update.batch_size=4",
+                    "eval.problems=3", "eval.dev_problems=3", "semisup.dev_slice=3", "semisup.temperatures=[0.5,1.0]"],
+        "knowledge": ["rounds=2", "knowledge.people=2", "knowledge.documents=1", "knowledge.anchors=20",
+                      "knowledge.population=4", "update.steps=3", "update.batch_size=4", "eval.max_difficulty=2",
+                      "eval.problems=3", "eval.dev_problems=3"],
+        "modular": ["skills=[reverse,shift]", "rounds=2", "modules.examples=20", "update.steps=3", "update.batch_size=4",
+                    "eval.max_difficulty=2", "eval.problems=3", "eval.dev_problems=3"]}
+
+
+def tiny(recipe: str) -> list[str]:
+    return TINY[config.load(recipe).recipe]
+
+
+def rendered(prompt: str) -> str:
+    return f"<|im_start|>system\nYou are a tiny test model.<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def read_through_the_template(s) -> bool:
+    """The sample stores what the model read: its prompt, or what it saw instead (a retry or hint prompt,
+    examples before it), or a document before it (knowledge), through the chat template."""
+    return s.rendered in (rendered(s.context or s.prompt), rendered(s.context + s.prompt))
+
+
+@pytest.mark.parametrize("recipe", ["copy-ladder", "pairs", "knowledge-distill", "modular-skills"])
+def test_each_recipe_family_on_a_chat_model_stores_rendered_prompts_and_resumes_identically(tmp_path, chat_model, recipe):
+    """One shipped recipe of each family (ladder; semisup with DPO; knowledge distillation; modular with
+    its router), killed during round 2's update and resumed: bit-identical to an uninterrupted run."""
+    args = ["run", recipe, f"model.path={chat_model}", *tiny(recipe)]
     ref = evolvelm(*args, "--run-dir", str(tmp_path / "ref"), timeout=300)
     assert ref.returncode == 0, ref.stderr
-    samples = Run.open(tmp_path / "ref").samples(1)
-    assert samples and all(s.rendered == f"<|im_start|>system\nYou are a tiny test model.<|im_end|>\n<|im_start|>user\n"
-                                          f"{s.prompt}<|im_end|>\n<|im_start|>assistant\n" for s in samples)
+    asked = [s for s in Run.open(tmp_path / "ref").samples(1) if s.skill != "document"]
+    assert asked and all(map(read_through_the_template, asked))
     killed = evolvelm(*args, "--run-dir", str(tmp_path / "run"), env={"EVOLVELM_KILL_AT": "2:update:before-manifest"},
                       timeout=300)
     assert killed.returncode == -signal.SIGKILL
     assert evolvelm("resume", str(tmp_path / "run"), timeout=300).returncode == 0
     assert outcome(tmp_path / "run") == outcome(tmp_path / "ref")
+
+
+@pytest.mark.parametrize("recipe", sorted(set(config.shipped_recipes()) - {"copy-ladder", "pairs", "knowledge-distill",
+                                                                          "modular-skills"}))
+def test_every_other_shipped_recipe_runs_a_round_on_a_chat_model(tmp_path, chat_model, recipe):
+    assert main(["run", recipe, f"model.path={chat_model}", *tiny(recipe), "rounds=1", "--run-dir", str(tmp_path / "r"),
+                 "-q"]) == 0
+    asked = Run.open(tmp_path / "r").samples(1)
+    assert asked and all(map(read_through_the_template, asked))
 
 
 def test_bad_model_references_exit_2_naming_them(tmp_path, capsys, monkeypatch):
@@ -143,21 +185,22 @@ NEEDS_SMOLLM2 = pytest.mark.skipif(not HAVE_SMOLLM2 and os.environ.get("CI") != 
 
 
 @NEEDS_SMOLLM2
-def test_smollm2_from_the_zoo_answers_through_its_chat_template_like_transformers(tmp_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def test_smollm2_from_the_zoo_answers_through_its_chat_template_as_lm_eval_does(tmp_path):
+    """SmolLM2 as evolvelm reads it (model.chat: auto) and as lm-eval-harness 0.4.13's `hf` model reads
+    it with --apply_chat_template: the same rendered prompts, the same greedy answers."""
+    from lm_eval.models.huggingface import HFLM
 
     path = resolve("zoo:smollm2-135m-instruct")
     assert resolve("zoo:smollm2-135m-instruct") == path  # converted once, cached
     question = "What is 2 + 3? Answer with just the number."
-    ours = HFBackend(path).generate([question, "Name a colour."], [0, 0], 0.0, 12)
+    prompts = [question, "Name a colour.", "Copy this word: banana", "Reverse: abc"]
+    ours = HFBackend(path).generate(prompts, [0] * 4, 0.0, 12)
     assert ours[0].rendered.startswith("<|im_start|>system") and "<|im_start|>assistant\n" in ours[0].rendered
-    tok = AutoTokenizer.from_pretrained(path)  # the stock transformers path, as another tool would take it
-    model = AutoModelForCausalLM.from_pretrained(path)
-    ids = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, return_tensors="pt",
-                                  return_dict=True)
-    theirs = model.generate(**ids, max_new_tokens=12, do_sample=False)
-    assert tok.decode(theirs[0, ids["input_ids"].shape[1]:], skip_special_tokens=True) == ours[0].text
-    assert "5" in ours[0].text
+    lm = HFLM(pretrained=path, device="cpu", batch_size=4)
+    contexts = [lm.apply_chat_template([{"role": "user", "content": p}]) for p in prompts]
+    assert contexts == [g.rendered for g in ours]
+    assert lm_eval_generate(lm, contexts, 12) == [g.text for g in ours]
+    assert "5" in ours[0].text and len(set(g.text for g in ours)) == 4
     scored = HFBackend(path).logprobs([question], [ours[0].text])[0]  # scoring reads what generation read
     assert len(scored) == len(ours[0].logprobs) and all(math.isclose(a, b, abs_tol=2e-3) for a, b in zip(scored, ours[0].logprobs))
     colour = ours[1].text
@@ -167,9 +210,17 @@ def test_smollm2_from_the_zoo_answers_through_its_chat_template_like_transformer
 
 
 @NEEDS_SMOLLM2
-def test_smollm2_runs_a_ladder_round_end_to_end(tmp_path):
-    out = evolvelm("run", "copy-ladder", "model.path=zoo:smollm2-135m-instruct", *LADDER[1:], "rounds=1",
+@pytest.mark.parametrize("recipe", ["copy-ladder", "lmsi", "knowledge-distill"])
+def test_smollm2_runs_a_round_of_the_ladder_semisup_and_knowledge_recipes(tmp_path, recipe):
+    """The shipped recipes with model.path changed (and, at test scale, their sizes; a 135M model's full
+    update and greedy answers cost seconds each on a CPU): a round end to end."""
+    smaller = [] if recipe == "copy-ladder" else ["eval.max_difficulty=1", "update.method=lora"]
+    out = evolvelm("run", recipe, "model.path=zoo:smollm2-135m-instruct", *tiny(recipe), "rounds=1", *smaller,
                    "--run-dir", str(tmp_path / "run"), timeout=600)
     assert out.returncode == 0, out.stderr
     run = Run.open(tmp_path / "run")
-    assert run.done(1, "update")["adapter"] and run.samples(1)[0].rendered.startswith("<|im_start|>system")
+    update = run.done(1, "update")
+    assert update["adapter"] or update["model"] != "zoo:smollm2-135m-instruct"  # it trained
+    asked = [s for s in run.samples(1) if s.skill != "document"]
+    assert asked and all(s.rendered.startswith("<|im_start|>system") and s.rendered.endswith("<|im_start|>assistant\n")
+                         for s in asked)

@@ -93,3 +93,28 @@ def test_paired_gate_counts_problems_that_change_and_asks_for_a_significant_gain
 
 def test_tiny_difficulties_do_not_loop_forever():
     assert len(get_task("shift").problems(1, 1000, seed=0)) == 26  # only 26 distinct prompts
+
+
+def test_each_skill_sets_how_many_tokens_its_answers_may_take(monkeypatch, tmp_path):
+    """A skill's `max_tokens` is what generation stops at, in acquisition and evaluation alike (by
+    default: its longest answer in characters + 2)."""
+    from dataclasses import replace
+
+    from evolvelm.acquire.sampling import sample
+    from evolvelm.backends import fake
+    from evolvelm.evaluate.suite import accuracy
+
+    copy = get_task("copy")
+    assert copy.max_new_tokens(5) == copy.answer_lengths(5)[1] + 2
+    monkeypatch.setitem(TASKS, "copy", replace(copy, max_tokens=lambda d: 2 * d))
+    asked = []
+
+    class Recording(fake.FakeBackend):
+        def generate(self, prompts, seeds, temperature, max_new_tokens):
+            asked.append(max_new_tokens)
+            return super().generate(prompts, seeds, temperature, max_new_tokens)
+
+    backend = Recording(str(fake.write(tmp_path / "m", {"copy": 9})))
+    sample(backend, get_task("copy").problems(3, 4, seed=0), 1, 0, 2, 1.0, True, True)
+    accuracy(backend, ["copy"], {"copy": range(4, 5)}, "test", 4, 4, 0, True)
+    assert asked and set(asked) == {6, 8}

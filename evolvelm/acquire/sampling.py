@@ -47,7 +47,7 @@ def sample(backend, problems: list[Problem], rnd: int, run_seed: int, k: int, te
                 continue
             temp = 0.0 if greedy else temperature
             seeds = [derive_seed(run_seed, rnd, p.id, j, *([member] if member else [])) for p, j in part]
-            max_new = max(get_task(p.skill).answer_lengths(p.difficulty)[1] for p, _ in part) + 2
+            max_new = max(get_task(p.skill).max_new_tokens(p.difficulty) for p, _ in part)
             seen = [asked(p, j) for p, j in part]
             for (p, j), (prompt, back), g in zip(part, seen, backend.generate([q for q, _ in seen], seeds, temp, max_new)):
                 out.append(Sample(round=rnd, skill=p.skill, difficulty=p.difficulty, prompt=p.prompt,
@@ -75,7 +75,7 @@ def retry_with_feedback(backend, samples: list[Sample], rnd: int, run_seed: int,
         chunk = failed[i:i + CHUNK]
         prompts = [retry_prompt(s.prompt, s.completion, why) for s, why in chunk]
         seeds = [derive_seed(run_seed, rnd, s.prompt, s.k, "retry", s.member) for s, _ in chunk]
-        max_new = max(get_task(s.skill).answer_lengths(s.difficulty)[1] for s, _ in chunk) + 2
+        max_new = max(get_task(s.skill).max_new_tokens(s.difficulty) for s, _ in chunk)
         for (s, _), prompt, g in zip(chunk, prompts, backend.generate(prompts, seeds, 0.0, max_new)):
             out.append(replace(s, completion=g.text, model_version=backend.version, seed=g.seed, k=s.k + shift,
                                temperature=0.0, mean_logprob=sum(g.logprobs) / max(1, len(g.logprobs)),

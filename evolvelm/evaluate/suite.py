@@ -52,7 +52,7 @@ def right_answers(backend, skills: list[str], difficulties: dict[str, range], sp
         task, right = get_task(skill), []
         for i in range(0, len(probs), CHUNK):
             chunk = probs[i:i + CHUNK]
-            gens = backend.generate([p.prompt for p in chunk], [0] * len(chunk), 0.0, task.answer_lengths(d)[1] + 2)
+            gens = backend.generate([p.prompt for p in chunk], [0] * len(chunk), 0.0, task.max_new_tokens(d))
             right += task.check_many(list(chunk), [g.text for g in gens])
             bar.update(len(chunk))
         out[skill][d] = right

@@ -64,9 +64,11 @@ def batch(cfg: Config, rnd: int) -> list[facts.Person]:
     return people
 
 
-def population_split(split: str) -> list[facts.Question]:
-    """The population's facts asked in the held-out phrasing: even people for test, odd for dev."""
-    return [q for i, p in enumerate(facts.population()) if i % 2 == (split == "dev") for q in facts.questions(p, facts.EVAL)]
+def population_split(cfg: Config, split: str) -> list[facts.Question]:
+    """The population's facts asked in the held-out phrasing (of its first `knowledge.population`
+    people): even people for test, odd for dev."""
+    people = facts.population()[:cfg.knowledge.population]
+    return [q for i, p in enumerate(people) if i % 2 == (split == "dev") for q in facts.questions(p, facts.EVAL)]
 
 
 def held_out(cfg: Config, j: int) -> tuple[list[facts.Question], list[str]]:
@@ -205,7 +207,7 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: dict, quiet: bool) -> dict:
     rows = [(split, s, d, a, len(splits(get_task(s), d, e.problems, e.dev_problems, e.seed)[split]), model.version,
              get_task(s).version) for split in acc for s in cfg.skills for d, a in acc[split][s].items()]
     for split in ("test", "dev"):
-        qs = population_split(split)
+        qs = population_split(cfg, split)
         acc[split]["population"] = {1: facts_accuracy(model, qs, [""] * len(qs))}
         rows.append((split, "population", 1, acc[split]["population"][1], len(qs), model.version, facts.VERSION))
     memory = Memory.from_run(run, rnd) if method == "retrieval" and rnd else None

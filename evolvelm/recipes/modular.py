@@ -68,7 +68,9 @@ def model_for(cfg: Config, run: Run, state: dict):
 def acquire(cfg: Config, run: Run, rnd: int, held: dict) -> None:
     """The round's experience: labelled problems of its skill, spread over the difficulties."""
     t0, skill, top = time.time(), cfg.skills[rnd - 1], cfg.eval.max_difficulty
-    samples = [Sample(rnd, skill, p.difficulty, p.prompt, p.answer, "labelled", 0, 0, 0.0, 0.0, p.answer)
+    fmt = prompt_format(cfg, resolve(cfg.model.path, run))  # stored: how training will render each prompt
+    samples = [Sample(rnd, skill, p.difficulty, p.prompt, p.answer, "labelled", 0, 0, 0.0, 0.0, p.answer,
+                      rendered=fmt.render(p.prompt))
                for d in range(1, top + 1)
                for p in draw_problems(skill, d, max(1, cfg.modules.examples // top), cfg.seed, rnd, held[skill][d])]
     run.commit(rnd, "acquire", {"skill": skill, "acquired": len(samples), "seconds": round(time.time() - t0, 2)},

@@ -3,7 +3,8 @@ written-out reasoning (a scratchpad) as the experience it learns from.
 
     evolvelm run lmsi          # or star, rest-em, semievol, pairs; semisup.method=labeled is the baseline
 
-The base model was trained on the labeled set alone (`labeled.jsonl` beside it, or `semisup.labeled_file`).
+The base model was trained on the labeled set alone (`labeled.jsonl` beside it, or `semisup.labeled_file`;
+a model from elsewhere gets the zoo's labeled set of its skills, which it was not trained on).
 Round 0 evaluates it. Every later round runs, in order:
     acquire  `acquire.problems` unlabeled problems per difficulty 1..eval.max_difficulty, none held out
              and none labeled; k answers each (scratchpad, then the answer). semievol: each problem
@@ -45,7 +46,7 @@ from tqdm import tqdm
 from evolvelm.acquire.sampling import CHUNK, derive_seed, sample
 from evolvelm.config import Config, ConfigError
 from evolvelm.evaluate.suite import frontier, held_out_prompts, paired_gate, rates, right_answers, splits
-from evolvelm.models import backend_for, base_state, prompt_format, resolve
+from evolvelm.models import ZOO, backend_for, base_state, prompt_format, resolve
 from evolvelm.refine.filters import FilterContext, final, judged, majority, run_chain
 from evolvelm.store.run import Run
 from evolvelm.store.summary import write_summary
@@ -83,8 +84,13 @@ def labeled_prompts(cfg: Config, run: Run) -> frozenset[str]:
 
 
 def labeled_path(cfg: Config, run: Run) -> Path:
-    """Where the labeled set is read from."""
-    return Path(cfg.semisup.labeled_file) if cfg.semisup.labeled_file else Path(resolve(cfg.model.path, run)) / "labeled.jsonl"
+    """Where the labeled set is read from: `semisup.labeled_file`, else the `labeled.jsonl` beside the
+    model, else (a model from elsewhere, such as SmolLM2) the zoo's labeled set of the run's skills."""
+    if cfg.semisup.labeled_file:
+        return Path(cfg.semisup.labeled_file)
+    beside = Path(resolve(cfg.model.path, run)) / "labeled.jsonl"
+    shipped = [p for p in sorted(ZOO.glob("*/labeled.jsonl")) if any(q.skill in cfg.skills for q in read_labeled(p))]
+    return beside if beside.is_file() or not shipped else shipped[0]
 
 
 def unlabeled(cfg: Config, rnd: int, exclude: dict) -> list[Problem]:
@@ -111,7 +117,7 @@ def rationalize(backend, samples: list[Sample], rnd: int, run_seed: int, quiet: 
         chunk = failed[i:i + CHUNK]
         prompts = [hint_prompt(s.prompt, get_task(s.skill).answer_of(s.true_answer)) for s in chunk]
         seeds = [derive_seed(run_seed, rnd, s.prompt, "hint") for s in chunk]
-        max_new = max(get_task(s.skill).answer_lengths(s.difficulty)[1] for s in chunk) + 2
+        max_new = max(get_task(s.skill).max_new_tokens(s.difficulty) for s in chunk)
         for s, prompt, g in zip(chunk, prompts, backend.generate(prompts, seeds, 0.0, max_new)):
             out.append(replace(s, completion=g.text, model_version=backend.version, seed=g.seed, k=s.k + shift,
                                temperature=0.0, mean_logprob=sum(g.logprobs) / max(1, len(g.logprobs)),

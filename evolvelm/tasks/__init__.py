@@ -54,10 +54,17 @@ class Task:
     variant: Callable[[str, int], tuple[str, Callable[[str], str]]] | None = None
     # variant: (prompt, i) -> the same problem asked another way (i = 1, 2, ...), and the map from an answer
     # to it back to an answer to the prompt. None: the skill has no equivalent prompts (`acquire.variants`).
+    max_tokens: Callable[[int], int] | None = None
+    # max_tokens: difficulty -> tokens generated at most per answer. None: the longest plausible answer in
+    # characters, plus 2 (no token is shorter than a character; room for the end of turn)
 
     def answer_of(self, completion: str) -> str:
         """The final answer a completion gives (all of it, unless the task writes a scratchpad)."""
         return self.final(completion) if self.final else completion
+
+    def max_new_tokens(self, difficulty: int) -> int:
+        """How many tokens an answer at `difficulty` may take: what generation stops at."""
+        return self.max_tokens(difficulty) if self.max_tokens else self.answer_lengths(difficulty)[1] + 2
 
     def problem(self, difficulty: int, rng: random.Random) -> Problem:
         prompt, answer = self.make(difficulty, rng)

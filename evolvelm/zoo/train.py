@@ -110,7 +110,7 @@ def accuracy(model_dir: Path, skill: str, difficulties: range, n: int = 200) -> 
     backend, task, acc = HFBackend(str(model_dir)), get_task(skill), {}
     for d in difficulties:
         probs = task.problems(d, n, seed=10_000 + d)
-        gens = backend.generate([p.prompt for p in probs], [0] * len(probs), 0.0, task.answer_lengths(d)[1] + 2)
+        gens = backend.generate([p.prompt for p in probs], [0] * len(probs), 0.0, task.max_new_tokens(d))
         acc[d] = sum(task.check_many(probs, [g.text for g in gens])) / len(probs)
     return acc
 

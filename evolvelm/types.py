@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 
 
 def content_id(*parts: object) -> str:
@@ -88,3 +88,54 @@ class Example:
     weight: float = 1.0
     target: object = None       # soft targets (context distillation): a [tokens of answer + 1, vocab] tensor of
                                 # probabilities, one row per answer token and end-of-sequence; None: the answer itself
+
+
+@dataclass(frozen=True)
+class Member:
+    """One model of a voting population: a model reference (zoo:NAME, a path, relative to the run for
+    its own rounds' weights) and the LoRA adapter on it, if any."""
+
+    model: str
+    adapter: str | None = None
+
+
+@dataclass(frozen=True)
+class State:
+    """What a round's gate kept, as the next round reads it back from the manifest: the model and its
+    adapter, its voters, a modular run's modules and router, the ladder's trained level per skill
+    and its retry policy (step: difficulties labelled ahead, None: the configured one; strict:
+    rollbacks answered with a stricter filter)."""
+
+    model: str
+    adapter: str | None = None
+    voters: tuple[Member, ...] = ()
+    modules: dict[str, str] = field(default_factory=dict)
+    router: str | None = None
+    levels: dict[str, int] = field(default_factory=dict)
+    round: int = 0
+    step: int | None = None
+    strict: int = 0
+
+    MODEL_KEYS = ("model", "adapter", "voters", "modules", "router")  # what an update stage produces
+
+    @classmethod
+    def read(cls, info: dict) -> State:
+        """The state in a gate's (or an update's) manifest entry; other keys are ignored."""
+        names = {f.name for f in fields(cls)}
+        known = {k: v for k, v in info.items() if k in names}
+        known["voters"] = tuple(Member(**v) for v in known.get("voters", ()))
+        return cls(**known)
+
+    def after(self, update: dict, **changes) -> State:
+        """This state with the weights an update stage committed (and `changes`)."""
+        new = State.read(update)
+        return replace(self, **{k: getattr(new, k) for k in self.MODEL_KEYS if k in update}, **changes)
+
+    def info(self) -> dict:
+        """As stored in the manifest (JSON)."""
+        return {**asdict(self), "voters": [asdict(v) for v in self.voters]}
+
+    @property
+    def members(self) -> list[Member]:
+        """The voting population: the model itself, then its voters."""
+        return [Member(self.model, self.adapter), *self.voters]

@@ -10,6 +10,7 @@ from evolvelm.recipes.ladder import next_attempt, run_recipe, strictness
 from evolvelm.store.run import Run
 from evolvelm.tasks import get_task
 from evolvelm.update.mixture import mixture, original_data
+from evolvelm.types import Member, State
 
 
 def start(tmp_path, recipe, *overrides):
@@ -76,14 +77,14 @@ def test_a_rollback_retries_with_a_smaller_step_then_a_stricter_filter(tmp_path,
 
     cfg = config.load(fake_recipe, ["refine.chain=[vote, model_vote, dedup]", "refine.vote_agreement=0.6",
                                     "model.voters=[a, b]", "refine.model_vote_min=2"])
-    state = {"step": 1, "strict": 0}
+    state = State("m", step=1)
     assert strictness(cfg, 0) == {"vote_agreement": 0.6, "model_vote_min": 2}
     step, strict, decision = next_attempt(cfg, state, promoted=False)
     assert (step, strict) == (1, 1) and strictness(cfg, 1) == {"vote_agreement": 0.8, "model_vote_min": 3}
-    assert next_attempt(cfg, {"step": 1, "strict": 1}, promoted=False)[1] == 2  # all samples, all 3 models
-    assert next_attempt(cfg, {"step": 1, "strict": 2}, promoted=False)[1:] == (2, "retry on new problems (step and "
+    assert next_attempt(cfg, State("m", step=1, strict=1), promoted=False)[1] == 2  # all samples, all 3 models
+    assert next_attempt(cfg, State("m", step=1, strict=2), promoted=False)[1:] == (2, "retry on new problems (step and "
                                                                              "filters already at their strictest)")
-    assert next_attempt(cfg, {"step": 1, "strict": 2}, promoted=True)[:2] == (1, 0)
+    assert next_attempt(cfg, State("m", step=1, strict=2), promoted=True)[:2] == (1, 0)
 
 
 def test_voters_evolve_beside_the_model_and_vote(tmp_path, fake_recipe):
@@ -146,7 +147,7 @@ def test_consolidate_labels_the_newest_self_taught_difficulties_again(tmp_path, 
 def test_original_weight_keeps_the_base_ranges_share_of_the_mixture(tmp_path, fake_recipe):
     cfg, run = start(tmp_path, fake_recipe, "rounds=2", "update.original_weight=0.3")
     run_recipe(cfg, run, quiet=True)
-    examples, n_new = mixture(cfg, run, 2, run.done(1, "gate"))
+    examples, n_new = mixture(cfg, run, 2)
     original = {p for p, _ in original_data(cfg, run.done(0, "gate")["levels"])}
     total = sum(x.weight for x in examples)
     assert n_new > 0 and sum(x.weight for x in examples if x.prompt in original) / total == pytest.approx(0.3)
@@ -223,3 +224,15 @@ def test_model_versions_are_remembered_until_a_file_changes(tmp_path, monkeypatc
     assert hashing.dir_hash(tmp_path / "m") == first and reads == []  # remembered: not read again
     (tmp_path / "m" / "w.bin").write_bytes(b"b" * 101)
     assert hashing.dir_hash(tmp_path / "m") != first and reads
+
+
+def test_the_gate_state_reads_back_typed_from_the_manifest(tmp_path, fake_recipe):
+    voter = str(fake.write(tmp_path / "voter", {"copy": 4, "reverse": 4}, seed=1))
+    cfg, run = start(tmp_path, fake_recipe, f"model.voters=[{voter}]", "rounds=1")
+    run_recipe(cfg, run, quiet=True)
+    state = State.read(run.done(1, "gate"))  # beside the state, the manifest holds promoted, reason, ...
+    assert state.round == 1 and run.done(1, "gate")["promoted"]
+    assert min(state.levels.values()) > 4 and state.step == 1 and state.strict == 0
+    assert state.members[1] == Member("rounds/0001/update/voter1") and State.read(state.info()) == state
+    old = {"model": "zoo:copy-reverse", "adapter": None, "levels": {"copy": 6}, "round": 0, "promoted": True}
+    assert State.read(old) == State("zoo:copy-reverse", levels={"copy": 6})  # a state stored before step/strict existed

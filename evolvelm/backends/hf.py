@@ -97,7 +97,7 @@ class HFBackend:
                 text = tok.decode(row[:n], skip_special_tokens=True)
                 if self.stop:
                     n, text = self._cut(row[:n], text)
-                out[r] = Generation(text, lp[:n], seeds[r], fmt.render(prompts[r]))
+                out[r] = Generation(text, lp[:n], seeds[r], tok.decode(ids[r]))  # what fmt.render gives
         return out
 
     def _cut(self, row: list[int], text: str) -> tuple[int, str]:

@@ -42,12 +42,11 @@ from evolvelm.store.memory import Memory
 from evolvelm.store.run import Run
 from evolvelm.store.summary import write_summary
 from evolvelm.tasks import facts, get_task
-from evolvelm.types import Example, Sample, Verdict
+from evolvelm.types import Example, Sample, State, Verdict
 from evolvelm.update import distill, sft
 from evolvelm.update.mixture import weighted
 
 TRAINED = ("distill", "sft-qa", "sft-doc")  # the methods that change parameters
-STATE = ("model", "adapter")
 
 
 def preflight(cfg: Config, run: Run) -> None:
@@ -84,7 +83,7 @@ def answer(model, prompts: list[str]):
     return model.generate(prompts, [0] * len(prompts), 0.0, facts.max_answer_length() + 2)
 
 
-def acquire(cfg: Config, run: Run, rnd: int, state: dict) -> None:
+def acquire(cfg: Config, run: Run, rnd: int, state: State) -> None:
     """Documents of the round's people, and the model's own answers to its questions about them."""
     t0, k = time.time(), cfg.knowledge
     docs = [(p, j, facts.document(p, (cfg.seed, rnd, j))) for p in batch(cfg, rnd) for j in range(k.documents)]
@@ -162,10 +161,10 @@ def anchors(cfg: Config, run: Run, rnd: int, held: dict) -> list[Example]:
     return distill.soft_examples(prompts, answers, targets)
 
 
-def update_stage(cfg: Config, run: Run, rnd: int, state: dict, held: dict, quiet: bool) -> None:
+def update_stage(cfg: Config, run: Run, rnd: int, state: State, held: dict, quiet: bool) -> None:
     """Train the method on this injection, earlier ones (replay) and the anchors; or nothing (icl, retrieval)."""
     t0, u, k = time.time(), cfg.update, cfg.knowledge
-    info = {key: state[key] for key in STATE}
+    info = {"model": state.model, "adapter": state.adapter}
     if k.method not in TRAINED:
         run.commit(rnd, "update", {**info, "examples": 0, "seconds": 0.0})
         return
@@ -174,15 +173,15 @@ def update_stage(cfg: Config, run: Run, rnd: int, state: dict, held: dict, quiet
     new_share = share * (u.new_weight if old else 1.0)
     anchor = anchors(cfg, run, rnd, held) if k.anchors else []
     mixture = weighted([(new, new_share), (old, share - new_share), (anchor, k.anchor_weight)])
-    base_dir, seed = resolve(state["model"], run), derive_seed(cfg.seed, rnd, "train")
-    model = sft.load_for_training(base_dir, resolve(state["adapter"], run) if state["adapter"] else None, u.method,
+    base_dir, seed = resolve(state.model, run), derive_seed(cfg.seed, rnd, "train")
+    model = sft.load_for_training(base_dir, resolve(state.adapter, run) if state.adapter else None, u.method,
                                   u.lora_r, u.lora_alpha, seed, cfg.model.device, cfg.model.dtype)
     losses = sft.train(model, prompt_format(cfg, base_dir), mixture, u.steps, u.batch_size, u.lr, seed=seed,
                        warmup=u.warmup, desc=f"update round {rnd}", quiet=quiet)
     staging, final = run.staging(rnd, "update"), run.stage_dir(rnd, "update").relative_to(run.root)
     (staging / "model").mkdir(parents=True)
-    sft.save(model, base_dir, staging / "model", card={"round": rnd, "method": k.method, "base": state["model"],
-                                                        "parent": state["adapter"], "examples": len(mixture),
+    sft.save(model, base_dir, staging / "model", card={"round": rnd, "method": k.method, "base": state.model,
+                                                        "parent": state.adapter, "examples": len(mixture),
                                                         "loss_first": losses[0], "loss_last": losses[-1]})
     info["adapter" if u.method == "lora" else "model"] = str(final / "model")
     run.commit(rnd, "update", {**info, "examples": len(mixture), "new_examples": len(new), "replayed": len(old),
@@ -197,7 +196,7 @@ def facts_accuracy(model, questions: list[facts.Question], contexts: list[str]) 
     return sum(facts.check(q, g.text) for q, g in zip(questions, gens)) / len(questions)
 
 
-def evaluate(cfg: Config, run: Run, rnd: int, state: dict, quiet: bool) -> dict:
+def evaluate(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> dict:
     """Every injected batch (held-out phrasing), the newest batch's in-context upper bound, the other
     skills and the population's facts; the evals table holds batch j as skill "facts", difficulty j."""
     t0, e, method = time.time(), cfg.eval, cfg.knowledge.method
@@ -238,11 +237,11 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
     if not run.done(0, "eval"):
         evaluate(cfg, run, 0, base_state(cfg), quiet)
     if not run.done(0, "gate"):
-        run.commit(0, "gate", {**base_state(cfg), "promoted": True, "reason": "base model", "decision": "", "seconds": 0.0})
+        run.commit(0, "gate", {**base_state(cfg).info(), "promoted": True, "reason": "base model", "decision": "", "seconds": 0.0})
     write_summary(run, cfg)
 
     for rnd in range(1, cfg.rounds + 1):
-        state = run.done(rnd - 1, "gate")
+        state = State.read(run.done(rnd - 1, "gate"))
         if not run.done(rnd, "acquire"):
             acquire(cfg, run, rnd, state)
         if not run.done(rnd, "refine"):
@@ -250,13 +249,12 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
         if not run.done(rnd, "update"):
             update_stage(cfg, run, rnd, state, held, quiet)
         update = run.done(rnd, "update")
-        candidate = {key: update[key] for key in STATE} | {"levels": {}, "round": rnd}
+        candidate = state.after(update, round=rnd)
         if not run.done(rnd, "eval"):
             evaluate(cfg, run, rnd, candidate, quiet)
         if not run.done(rnd, "gate"):
             ok, reason = gate(run.done(0, "eval")["dev"], run.done(rnd, "eval")["dev"], 0.0, cfg.gate.tolerance)
-            info = candidate if ok else {key: state[key] for key in (*STATE, "levels", "round")}
-            run.commit(rnd, "gate", {**info, "promoted": ok, "reason": reason, "decision": "", "seconds": 0.0})
+            run.commit(rnd, "gate", {**(candidate if ok else state).info(), "promoted": ok, "reason": reason, "decision": "", "seconds": 0.0})
         summary = write_summary(run, cfg)
         if not quiet:
             kn = summary["knowledge"]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -33,11 +34,12 @@ from evolvelm import sandbox
 from evolvelm.acquire.sampling import draw_problems, retry_with_feedback, sample
 from evolvelm.config import Config, ConfigError
 from evolvelm.evaluate.suite import accuracy, frontier, gate, held_out_prompts, splits
-from evolvelm.models import backend_for, members, resolve
+from evolvelm.models import backend_for, resolve
 from evolvelm.refine.filters import FilterContext, judged, run_chain, unanimous_share
 from evolvelm.store.run import Run
 from evolvelm.store.summary import write_summary
 from evolvelm.tasks import get_task
+from evolvelm.types import Member, State
 from evolvelm.update.mixture import mixture
 from evolvelm.update.rounds import train_round
 
@@ -60,15 +62,15 @@ def start_levels(cfg: Config, run: Run) -> dict[str, int]:
 preflight = start_levels  # what `evolvelm run/validate` checks before anything is created
 
 
-def evaluate(cfg: Config, run: Run, rnd: int, state: dict, quiet: bool) -> dict:
+def evaluate(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> dict:
     """The eval stage: the model on the test split (1..max_difficulty) and every member of the
     population on the dev split (1..level+step), which is what the gate reads."""
     t0 = time.time()
     e = cfg.eval
     ranges = {"test": {s: range(1, e.max_difficulty + 1) for s in cfg.skills},
-              "dev": {s: range(1, min(e.max_difficulty, state["levels"][s] + cfg.acquire.step) + 1) for s in cfg.skills}}
+              "dev": {s: range(1, min(e.max_difficulty, state.levels[s] + cfg.acquire.step) + 1) for s in cfg.skills}}
     rows, acc = [], {}
-    for i, member in enumerate(members(state)):
+    for i, member in enumerate(state.members):
         backend = backend_for(cfg, run, member)
         for split in (["test", "dev"] if i == 0 else ["dev"]):
             name = split if i == 0 else f"dev:voter{i}"  # voters' dev scores are stored beside the model's
@@ -79,13 +81,13 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: dict, quiet: bool) -> dict:
             version = backend.version
         backend.close()
     info = {"frontier": {s: frontier(acc["test"][s], e.threshold) for s in cfg.skills}, "dev": acc["dev"],
-            "voters_dev": [acc[f"dev:voter{i}"] for i in range(1, len(members(state)))],
+            "voters_dev": [acc[f"dev:voter{i}"] for i in range(1, len(state.members))],
             "model_version": version, "seconds": round(time.time() - t0, 2), **sandbox.info(cfg.skills)}
     run.commit(rnd, "eval", info, evals=rows)
     return info
 
 
-def acquire(cfg: Config, run: Run, rnd: int, state: dict, held: dict, quiet: bool) -> None:
+def acquire(cfg: Config, run: Run, rnd: int, state: State, held: dict, quiet: bool) -> None:
     """The acquire stage: every member answers the same new problems, level+1 upwards.
 
     With `consolidate`, the newest self-taught difficulties (up to the level) are labelled again first.
@@ -96,13 +98,13 @@ def acquire(cfg: Config, run: Run, rnd: int, state: dict, held: dict, quiet: boo
     """
     t0 = time.time()
     a = cfg.acquire
-    backends = [backend_for(cfg, run, m) for m in members(state)]
+    backends = [backend_for(cfg, run, m) for m in state.members]
     samples, unanimity, feedback = [], {}, {}
     base_levels = run.done(0, "gate")["levels"]
     for skill in cfg.skills:
-        level = state["levels"][skill]
+        level = state.levels[skill]
         again = range(max(base_levels[skill], level - a.consolidate) + 1, level + 1)
-        for d in [*again, *range(level + 1, level + state.get("step", a.step) + 1)]:
+        for d in [*again, *range(level + 1, level + step_of(cfg, state) + 1)]:
             problems = draw_problems(skill, d, a.problems, cfg.seed, rnd, held[skill].get(d, frozenset()))
             got = [smp for i, b in enumerate(backends)
                    for smp in sample(b, problems, rnd, cfg.seed, a.samples, a.temperature, a.greedy_first, quiet,
@@ -125,13 +127,13 @@ def acquire(cfg: Config, run: Run, rnd: int, state: dict, held: dict, quiet: boo
                                 "seconds": round(time.time() - t0, 2)}, samples=samples)
 
 
-def refine(cfg: Config, run: Run, rnd: int, state: dict) -> None:
+def refine(cfg: Config, run: Run, rnd: int, state: State) -> None:
     """The refine stage: the filter chain (at the retry policy's strictness) over the round's samples."""
     t0 = time.time()
     samples = run.samples(rnd)
-    strict = strictness(cfg, state.get("strict", 0))
+    strict = strictness(cfg, state.strict)
     ctx = FilterContext(cfg.acquire.samples + cfg.acquire.variants, strict.get("vote_agreement", cfg.refine.vote_agreement),
-                        cfg.refine.min_agreement, members=len(members(state)),
+                        cfg.refine.min_agreement, members=len(state.members),
                         problems=Counter((sk, d) for sk, d, _ in {(s.skill, s.difficulty, s.prompt) for s in samples}),
                         model_vote_min=strict.get("model_vote_min", cfg.refine.model_vote_min),
                         min_diversity=cfg.refine.min_diversity)
@@ -151,16 +153,15 @@ def refine(cfg: Config, run: Run, rnd: int, state: dict) -> None:
                samples=samples, verdicts=True)
 
 
-def update_stage(cfg: Config, run: Run, rnd: int, state: dict, quiet: bool) -> None:
+def update_stage(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> None:
     """The update stage: every member continues training on the round's mixture (skipped without new labels)."""
     t0 = time.time()
-    examples, n_new = mixture(cfg, run, rnd, state)
+    examples, n_new = mixture(cfg, run, rnd)
     if n_new == 0:
-        info = {"skipped": "no samples kept", "model": state["model"], "adapter": state["adapter"],
-                "voters": state.get("voters", [])}
+        info = {"skipped": "no samples kept", **{k: state.info()[k] for k in ("model", "adapter", "voters")}}
     else:
         staging = run.staging(rnd, "update")
-        trained = [train_round(cfg, run, rnd, m, i, examples, staging, quiet) for i, m in enumerate(members(state))]
+        trained = [train_round(cfg, run, rnd, m, i, examples, staging, quiet) for i, m in enumerate(state.members)]
         info = {**trained[0], "voters": [{"model": t["model"], "adapter": t["adapter"]} for t in trained[1:]]}
     run.commit(rnd, "update", {**info, "examples": len(examples), "new_examples": n_new,
                                "seconds": round(time.time() - t0, 2)})
@@ -175,9 +176,14 @@ def strictness(cfg: Config, strict: int) -> dict:
     return {k: v for k, v in out.items() if {"vote_agreement": "vote", "model_vote_min": "model_vote"}[k] in cfg.refine.chain}
 
 
-def next_attempt(cfg: Config, state: dict, promoted: bool) -> tuple[int, int, str]:
+def step_of(cfg: Config, state: State) -> int:
+    """How many difficulties ahead the next round labels: the retry policy's, else the configured step."""
+    return cfg.acquire.step if state.step is None else state.step
+
+
+def next_attempt(cfg: Config, state: State, promoted: bool) -> tuple[int, int, str]:
     """The avalanche guard's retry policy: (step, strictness, decision) for the next round."""
-    step, strict = state.get("step", cfg.acquire.step), state.get("strict", 0)
+    step, strict = step_of(cfg, state), state.strict
     if promoted:
         return cfg.acquire.step, 0, "go on"
     if not cfg.gate.retry:
@@ -196,12 +202,12 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
                                 cfg.eval.seed) for s in cfg.skills}
 
     # Round 0: the base model (and its voters), evaluated before any update.
-    base = {"model": cfg.model.path, "adapter": None, "voters": [{"model": v, "adapter": None} for v in cfg.model.voters],
-            "levels": start_levels(cfg, run), "round": 0, "step": cfg.acquire.step, "strict": 0}
+    base = State(cfg.model.path, voters=tuple(Member(v) for v in cfg.model.voters), levels=start_levels(cfg, run),
+                 step=cfg.acquire.step)
     if not run.done(0, "eval"):
         evaluate(cfg, run, 0, base, quiet)
     if not run.done(0, "gate"):
-        run.commit(0, "gate", {**base, "promoted": True, "reason": "base model", "decision": "go on", "seconds": 0.0})
+        run.commit(0, "gate", {**base.info(), "promoted": True, "reason": "base model", "decision": "go on", "seconds": 0.0})
     summary = write_summary(run, cfg)
 
     for rnd in range(1, cfg.rounds + 1):
@@ -209,8 +215,8 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
             if not quiet:
                 tqdm.write(f"time budget of {cfg.budget_minutes} min reached after round {rnd - 1}")
             break
-        state = run.done(rnd - 1, "gate")  # the population currently promoted, its levels and retry policy
-        levels = state["levels"]
+        state = State.read(run.done(rnd - 1, "gate"))  # the population currently promoted, its levels and retry policy
+        levels = state.levels
 
         if not run.done(rnd, "acquire"):
             acquire(cfg, run, rnd, state, held, quiet)
@@ -223,13 +229,12 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
         update = run.done(rnd, "update")
         new_levels = {s: max([levels[s]] + [smp.difficulty for smp in run.samples(rnd) if smp.kept and smp.skill == s])
                       for s in cfg.skills}
-        candidate = {"model": update["model"], "adapter": update["adapter"], "voters": update.get("voters", []),
-                     "levels": new_levels, "round": rnd}
+        candidate = state.after(update, levels=new_levels, round=rnd)
         if not run.done(rnd, "eval"):
             evaluate(cfg, run, rnd, candidate, quiet)
 
         if not run.done(rnd, "gate"):
-            prev, new = run.done(state["round"], "eval"), run.done(rnd, "eval")
+            prev, new = run.done(state.round, "eval"), run.done(rnd, "eval")
             checks = [gate(p, n, cfg.eval.threshold, cfg.gate.tolerance)
                       for p, n in zip([prev["dev"]] + prev.get("voters_dev", []), [new["dev"]] + new.get("voters_dev", []))]
             ok = all(c[0] for c in checks)
@@ -238,8 +243,8 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
                 ok, reason = False, update["skipped"]
             reason += _agreement_reasons(run, rnd)
             step, strict, decision = next_attempt(cfg, state, ok)
-            info = candidate if ok else {k: state[k] for k in ("model", "adapter", "voters", "levels", "round") if k in state}
-            run.commit(rnd, "gate", {**info, "step": step, "strict": strict, "promoted": ok, "reason": reason,
+            kept = candidate if ok else state
+            run.commit(rnd, "gate", {**replace(kept, step=step, strict=strict).info(), "promoted": ok, "reason": reason,
                                      "decision": decision, "seconds": 0.0})
         summary = write_summary(run, cfg)
         if not quiet:

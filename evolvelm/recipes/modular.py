@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -34,11 +35,11 @@ from evolvelm.acquire.sampling import derive_seed, draw_problems
 from evolvelm.backends.hf import HFBackend
 from evolvelm.config import Config
 from evolvelm.evaluate.suite import accuracy, frontier, gate, held_out_prompts, splits
-from evolvelm.models import backend_for, backend_options, prompt_format, resolve
+from evolvelm.models import backend_for, backend_options, base_state, prompt_format, resolve
 from evolvelm.store.run import Run
 from evolvelm.store.summary import write_summary
 from evolvelm.tasks import get_task
-from evolvelm.types import Example, Sample, Verdict
+from evolvelm.types import Example, Sample, State, Verdict
 from evolvelm.update import sft
 from evolvelm.update.modules import ModularModel, Routed, Router, char_features, hidden_features
 
@@ -55,12 +56,12 @@ def sequence(cfg: Config) -> list[str]:
     return list(dict.fromkeys(cfg.skills))
 
 
-def model_for(cfg: Config, run: Run, state: dict):
+def model_for(cfg: Config, run: Run, state: State):
     """What answers for a gate state: the base with its modules behind the router, or one model
-    (also for the gate states of other recipes, which have no modules)."""
-    if cfg.modules.method == "modular" and "modules" in state:
-        router = Router.load(Path(resolve(state["router"], run)) / "router.json") if state["router"] else None
-        return ModularModel(resolve(state["model"], run), {n: str(resolve(p, run)) for n, p in state["modules"].items()},
+    (the baselines, and the gate states of other recipes)."""
+    if cfg.recipe == "modular" and cfg.modules.method == "modular":
+        router = Router.load(Path(resolve(state.router, run)) / "router.json") if state.router else None
+        return ModularModel(resolve(state.model, run), {n: str(resolve(p, run)) for n, p in state.modules.items()},
                             router, **backend_options(cfg))
     return backend_for(cfg, run, state)
 
@@ -77,20 +78,20 @@ def acquire(cfg: Config, run: Run, rnd: int, held: dict) -> None:
                samples=samples)
 
 
-def refine(cfg: Config, run: Run, rnd: int, state: dict) -> None:
+def refine(cfg: Config, run: Run, rnd: int, state: State) -> None:
     """Route the round's experience: the module it updates, or a new one when it fits none."""
     t0, skill = time.time(), cfg.skills[rnd - 1]
     samples = run.samples(rnd)
     routes = [None] * len(samples)
-    if cfg.modules.method == "modular" and state["router"]:
-        model = model_for(cfg, run, {**state, "modules": {}})  # routing needs the base and the router only
+    if cfg.modules.method == "modular" and state.router:
+        model = model_for(cfg, run, replace(state, modules={}))  # routing needs the base and the router only
         routes = model.route([s.prompt for s in samples])
         model.close()
     counts = Counter(routes)
     target, _ = counts.most_common(1)[0]
     opened = target is None and cfg.modules.method == "modular"  # the baselines have no modules
     if opened:
-        target = skill if skill not in state["modules"] else f"{skill}-{rnd}"
+        target = skill if skill not in state.modules else f"{skill}-{rnd}"
     for s, r in zip(samples, routes):
         s.verdicts = [Verdict("router", cfg.modules.router, True, f"routes to {r}" if r else "fits no module")]
     run.commit(rnd, "refine", {"chain": ["router"], "kept": len(samples), "module": target, "opened": opened,
@@ -98,7 +99,7 @@ def refine(cfg: Config, run: Run, rnd: int, state: dict) -> None:
                samples=samples, verdicts=True)
 
 
-def update_stage(cfg: Config, run: Run, rnd: int, state: dict, quiet: bool) -> None:
+def update_stage(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> None:
     """Train what the method trains on the round's experience, and refit the router (modular)."""
     t0, method, u = time.time(), cfg.modules.method, cfg.update
     new = [Example(s.prompt, s.completion) for s in run.samples(rnd) if s.kept]
@@ -108,17 +109,17 @@ def update_stage(cfg: Config, run: Run, rnd: int, state: dict, quiet: bool) -> N
         examples = ([Example(e.prompt, e.answer, u.new_weight / len(new)) for e in new] +
                     [Example(e.prompt, e.answer, (1 - u.new_weight) / len(old)) for e in old])
     staging, final = run.staging(rnd, "update"), run.stage_dir(rnd, "update").relative_to(run.root)
-    info = {k: state[k] for k in ("model", "adapter", "modules", "router")}
+    info = {k: state.info()[k] for k in ("model", "adapter", "modules", "router")}
     if method == "modular":
         module = run.done(rnd, "refine")["module"]
-        parent = state["modules"].get(module)
-        losses = _train(cfg, run, state["model"], parent, "lora", examples, staging / "modules" / module, rnd, quiet)
-        info["modules"] = {**state["modules"], module: str(final / "modules" / module)}
-        fit_router(cfg, run, rnd, resolve(state["model"], run), staging / "router")
+        parent = state.modules.get(module)
+        losses = _train(cfg, run, state.model, parent, "lora", examples, staging / "modules" / module, rnd, quiet)
+        info["modules"] = {**state.modules, module: str(final / "modules" / module)}
+        fit_router(cfg, run, rnd, resolve(state.model, run), staging / "router")
         info["router"] = str(final / "router")
     else:
         lora = method != "full"
-        losses = _train(cfg, run, state["model"], state["adapter"], "lora" if lora else "full", examples,
+        losses = _train(cfg, run, state.model, state.adapter, "lora" if lora else "full", examples,
                         staging / "model", rnd, quiet)
         info["adapter" if lora else "model"] = str(final / "model")
     run.commit(rnd, "update", {**info, "examples": len(examples), "new_examples": len(new),
@@ -160,7 +161,7 @@ def fit_router(cfg: Config, run: Run, rnd: int, base_dir: str, out: Path) -> Non
     Router.fit(cfg.modules.router, feats, labels, cfg.modules.novelty).save(out / "router.json")
 
 
-def evaluate(cfg: Config, run: Run, rnd: int, state: dict, quiet: bool) -> dict:
+def evaluate(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> dict:
     """Test and dev accuracy on every skill of the sequence, and the router's accuracy on the test prompts."""
     t0, e, skills = time.time(), cfg.eval, sequence(cfg)
     model = model_for(cfg, run, state)
@@ -196,15 +197,15 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
     sandbox.configure_from(cfg.sandbox)
     held = {s: held_out_prompts(get_task(s), cfg.eval.max_difficulty, cfg.eval.problems, cfg.eval.dev_problems,
                                 cfg.eval.seed) for s in sequence(cfg)}
-    base = {"model": cfg.model.path, "adapter": None, "modules": {}, "router": None, "levels": {}, "round": 0}
+    base = base_state(cfg)
     if not run.done(0, "eval"):
         evaluate(cfg, run, 0, base, quiet)
     if not run.done(0, "gate"):
-        run.commit(0, "gate", {**base, "promoted": True, "reason": "base model", "decision": "", "seconds": 0.0})
+        run.commit(0, "gate", {**base.info(), "promoted": True, "reason": "base model", "decision": "", "seconds": 0.0})
     write_summary(run, cfg)
 
     for rnd in range(1, cfg.rounds + 1):
-        state = run.done(rnd - 1, "gate")
+        state = State.read(run.done(rnd - 1, "gate"))
         if not run.done(rnd, "acquire"):
             acquire(cfg, run, rnd, held)
         if not run.done(rnd, "refine"):
@@ -212,14 +213,13 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
         if not run.done(rnd, "update"):
             update_stage(cfg, run, rnd, state, quiet)
         update = run.done(rnd, "update")
-        candidate = {k: update[k] for k in ("model", "adapter", "modules", "router")} | {"levels": {}, "round": rnd}
+        candidate = state.after(update, round=rnd)
         if not run.done(rnd, "eval"):
             evaluate(cfg, run, rnd, candidate, quiet)
         if not run.done(rnd, "gate"):
-            prev, new = run.done(state["round"], "eval"), run.done(rnd, "eval")
+            prev, new = run.done(state.round, "eval"), run.done(rnd, "eval")
             ok, reason = gate(prev["dev"], new["dev"], cfg.eval.threshold, cfg.gate.tolerance)
-            info = candidate if ok else {k: state[k] for k in ("model", "adapter", "modules", "router", "levels", "round")}
-            run.commit(rnd, "gate", {**info, "promoted": ok, "reason": reason, "decision": "", "seconds": 0.0})
+            run.commit(rnd, "gate", {**(candidate if ok else state).info(), "promoted": ok, "reason": reason, "decision": "", "seconds": 0.0})
         summary = write_summary(run, cfg)
         if not quiet:
             r, refined = summary["rounds"][-1], run.done(rnd, "refine")

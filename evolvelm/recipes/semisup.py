@@ -52,7 +52,7 @@ from evolvelm.store.run import Run
 from evolvelm.store.summary import write_summary
 from evolvelm.tasks import get_task, hint_prompt
 from evolvelm.tasks.labeled import demonstrations, read_labeled
-from evolvelm.types import Example, Problem, Sample
+from evolvelm.types import Example, Problem, Sample, State
 from evolvelm.update.mixture import weighted
 from evolvelm.update.rounds import train_round
 
@@ -159,7 +159,7 @@ def choose(cfg: Config, run: Run, model, rnd: int, quiet: bool) -> dict:
     return {"temperature": t, "vote_agreement": a, "balance": {f"T={t} agreement={a}": v for (t, a), v in scores.items()}}
 
 
-def acquire(cfg: Config, run: Run, rnd: int, state: dict, exclude: dict, quiet: bool) -> None:
+def acquire(cfg: Config, run: Run, rnd: int, state: State, exclude: dict, quiet: bool) -> None:
     """k answers per unlabeled problem (semievol: after its nearest labeled examples; star: and
     rationalisations), at the temperature B-STaR chose when `semisup.temperatures` is set."""
     t0, a, method = time.time(), cfg.acquire, cfg.semisup.method
@@ -254,43 +254,43 @@ def preference_pairs(run: Run, rnd: int, per_problem: int) -> list[tuple[str, st
     return [(p, c, r) for p in right for c, r in list(zip(right[p], wrong[p]))[:per_problem]]
 
 
-def update_stage(cfg: Config, run: Run, rnd: int, state: dict, quiet: bool) -> None:
+def update_stage(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> None:
     """Train: SFT on the mixture from the last promoted model, or from the base (rest-em); or DPO on
     right-vs-wrong pairs, continuing the adapter against the base with it disabled (pairs)."""
     t0 = time.time()
     if cfg.semisup.method == "pairs":
         pairs = preference_pairs(run, rnd, cfg.semisup.pairs_per_problem)
         trained = train_pairs(cfg, run, rnd, state, pairs, quiet) if pairs else {
-            "model": state["model"], "adapter": state["adapter"], "skipped": "no preference pairs"}
-        run.commit(rnd, "update", {**trained, "pairs": len(pairs), "new_examples": len(pairs), "from": state["round"],
+            "model": state.model, "adapter": state.adapter, "skipped": "no preference pairs"}
+        run.commit(rnd, "update", {**trained, "pairs": len(pairs), "new_examples": len(pairs), "from": state.round,
                                    "seconds": round(time.time() - t0, 2)})
         return
     examples, n_new = training_mixture(cfg, run, rnd)
     start = base_state(cfg) if cfg.semisup.method == "rest-em" else state
-    trained = train_round(cfg, run, rnd, start, 0, examples, run.staging(rnd, "update"), quiet)
-    run.commit(rnd, "update", {**trained, "examples": len(examples), "new_examples": n_new, "from": start["round"],
+    trained = train_round(cfg, run, rnd, start.members[0], 0, examples, run.staging(rnd, "update"), quiet)
+    run.commit(rnd, "update", {**trained, "examples": len(examples), "new_examples": n_new, "from": start.round,
                                "seconds": round(time.time() - t0, 2)})
 
 
-def train_pairs(cfg: Config, run: Run, rnd: int, state: dict, pairs: list, quiet: bool) -> dict:
+def train_pairs(cfg: Config, run: Run, rnd: int, state: State, pairs: list, quiet: bool) -> dict:
     """DPO on `pairs`, continuing the promoted adapter (or a fresh one); saved under the stage's staging."""
     from evolvelm.update import dpo, sft
 
     u, seed = cfg.update, derive_seed(cfg.seed, rnd, "dpo")
-    base_dir = resolve(state["model"], run)
-    model = sft.load_for_training(base_dir, resolve(state["adapter"], run) if state["adapter"] else None, "lora",
+    base_dir = resolve(state.model, run)
+    model = sft.load_for_training(base_dir, resolve(state.adapter, run) if state.adapter else None, "lora",
                                   u.lora_r, u.lora_alpha, seed, cfg.model.device, cfg.model.dtype)
     losses = dpo.train(model, prompt_format(cfg, base_dir), pairs, u.steps, u.batch_size, u.lr, cfg.semisup.beta, seed,
                        u.warmup, desc=f"dpo round {rnd}", quiet=quiet, rpo_alpha=cfg.semisup.rpo_alpha)
     sft.save(model, base_dir, run.staging(rnd, "update") / "model",
-             card={"round": rnd, "method": "dpo", "parent": state["adapter"], "pairs": len(pairs), "beta": cfg.semisup.beta,
+             card={"round": rnd, "method": "dpo", "parent": state.adapter, "pairs": len(pairs), "beta": cfg.semisup.beta,
                    "rpo_alpha": cfg.semisup.rpo_alpha,
                    "loss_first": losses[0], "loss_last": losses[-1]})
-    return {"model": state["model"], "adapter": str(run.stage_dir(rnd, "update").relative_to(run.root) / "model"),
+    return {"model": state.model, "adapter": str(run.stage_dir(rnd, "update").relative_to(run.root) / "model"),
             "loss_first": round(losses[0], 5), "loss_last": round(sum(losses[-20:]) / len(losses[-20:]), 5)}
 
 
-def evaluate(cfg: Config, run: Run, rnd: int, state: dict, quiet: bool) -> dict:
+def evaluate(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> dict:
     """Greedy accuracy of the final answer on the test (reported) and dev (gate) splits; which dev
     problems it gets right goes in the manifest, for the gate's paired comparison."""
     t0, e, avoid = time.time(), cfg.eval, labeled_prompts(cfg, run)
@@ -324,12 +324,12 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
     if not run.done(0, "eval"):
         evaluate(cfg, run, 0, base_state(cfg), quiet)
     if not run.done(0, "gate"):  # the labeled set's provenance goes with the base model
-        run.commit(0, "gate", {**base_state(cfg), "promoted": True, "reason": "base model", "decision": "", "seconds": 0.0,
+        run.commit(0, "gate", {**base_state(cfg).info(), "promoted": True, "reason": "base model", "decision": "", "seconds": 0.0,
                                "labeled": {"file": str(labeled_path(cfg, run)), "problems": len(labeled)}})
     write_summary(run, cfg)
 
     for rnd in range(1, cfg.rounds + 1):
-        state = run.done(rnd - 1, "gate")
+        state = State.read(run.done(rnd - 1, "gate"))
         if not run.done(rnd, "acquire"):
             acquire(cfg, run, rnd, state, exclude, quiet)
         if not run.done(rnd, "refine"):
@@ -337,13 +337,12 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
         if not run.done(rnd, "update"):
             update_stage(cfg, run, rnd, state, quiet)
         update = run.done(rnd, "update")
-        candidate = {"model": update["model"], "adapter": update["adapter"], "levels": {}, "round": rnd}
+        candidate = state.after(update, round=rnd)
         if not run.done(rnd, "eval"):
             evaluate(cfg, run, rnd, candidate, quiet)
         if not run.done(rnd, "gate"):
-            ok, reason = paired_gate(dev_right(run, state["round"]), dev_right(run, rnd), cfg.gate.z, cfg.gate.tolerance)
-            info = candidate if ok else {key: state[key] for key in ("model", "adapter", "levels", "round")}
-            run.commit(rnd, "gate", {**info, "promoted": ok, "reason": reason, "decision": "", "seconds": 0.0})
+            ok, reason = paired_gate(dev_right(run, state.round), dev_right(run, rnd), cfg.gate.z, cfg.gate.tolerance)
+            run.commit(rnd, "gate", {**(candidate if ok else state).info(), "promoted": ok, "reason": reason, "decision": "", "seconds": 0.0})
         summary = write_summary(run, cfg)
         if not quiet:
             r = summary["rounds"][-1]

@@ -6,14 +6,15 @@ from pathlib import Path
 
 from evolvelm.config import ConfigError
 from evolvelm.store.run import Run
+from evolvelm.types import State
 
 
-def last_state(run: Run) -> dict:
+def last_state(run: Run) -> State:
     """The gate state of the last promoted model (what the run evolved)."""
     gates = [m for m in run.manifest() if m["stage"] == "gate"]
     if not gates:
         raise ConfigError(f"{run.root} has no evaluated rounds yet")
-    return gates[-1]["info"]
+    return State.read(gates[-1]["info"])
 
 
 def export(run: Run, out: Path, merged: bool = False, module: str | None = None) -> Path:
@@ -26,22 +27,22 @@ def export(run: Run, out: Path, merged: bool = False, module: str | None = None)
     state = last_state(run)
     if out.exists():
         raise ConfigError(f"{out} already exists")
-    modules = state.get("modules") or {}
+    modules = state.modules
     if module and module not in modules:
         raise ConfigError(f"no module {module!r} in {run.root}; modules: {sorted(modules)}")
     if modules and merged:
         if not module and len(modules) > 1:
             raise ConfigError(f"--merged needs --module NAME: the run has {len(modules)} modules {sorted(modules)}")
-        return merge(resolve(state["model"], run), resolve(modules[module or next(iter(modules))], run), out)
+        return merge(resolve(state.model, run), resolve(modules[module or next(iter(modules))], run), out)
     if modules:
-        shutil.copytree(resolve(state["model"], run), out / "base")
+        shutil.copytree(resolve(state.model, run), out / "base")
         for name, path in modules.items():
             shutil.copytree(resolve(path, run), out / "modules" / name)
-        shutil.copy(Path(resolve(state["router"], run)) / "router.json", out / "router.json")
+        shutil.copy(Path(resolve(state.router, run)) / "router.json", out / "router.json")
         return out
-    if state["adapter"] and merged:
-        return merge(resolve(state["model"], run), resolve(state["adapter"], run), out)
-    shutil.copytree(resolve(state["adapter"] or state["model"], run), out)
+    if state.adapter and merged:
+        return merge(resolve(state.model, run), resolve(state.adapter, run), out)
+    shutil.copytree(resolve(state.adapter or state.model, run), out)
     return out
 
 

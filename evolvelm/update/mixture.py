@@ -30,7 +30,7 @@ def original_data(cfg: Config, levels: dict[str, int]) -> list[tuple[str, str]]:
     return out
 
 
-def mixture(cfg: Config, run, rnd: int, state: dict) -> tuple[list[Example], int]:
+def mixture(cfg: Config, run, rnd: int) -> tuple[list[Example], int]:
     """Weighted examples for round `rnd` and how many of them are new this round."""
     base_levels = run.done(0, "gate")["levels"]
     promoted = [r["round"] for r in run.manifest() if r["stage"] == "gate" and r["round"] > 0

@@ -1,0 +1,208 @@
+"""Skills defined by a dataset: rows read from a file, a prompt and an answer drawn from their fields,
+a checker (`evolvelm.tasks.checkers`), and fixed splits.
+
+    name: svamp
+    data: path/to/svamp.jsonl           # JSONL, a JSON list, CSV, Parquet, or a `datasets` save_to_disk folder
+    prompt: "{Body} {Question}"         # a field name, or a template over fields ({a.b} reads nested fields)
+    answer: Answer                      # the field holding the reference answer
+    checker: number
+    difficulty: null                    # optional field (the ladder needs one)
+    splits: {test: 300, dev: 100, labeled: 50}   # counts or fractions of the rows; the rest is the unlabeled pool
+
+Empty `prompt`/`answer` follow the conventions of TRL (`prompt`/`completion`, or `messages`: the last
+user turn and the assistant turn after it) and verl (`prompt` and `reward_model.ground_truth`, or
+`ground_truth`). Splits are drawn by seed and never share a prompt; `save_splits` stores them in a run
+directory so that a resumed or repeated run reads the same ones.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from evolvelm.config import ConfigError
+from evolvelm.tasks.checkers import Checker, get_checker
+
+SPLITS = ("test", "dev", "labeled")  # drawn in this order; what is left is "unlabeled"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One problem of a data-defined skill: its prompt, reference answer, and every field of its row."""
+
+    prompt: str
+    answer: str
+    difficulty: int | None
+    columns: dict = field(default_factory=dict, compare=False)
+    where: str = ""        # file:line, for errors
+
+    @property
+    def id(self) -> str:
+        return hashlib.sha256(self.prompt.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class DataSkill:
+    name: str
+    data: str
+    prompt: str = ""
+    answer: str = ""
+    checker: str = "exact"
+    difficulty: str | None = None
+    splits: dict = field(default_factory=lambda: {"test": 0.2, "dev": 0.1, "labeled": 0.05})
+
+    @classmethod
+    def parse(cls, entry: dict) -> DataSkill:
+        """A `skills:` mapping, checked: its keys, its splits and its checker (exit 2 naming what is wrong)."""
+        valid = [f for f in cls.__dataclass_fields__]
+        unknown = sorted(set(entry) - set(valid))
+        if unknown or "name" not in entry or "data" not in entry:
+            raise ConfigError(f"skills: a data-defined skill needs name and data; {('unknown keys ' + str(unknown) + '; ') if unknown else ''}"
+                              f"valid keys: {valid}")
+        spec = cls(**{k: v if k == "splits" or v is None else str(v) for k, v in entry.items()})
+        bad = sorted(set(spec.splits) - set(SPLITS))
+        if bad:
+            raise ConfigError(f"skills[{spec.name}].splits: unknown splits {bad}; splits: {list(SPLITS)} (the rest is unlabeled)")
+        get_checker(spec.checker)
+        return spec
+
+
+def read_records(path: Path) -> list[tuple[str, dict]]:
+    """(file:line, record) for every record of a JSONL, JSON list, CSV or Parquet file, or a `datasets`
+    folder; a record that is not an object names its file and line."""
+    if not path.exists():
+        raise ConfigError(f"{path}: dataset not found")
+    if path.is_dir() or path.suffix == ".parquet":
+        try:
+            import datasets
+        except ImportError as e:
+            raise ConfigError(f"{path}: reading a datasets folder or Parquet file needs `pip install datasets`") from e
+        table = datasets.load_from_disk(str(path)) if path.is_dir() else datasets.Dataset.from_parquet(str(path))
+        return [(f"{path}:{i}", dict(r)) for i, r in enumerate(table, 1)]
+    if path.suffix == ".csv":
+        with path.open(newline="") as f:
+            return [(f"{path}:{i}", r) for i, r in enumerate(csv.DictReader(f), 2)]
+    text = path.read_text()
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from e
+        records = [(f"{path}:[{i}]", r) for i, r in enumerate(data if isinstance(data, list) else [data])]
+    else:
+        records = []
+        for i, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append((f"{path}:{i}", json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise ConfigError(f"{path}:{i}: not valid JSON: {e.msg}") from e
+    for where, r in records:
+        if not isinstance(r, dict):
+            raise ConfigError(f"{where}: expected a JSON object with fields, got {type(r).__name__}")
+    return records
+
+
+def value(record: dict, name: str, where: str):
+    """A field of a record; `a.b` reads a nested one. A missing field names the file, line and field."""
+    node = record
+    for part in name.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"{where}: no field {name!r}; fields: {sorted(record)}")
+        node = node[part]
+    return node
+
+
+def _text(v) -> str:
+    """A field as text: numbers as written (145.0 stays 145.0; checkers compare numbers by value)."""
+    return v if isinstance(v, str) else json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+
+
+def render(template: str, record: dict, where: str) -> str:
+    """A field name, or a template over fields ("{Body} {Question}")."""
+    names = [f for _, f, _, _ in string.Formatter().parse(template) if f]
+    if not names:
+        return _text(value(record, template, where))
+    return re.sub(r"\{([^{}]+)\}", lambda m: _text(value(record, m.group(1), where)), template)
+
+
+def rows(spec: DataSkill) -> list[Row]:
+    """The skill's problems, in file order."""
+    out = []
+    for where, r in read_records(Path(spec.data)):
+        prompt_field, answer_field = spec.prompt, spec.answer
+        if not prompt_field and "messages" in r:  # TRL's conversational format
+            turns = value(r, "messages", where)
+            users = [i for i, t in enumerate(turns) if t.get("role") == "user"]
+            if not users or users[-1] + 1 >= len(turns):
+                raise ConfigError(f"{where}: field 'messages' needs a user turn followed by an assistant turn")
+            prompt, answer = turns[users[-1]]["content"], turns[users[-1] + 1]["content"]
+        else:
+            prompt = render(prompt_field or "prompt", r, where)
+            if not answer_field:
+                answer_field = next((f for f in ("completion", "reward_model.ground_truth", "ground_truth", "answer")
+                                     if _has(r, f)), "answer")
+            answer = render(answer_field, r, where)
+        level = None
+        if spec.difficulty:
+            try:
+                level = int(value(r, spec.difficulty, where))
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"{where}: field {spec.difficulty!r} is not an integer difficulty") from e
+        out.append(Row(prompt, answer, level, r, where))
+    return out
+
+
+def check(checker: Checker, problems: list[Row], completions: list[str]) -> list[bool]:
+    """A checker over completions to `problems`, with every field of their rows (for `code`, `python:`)."""
+    names = list(dict.fromkeys(k for r in problems for k in r.columns))
+    columns = {k: [r.columns.get(k) for r in problems] for k in names}
+    return checker.check_many([r.prompt for r in problems], completions, [r.answer for r in problems], columns)
+
+
+def _has(record: dict, name: str) -> bool:
+    try:
+        value(record, name, "")
+        return True
+    except ConfigError:
+        return False
+
+
+def split(spec: DataSkill, problems: list[Row], seed: int) -> dict[str, list[Row]]:
+    """test, dev, labeled and unlabeled: disjoint by prompt (a prompt that occurs twice goes to one split
+    only), drawn by `seed`; a split larger than what is left names both numbers."""
+    unique = list({r.prompt: r for r in problems}.values())
+    order = sorted(unique, key=lambda r: hashlib.sha256(f"{seed}:{r.id}".encode()).hexdigest())  # a shuffle by seed
+    out, start = {}, 0
+    for name in SPLITS:
+        want = spec.splits.get(name, 0)
+        n = round(want * len(unique)) if isinstance(want, float) and want < 1 else int(want)
+        if n < 0 or start + n > len(unique):
+            raise ConfigError(f"skills[{spec.name}].splits.{name}: {want} problems asked, {len(unique) - start} left "
+                              f"of the {len(unique)} distinct prompts in {spec.data}")
+        out[name], start = order[start:start + n], start + n
+    out["unlabeled"] = order[start:]
+    return out
+
+
+def save_splits(path: Path, splits: dict[str, list[Row]]) -> None:
+    """The splits as drawn, one JSON line per problem: what a resumed run reads instead of drawing again."""
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w") as f:
+        for name, problems in splits.items():
+            for r in problems:
+                f.write(json.dumps({"split": name, "prompt": r.prompt, "answer": r.answer, "difficulty": r.difficulty,
+                                    "where": r.where, "columns": r.columns}, sort_keys=True, default=str) + "\n")
+    tmp.rename(path)
+
+
+def load_splits(path: Path) -> dict[str, list[Row]]:
+    out: dict[str, list[Row]] = {name: [] for name in (*SPLITS, "unlabeled")}
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        out[r["split"]].append(Row(r["prompt"], r["answer"], r["difficulty"], r["columns"], r["where"]))
+    return out

@@ -1,0 +1,139 @@
+"""Skills from data, the first part: checkers (on real references from ../shared/data where present) and
+datasets read into problems and fixed splits, with the errors bad rows get."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from evolvelm.config import ConfigError
+from evolvelm.tasks.checkers import CHECKERS, CheckerError, get_checker
+from evolvelm.tasks.data import DataSkill, check, load_splits, rows, save_splits, split
+
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+NEEDS_DATA = pytest.mark.skipif(not DATA.is_dir(), reason=f"real datasets not found at {DATA} (see the project's shared/data)")
+
+
+def right(checker: str, completions: list[str], references: list[str]) -> list[bool]:
+    return get_checker(checker).check_many([""] * len(completions), completions, references)
+
+
+def test_builtin_checkers_extract_the_answer_and_compare_it():
+    assert right("exact", [" cba\n", "cb"], ["cba", "cba"]) == [True, False]
+    assert right("normalized", ["  The Eiffel tower!", "eiffel"], ["the eiffel Tower", "the eiffel tower"]) == [True, False]
+    assert right("number", ["So she has 1,234.50 left.", "145", "It is 3/4.", "-7 degrees", "none", "72 then 71"],
+                 ["1234.5", "145.0", "0.75", "#### -7", "0", "#### 72"]) == [True, True, True, True, False, False]
+    assert right("choice", ["The answer is B.", "(C) because", "D", "I think a cat", "answer: 3"],
+                 ["B", "C", "D", "A", "3"]) == [True, True, True, False, True]
+    assert right("math", ["The answer is $\\frac{1}{2}$.", "$\\sqrt{9}$", "$x^2+2x$", "2"],
+                 ["0.5", "3", "x(x+2)", "3"]) == [True, True, True, False]
+    assert right("regex:ANSWER: (\\w+)", ["so ANSWER: yes", "ANSWER: no ... ANSWER: yes", "yes"], ["yes"] * 3) == [True, True, False]
+    assert {c.version for c in CHECKERS.values()} == {"exact-1", "normalized-1", "number-1", "choice-1",
+                                                       "math-verify-1", "code-1"}
+
+
+def test_a_python_checker_has_trls_reward_signature_and_its_failures_are_not_wrong_answers(tmp_path, monkeypatch):
+    (tmp_path / "my_rewards.py").write_text(
+        "def contains(prompts, completions, keyword, **kw):\n"
+        "    return [1.0 if k in c else 0.0 for c, k in zip(completions, keyword)]\n"
+        "def broken(prompts, completions, **kw):\n"
+        "    raise ValueError('no')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    check = get_checker("python:my_rewards:contains")
+    assert check.check_many(["p", "q"], ["a cat", "a dog"], ["", ""], {"keyword": ["cat", "cat"]}) == [True, False]
+    with pytest.raises(CheckerError, match="my_rewards:broken raised ValueError: no"):
+        get_checker("python:my_rewards:broken").check_many(["p"], ["x"], [""])
+    with pytest.raises(ConfigError, match="unknown checker 'nope'; checkers: \\['choice', 'code', 'exact', 'math', 'normalized', 'number'\\]"):
+        get_checker("nope")
+    with pytest.raises(ConfigError, match="cannot import 'missing'"):
+        get_checker("python:my_rewards:missing")
+    sys.modules.pop("my_rewards", None)
+
+
+@NEEDS_DATA
+def test_checkers_on_real_references():
+    gsm = rows(DataSkill("gsm8k", str(DATA / "gsm8k/test.jsonl"), "question", "answer", "number"))
+    finals = [r.answer.split("####")[-1].strip() for r in gsm]
+    assert len(gsm) == 1319 and all(right("number", [f"The answer is {f}." for f in finals], [r.answer for r in gsm]))
+    assert sum(right("number", [f"The answer is {int(f.replace(',', '')) + 1}." for f in finals[:200]],
+                     [r.answer for r in gsm[:200]])) == 0
+    arc = rows(DataSkill("arc", str(DATA / "arc/ARC-Easy-dev.jsonl"), "question.stem", "answerKey", "choice"))
+    assert all(right("choice", [f"The answer is {r.answer}." for r in arc], [r.answer for r in arc]))
+    math500 = rows(DataSkill("math", str(DATA / "math500/test.jsonl"), "problem", "answer", "math"))[:100]
+    boxed = [f"So the answer is $\\boxed{{{r.answer}}}$." for r in math500]
+    assert all(right("math", boxed, [r.answer for r in math500]))  # "\\$18.90" included: a dollar sign, not math mode
+    assert sum(right("math", boxed[1:], [r.answer for r in math500[:-1]])) <= 3  # each against its neighbour's
+
+
+def write(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_datasets_in_every_format_read_into_the_same_problems(tmp_path):
+    records = [{"q": f"What is {i} + 1?", "a": i + 1, "level": i % 3} for i in range(30)]
+    jsonl = write(tmp_path / "d.jsonl", records)
+    (tmp_path / "d.json").write_text(json.dumps(records))
+    (tmp_path / "d.csv").write_text("q,a,level\n" + "".join(f"{r['q']},{r['a']},{r['level']}\n" for r in records))
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_list(records).to_parquet(str(tmp_path / "d.parquet"))
+    datasets.Dataset.from_list(records).save_to_disk(str(tmp_path / "folder"))
+    want = [(r.prompt, r.answer, r.difficulty) for r in rows(DataSkill("s", str(jsonl), "q", "a", difficulty="level"))]
+    assert want[1] == ("What is 1 + 1?", "2", 1)
+    for name in ("d.json", "d.csv", "d.parquet", "folder"):
+        got = rows(DataSkill("s", str(tmp_path / name), "q", "a", difficulty="level"))
+        assert [(r.prompt, r.answer, r.difficulty) for r in got] == want, name
+
+
+def test_trl_and_verl_columns_are_understood_as_they_are(tmp_path):
+    trl = write(tmp_path / "trl.jsonl", [{"prompt": "2+2?", "completion": "4"},
+                                         {"messages": [{"role": "system", "content": "Be brief."},
+                                                       {"role": "user", "content": "3+3?"}, {"role": "assistant", "content": "6"}]}])
+    verl = write(tmp_path / "verl.jsonl", [{"prompt": "5+5?", "reward_model": {"ground_truth": "10"}},
+                                           {"prompt": "1+1?", "ground_truth": "2"}])
+    assert [(r.prompt, r.answer) for r in rows(DataSkill("t", str(trl)))] == [("2+2?", "4"), ("3+3?", "6")]
+    assert [(r.prompt, r.answer) for r in rows(DataSkill("v", str(verl)))] == [("5+5?", "10"), ("1+1?", "2")]
+
+
+def test_bad_rows_and_specs_name_the_file_line_and_field(tmp_path):
+    data = write(tmp_path / "d.jsonl", [{"question": "a", "answer": "1"}, {"question": "b"}])
+    with pytest.raises(ConfigError, match=f"{tmp_path / 'd.jsonl'}:2: no field 'answer'; fields: \\['question'\\]"):
+        rows(DataSkill("s", str(data), "question", "answer"))
+    (tmp_path / "bad.jsonl").write_text('{"question": "a"}\n{not json\n')
+    with pytest.raises(ConfigError, match="bad.jsonl:2: not valid JSON"):
+        rows(DataSkill("s", str(tmp_path / "bad.jsonl"), "question", "answer"))
+    with pytest.raises(ConfigError, match="unknown checker 'numbers'"):
+        DataSkill.parse({"name": "s", "data": str(data), "checker": "numbers"})
+    with pytest.raises(ConfigError, match="unknown keys \\['promt'\\]"):
+        DataSkill.parse({"name": "s", "data": str(data), "promt": "question"})
+    with pytest.raises(ConfigError, match="dataset not found"):
+        rows(DataSkill("s", str(tmp_path / "missing.jsonl")))
+    spec = DataSkill("s", str(data), "question", "question", splits={"test": 5})
+    with pytest.raises(ConfigError, match="splits.test: 5 problems asked, 2 left of the 2 distinct prompts"):
+        split(spec, rows(spec), 0)
+
+
+def test_splits_are_disjoint_by_prompt_fixed_by_seed_and_stored(tmp_path):
+    records = [{"q": f"q{i % 90}", "a": str(i)} for i in range(100)]  # 10 prompts occur twice
+    spec = DataSkill.parse({"name": "s", "data": str(write(tmp_path / "d.jsonl", records)), "prompt": "q", "answer": "a",
+                            "splits": {"test": 20, "dev": 0.1, "labeled": 5}})
+    drawn = split(spec, rows(spec), seed=3)
+    assert {k: len(v) for k, v in drawn.items()} == {"test": 20, "dev": 9, "labeled": 5, "unlabeled": 56}
+    prompts = [r.prompt for part in drawn.values() for r in part]
+    assert len(prompts) == len(set(prompts)) == 90
+    assert split(spec, rows(spec), seed=3) == drawn and split(spec, rows(spec), seed=4)["test"] != drawn["test"]
+    save_splits(tmp_path / "splits.jsonl", drawn)
+    assert load_splits(tmp_path / "splits.jsonl") == drawn
+
+
+@NEEDS_DATA
+def test_the_code_checker_runs_each_rows_unit_tests_in_the_sandbox():
+    code = get_checker("code")
+    human = rows(DataSkill("humaneval", str(DATA / "humaneval/HumanEval.jsonl"), "prompt", "canonical_solution", "code"))[:12]
+    assert all(check(code, human, [r.answer for r in human]))  # the canonical bodies complete the prompts
+    fenced = [f"Here it is:\n```python\n{r.prompt}{r.answer}```\nDone." for r in human[:4]]
+    assert all(check(code, human[:4], fenced))  # a whole function in a fenced block
+    assert not any(check(code, human[:6], ["    return None\n"] * 6))
+    mbpp = rows(DataSkill("mbpp", str(DATA / "mbpp/mbpp.jsonl"), "text", "code", "code"))[:12]
+    assert all(check(code, mbpp, [r.answer for r in mbpp]))
+    assert sum(check(code, mbpp, [mbpp[(i + 1) % 12].answer for i in range(12)])) == 0  # another task's program

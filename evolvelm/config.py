@@ -103,6 +103,7 @@ class SandboxConfig:
     workers: int = 0                 # programs run in parallel (0 = one per CPU core)
     wall_s: float = 10.0             # wall-clock limit per program (a batch of answers counts as one)
     memory_mb: int = 512             # address-space limit per program
+    disk_mb: int = 64                # bwrap: what a program's working directory and /tmp may hold together
 
 
 @dataclass
@@ -289,7 +290,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.device: must be auto, cpu, cuda, cuda:N or mps, got {cfg.model.device!r}")
     for key in ("rounds", "acquire.problems", "acquire.samples", "acquire.step", "update.steps",
                 "eval.max_difficulty", "eval.problems", "eval.dev_problems", "model.batch_size", "update.batch_size",
-                "update.lora_r", "update.lora_alpha", "sandbox.memory_mb"):
+                "update.lora_r", "update.lora_alpha", "sandbox.memory_mb", "sandbox.disk_mb"):
         if _value(cfg, key) < 1:
             raise ConfigError(f"{key}: must be >= 1, got {_value(cfg, key)}")
     for key in ("update.lr", "sandbox.wall_s", "eval.threshold"):

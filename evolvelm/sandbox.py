@@ -60,6 +60,7 @@ class Limits:
     file_mb: int = 16  # RLIMIT_FSIZE
     open_files: int = 64  # RLIMIT_NOFILE
     processes: int = 32  # RLIMIT_NPROC, per slot uid (only enforced for a non-root uid)
+    disk_mb: int = 64  # bwrap: the working directory and /tmp together (one size-limited tmpfs)
 
 
 @dataclass
@@ -153,8 +154,10 @@ def interpreter() -> str:
     )
 
 
-def _bwrap_args(python: str, work: str, status_fd: int) -> list[str]:
-    """Namespaces, a read-only system, a private /tmp, the work dir as /sandbox, nothing else."""
+def _bwrap_args(python: str, work: str, status_fd: int, disk_mb: int) -> list[str]:
+    """Namespaces, a read-only system, and one tmpfs of `disk_mb` as the working directory /sandbox,
+    holding /tmp too (/tmp -> /sandbox/.tmp): what the program writes, in all, fits in it. The program
+    file is bound in read-only; nothing else of the host is writable."""
     args = [_bwrap(), "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
             "--ro-bind", "/usr", "/usr"]
     for link in ("bin", "lib", "lib64", "sbin"):  # merged-/usr systems keep these as symlinks
@@ -166,7 +169,9 @@ def _bwrap_args(python: str, work: str, status_fd: int) -> list[str]:
     prefix = Path(python).resolve().parents[1]  # .../bin/python3 -> ...
     if not str(prefix).startswith("/usr"):
         args += ["--ro-bind", str(prefix), str(prefix)]
-    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--bind", work, "/sandbox",
+    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(disk_mb << 20), "--tmpfs", "/sandbox",
+             "--dir", "/sandbox/.tmp", "--symlink", "/sandbox/.tmp", "/tmp",
+             "--ro-bind", str(Path(work) / "main.py"), "/sandbox/main.py",
              "--chdir", "/sandbox", "--hostname", "sandbox", "--json-status-fd", str(status_fd)]
     return args
 
@@ -213,7 +218,7 @@ class Sandbox:
     def describe(self) -> dict:
         """Which isolation this sandbox uses (recorded in run manifests)."""
         return {"level": self.level, "python": self.python, "drops_uid": self.root, "workers": self.workers,
-                "limits": asdict(self.limits)}
+                "limits": asdict(self.limits), "unbounded": [] if self.level == "bwrap" else ["disk_mb"]}
 
     # -- one program --------------------------------------------------------------------------------
 
@@ -245,7 +250,7 @@ class Sandbox:
                 ("RLIMIT_CORE", 0), ("RLIMIT_NPROC", self.nproc))
             program = [self.python, "-I", "main.py"]
             if self.level == "bwrap":
-                program = _bwrap_args(self.python, work, status_w) + program
+                program = _bwrap_args(self.python, work, status_w, lim.disk_mb) + program
             argv = [self.python, "-I", "-S", "-c", _LAUNCHER, str(status_w),
                     str(int(self.level == "bwrap")), ",".join(names), ",".join(map(str, values))]
             argv += program
@@ -333,6 +338,8 @@ class Sandbox:
         tail = stderr[-2000:]
         if rc in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ) or rc and "File too large" in tail:
             return "output_limit", f"file over {self.limits.file_mb} MB"
+        if rc != 0 and "No space left on device" in tail:
+            return "disk_limit", f"working directory and /tmp over {self.limits.disk_mb} MB"
         if rc != 0 and ("MemoryError" in tail or "Cannot allocate memory" in tail):
             return "memory", f"address space over {self.limits.memory_mb} MB"
         if rc != 0:
@@ -426,7 +433,8 @@ def configure(level: str = "auto", allow_unsafe: bool = False, workers: int | No
 
 def configure_from(sb) -> None:
     """`configure` from a config's `sandbox` section (evolvelm.config.SandboxConfig)."""
-    configure(sb.level, sb.allow_unsafe, sb.workers, Limits(wall_s=sb.wall_s, cpu_s=max(1, int(sb.wall_s)), memory_mb=sb.memory_mb))
+    configure(sb.level, sb.allow_unsafe, sb.workers, Limits(wall_s=sb.wall_s, cpu_s=max(1, int(sb.wall_s)),
+                                                            memory_mb=sb.memory_mb, disk_mb=sb.disk_mb))
 
 
 def info(skills: list[str]) -> dict:

@@ -12,7 +12,10 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -123,6 +126,46 @@ def test_big_file_is_an_output_limit(box):
     assert r.verdict == "output_limit"
 
 
+def host_free_mb() -> tuple[float, float]:
+    """(available memory, free disk under the temp dir), in MB, as the host sees them."""
+    mem = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemAvailable"))
+    return mem / 1024, shutil.disk_usage(tempfile.gettempdir()).free / 2**20
+
+
+@needs_bwrap
+@pytest.mark.parametrize("where", [".", "/tmp"])
+@pytest.mark.parametrize("files", ["big", "small"])
+def test_disk_and_tmp_fill_up_within_their_budget(where, files):
+    """15 MB files (or 4 KB ones) written one after another into the working directory or /tmp: at
+    the bwrap level both are one tmpfs of `disk_mb`, so the program stops with `disk_limit` once it
+    holds that much; the host's memory and disk, watched while it runs, lose no more than that."""
+    box = Sandbox("bwrap", Limits(wall_s=10.0, cpu_s=10, memory_mb=256, disk_mb=48), workers=1)
+    size = 15 << 20 if files == "big" else 4096
+    before, lowest, done = host_free_mb(), [], threading.Event()
+
+    def watch():
+        while not done.is_set():
+            lowest.append(host_free_mb())
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        r = run(box, f"""
+            i = 0
+            while True:
+                with open("{where}/f%d" % i, "wb") as f:
+                    f.write(b"x" * {size})
+                i += 1
+        """)
+    finally:
+        done.set()
+        watcher.join()
+    assert r.verdict == "disk_limit" and "48 MB" in r.detail
+    assert before[0] - min(m for m, _ in lowest) < 48 * 1.1 + 40  # the tmpfs, plus the interpreter itself
+    assert before[1] - min(d for _, d in lowest) < 5  # nothing reached the host's disk
+
+
 @pytest.fixture
 def host_dir(tmp_path):
     d = tmp_path / "host"
@@ -215,7 +258,9 @@ def test_auto_fails_closed_without_bwrap(monkeypatch):
 
 @needs_bwrap
 def test_auto_picks_bwrap():
-    assert Sandbox("auto").level == "bwrap"
+    described = Sandbox("auto").describe()
+    assert described["level"] == "bwrap" and described["unbounded"] == []
+    assert Sandbox("subprocess").describe()["unbounded"] == ["disk_mb"]  # it says what it cannot bound
 
 
 def test_pool_runs_in_parallel_slots_in_order(box):

@@ -76,6 +76,8 @@ def _load(a) -> config.Config:
     absolute = lambda ref: str(Path(ref).resolve()) if ref and not ref.startswith("zoo:") and Path(ref).exists() else ref
     cfg.model.path, cfg.model.voters = absolute(cfg.model.path), [absolute(v) for v in cfg.model.voters]
     cfg.semisup.labeled_file = absolute(cfg.semisup.labeled_file)
+    for entry in cfg.data.values():
+        entry["data"] = absolute(entry.get("data", ""))
     return cfg
 
 

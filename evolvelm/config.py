@@ -159,7 +159,10 @@ class Config:
     rounds: int = 4                  # self-improvement rounds after the round-0 evaluation
     seed: int = 0                    # seeds sampling, training and problem draws
     budget_minutes: float = 0.0      # start no new round after this much run time (0 = no limit)
-    skills: list[str] = field(default_factory=lambda: ["copy", "reverse"])  # built-in tasks to improve
+    skills: list = field(default_factory=lambda: ["copy", "reverse"])  # skills to improve: built-in task names, or
+                                     # mappings that define a skill by a dataset (they move to `data`)
+    data: dict = field(default_factory=dict)  # skills defined by data, by name: data, prompt, answer, checker,
+                                     # difficulty, splits, max_new_tokens (evolvelm.tasks.data)
     model: ModelConfig = field(default_factory=ModelConfig)
     acquire: AcquireConfig = field(default_factory=AcquireConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
@@ -264,18 +267,38 @@ def load(source: str | Path | None = None, overrides: list[str] = ()) -> Config:
             raise ConfigError(f"{path}: expected a mapping of config sections")
         _apply(cfg, data)
     _apply(cfg, parse_overrides(list(overrides)))
+    _skills_from_data(cfg)
     validate(cfg)
     return cfg
+
+
+def _skills_from_data(cfg: Config) -> None:
+    """A `skills` entry that is a mapping defines a skill by data: it moves to `data`, its name stays."""
+    names = []
+    for i, entry in enumerate(cfg.skills):
+        if isinstance(entry, dict):
+            if not isinstance(entry.get("name"), str):
+                raise ConfigError(f"skills[{i}]: a skill defined by data needs a name (and data, prompt, answer, checker)")
+            cfg.data[entry["name"]] = {k: v for k, v in entry.items() if k != "name"}
+            entry = entry["name"]
+        if not isinstance(entry, str):
+            raise ConfigError(f"skills[{i}]: expected a task name or a mapping, got {entry!r}")
+        names.append(entry)
+    cfg.skills = names
 
 
 def validate(cfg: Config) -> None:
     """Cross-field checks that types alone cannot express."""
     from evolvelm.refine.filters import FILTERS
-    from evolvelm.tasks import TASKS
+    from evolvelm.tasks import TASKS, data
 
+    for name, entry in cfg.data.items():
+        if not isinstance(entry, dict):
+            raise ConfigError(f"data.{name}: expected a mapping (data, prompt, answer, checker, ...), got {entry!r}")
+        data.register(data.DataSkill.parse({"name": name, **entry}), cfg.seed)
     for s in cfg.skills:
         if s not in TASKS:
-            raise ConfigError(f"skills: unknown task {s!r}; valid tasks: {sorted(TASKS)}")
+            raise ConfigError(f"skills: unknown task {s!r}; valid tasks: {sorted(TASKS)} (or a mapping with data)")
     for f in cfg.refine.chain:
         if f not in FILTERS:
             raise ConfigError(f"refine.chain: unknown filter {f!r}; valid filters: {sorted(FILTERS)}")

@@ -1,6 +1,7 @@
 """Skills from data, the first part: checkers (on real references from ../shared/data where present) and
 datasets read into problems and fixed splits, with the errors bad rows get."""
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -137,3 +138,75 @@ def test_the_code_checker_runs_each_rows_unit_tests_in_the_sandbox():
     mbpp = rows(DataSkill("mbpp", str(DATA / "mbpp/mbpp.jsonl"), "text", "code", "code"))[:12]
     assert all(check(code, mbpp, [r.answer for r in mbpp]))
     assert sum(check(code, mbpp, [mbpp[(i + 1) % 12].answer for i in range(12)])) == 0  # another task's program
+
+
+def sums(path: Path, n: int = 120, seed: int = 0) -> Path:
+    import random
+
+    rng = random.Random(seed)
+    pairs = [(rng.randint(1, 9), rng.randint(1, 9)) for _ in range(n)]
+    return write(path, [{"question": f"What is {a} + {b}?", "answer": f"{a} + {b} = {a + b}\n#### {a + b}"} for a, b in pairs])
+
+
+def skill(path: Path, **changes) -> str:
+    spec = {"name": "add", "data": str(path), "prompt": "question", "answer": "answer", "checker": "number",
+            "splits": {"test": 10, "dev": 10, "labeled": 10}, "max_new_tokens": 8, **changes}
+    return "skills=[" + json.dumps(spec) + "]"
+
+
+SEMISUP = ["eval.max_difficulty=1", "rounds=2", "acquire.problems=5", "acquire.samples=2", "update.steps=3",
+           "update.batch_size=4", "semisup.dev_slice=3", "semisup.temperatures=[0.5,1.0]"]
+
+
+@pytest.mark.integration
+def test_a_skill_from_data_runs_lmsi_killed_and_resumed_identically_on_its_stored_splits(tmp_path, chat_model):
+    from test_resume import evolvelm, outcome
+
+    from evolvelm.store.run import Run
+    from evolvelm.tasks import get_task
+
+    data = sums(tmp_path / "sums.jsonl")
+    args = ["run", "lmsi", f"model.path={chat_model}", skill(data), *SEMISUP]
+    ref = evolvelm(*args, "--run-dir", str(tmp_path / "ref"), timeout=300)
+    assert ref.returncode == 0, ref.stderr
+    run = Run.open(tmp_path / "ref")
+    stored = [json.loads(line) for line in (tmp_path / "ref" / "data" / "add.jsonl").read_text().splitlines()]
+    held = {r["prompt"] for r in stored if r["split"] != "unlabeled"}
+    assert sum(r["split"] == "test" for r in stored) == 10 and len(held) == 30
+    asked = run.samples(1)
+    assert asked and not {s.prompt for s in asked} & held and all(s.rendered.endswith("<|im_start|>assistant\n") for s in asked)
+    assert run.query("SELECT SUM(n) AS n FROM evals WHERE round=0 AND split='test'")[0]["n"] == 10
+    assert run.done(0, "gate")["labeled"]["problems"] == 10
+    killed = evolvelm(*args, "--run-dir", str(tmp_path / "run"), env={"EVOLVELM_KILL_AT": "2:update:before-manifest"},
+                      timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    sums(data, seed=1)  # the file changes under the run: it keeps the splits it started with
+    assert evolvelm("resume", str(tmp_path / "run"), timeout=300).returncode == 0
+    assert outcome(tmp_path / "run") == outcome(tmp_path / "ref")
+    Run.open(tmp_path / "run").config()
+    assert {p.prompt for p in get_task("add").split("test")} == {r["prompt"] for r in stored if r["split"] == "test"}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("recipe", ["star", "rest-em", "pairs", "semievol", "bstar"])
+def test_every_other_semisup_recipe_runs_on_a_skill_from_data(tmp_path, chat_model, recipe):
+    from evolvelm.cli import main
+    from evolvelm.store.run import Run
+
+    assert main(["run", recipe, f"model.path={chat_model}", skill(sums(tmp_path / "sums.jsonl")), *SEMISUP, "rounds=1",
+                 "--run-dir", str(tmp_path / "r"), "-q"]) == 0
+    assert Run.open(tmp_path / "r").samples(1)
+
+
+def test_bad_data_skills_exit_2_naming_what_is_wrong(tmp_path, capsys):
+    from evolvelm.cli import main
+
+    data = sums(tmp_path / "sums.jsonl")
+    assert main(["validate", "lmsi", skill(data, answer="solution")]) == 2
+    assert f"{data}:1: no field 'solution'; fields: ['answer', 'question']" in capsys.readouterr().err
+    assert main(["validate", "lmsi", skill(data, checker="numbr")]) == 2
+    assert "unknown checker 'numbr'; checkers: ['choice', 'code'," in capsys.readouterr().err
+    assert main(["validate", "lmsi", skill(data, splits={"test": 100})]) == 2
+    assert "splits.test: 100 problems asked, 62 left of the 62 distinct prompts in" in capsys.readouterr().err
+    assert main(["validate", "lmsi", skill(data, name="copy")]) == 2
+    assert "the name of a built-in task" in capsys.readouterr().err

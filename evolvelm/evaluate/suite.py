@@ -26,6 +26,8 @@ def splits(task: Task, difficulty: int, test_n: int, dev_n: int, seed: int,
     (which excludes both) always keeps at least half of them: otherwise tiny difficulties, such as
     the 26 strings of length 1, would vanish from training and be forgotten.
     """
+    if task.fixed:  # a skill from data: the splits drawn from its rows (evolvelm.tasks.data)
+        return {"test": tuple(task.split("test", difficulty)), "dev": tuple(task.split("dev", difficulty))}
     cap = max(1, task.space(difficulty) // 4)
     test = task.problems(difficulty, min(test_n, cap), int(content_id("test", seed), 16) % 2**31, exclude=avoid)
     dev = task.problems(difficulty, min(dev_n, cap), int(content_id("dev", seed), 16) % 2**31,
@@ -68,7 +70,7 @@ def accuracy(backend, skills: list[str], difficulties: dict[str, range], split: 
 
 def rates(right: dict[str, dict[int, list[bool]]]) -> dict[str, dict[int, float]]:
     """Per skill and difficulty, the share of right answers."""
-    return {s: {d: sum(r) / len(r) for d, r in by_d.items()} for s, by_d in right.items()}
+    return {s: {d: sum(r) / len(r) for d, r in by_d.items() if r} for s, by_d in right.items()}
 
 
 def frontier(acc: dict[int, float], threshold: float) -> int:

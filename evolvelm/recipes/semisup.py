@@ -71,10 +71,14 @@ def held(cfg: Config, run: Run) -> dict[str, dict[int, frozenset[str]]]:
 def labeled_set(cfg: Config, run: Run) -> list[Problem]:
     """The few labeled problems of the run's skills: `semisup.labeled_file`, or the `labeled.jsonl`
     the base model was trained on. The held-out splits are drawn around them (`labeled_prompts`)."""
-    path = labeled_path(cfg, run)
-    out = [p for p in read_labeled(path) if p.skill in cfg.skills]
+    from_data = [s for s in cfg.skills if get_task(s).fixed]  # skills from data: their labeled split
+    out = [p for s in from_data for p in get_task(s).split("labeled")]
+    if len(from_data) < len(cfg.skills):
+        path = labeled_path(cfg, run)
+        out += [p for p in read_labeled(path) if p.skill in cfg.skills and p.skill not in from_data]
     if not out:
-        raise ConfigError(f"{path}: no labeled problem of the skills {cfg.skills}")
+        where = "their splits.labeled" if len(from_data) == len(cfg.skills) else labeled_path(cfg, run)
+        raise ConfigError(f"{where}: no labeled problem of the skills {cfg.skills}")
     return out
 
 
@@ -115,7 +119,7 @@ def rationalize(backend, samples: list[Sample], rnd: int, run_seed: int, quiet: 
     out = []
     for i in tqdm(range(0, len(failed), CHUNK), desc=f"rationalise round {rnd}", disable=quiet, leave=False):
         chunk = failed[i:i + CHUNK]
-        prompts = [hint_prompt(s.prompt, get_task(s.skill).answer_of(s.true_answer)) for s in chunk]
+        prompts = [(get_task(s.skill).hint or hint_prompt)(s.prompt, get_task(s.skill).answer_of(s.true_answer)) for s in chunk]
         seeds = [derive_seed(run_seed, rnd, s.prompt, "hint") for s in chunk]
         max_new = max(get_task(s.skill).max_new_tokens(s.difficulty) for s in chunk)
         for s, prompt, g in zip(chunk, prompts, backend.generate(prompts, seeds, 0.0, max_new)):

@@ -25,6 +25,7 @@ from contextlib import closing
 from pathlib import Path
 
 from evolvelm.config import Config, ConfigError, dump, load
+from evolvelm.tasks.data import pin
 from evolvelm.types import Sample, Verdict
 
 SCHEMA = """
@@ -73,6 +74,7 @@ class Run:
         run = cls(root)
         with run.connect() as con:
             con.executescript(SCHEMA)
+        pin(cfg, root)  # skills from data: the splits this run uses, stored beside it
         tmp = root / "config.yaml.tmp"
         tmp.write_text(dump(cfg))
         tmp.replace(root / "config.yaml")  # written last: a run exists once its config does
@@ -101,9 +103,11 @@ class Run:
 
     def config(self) -> Config:
         try:
-            return load(self.root / "config.yaml")
+            cfg = load(self.root / "config.yaml")
         except ConfigError as e:
             raise CorruptRun(f"{self.root / 'config.yaml'}: {e}") from e
+        pin(cfg, self.root)  # the splits it started with, whatever the data file holds now
+        return cfg
 
     def connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.db, timeout=30)

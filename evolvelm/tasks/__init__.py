@@ -57,6 +57,14 @@ class Task:
     max_tokens: Callable[[int], int] | None = None
     # max_tokens: difficulty -> tokens generated at most per answer. None: the longest plausible answer in
     # characters, plus 2 (no token is shorter than a character; room for the end of turn)
+    checker: Callable[[list[Problem], list[str]], list[bool]] | None = None
+    # checker: the skill's own checker against the true answers (skills from data: evolvelm.tasks.checkers).
+    # None: exact match of `answer_of`
+    hint: Callable[[str, str], str] | None = None
+    # hint: (prompt, answer) -> STaR's rationalisation prompt. None: `hint_prompt`
+    fixed: tuple = ()
+    # fixed: skills from data: their drawn splits, ((split, difficulty, problems), ...); eval reads
+    # test and dev from here, the semisup recipes the labeled set
 
     def answer_of(self, completion: str) -> str:
         """The final answer a completion gives (all of it, unless the task writes a scratchpad)."""
@@ -65,6 +73,10 @@ class Task:
     def max_new_tokens(self, difficulty: int) -> int:
         """How many tokens an answer at `difficulty` may take: what generation stops at."""
         return self.max_tokens(difficulty) if self.max_tokens else self.answer_lengths(difficulty)[1] + 2
+
+    def split(self, name: str, difficulty: int | None = None) -> list[Problem]:
+        """A skill from data's fixed split (all difficulties, or one)."""
+        return [p for n, d, probs in self.fixed if n == name and difficulty in (None, d) for p in probs]
 
     def problem(self, difficulty: int, rng: random.Random) -> Problem:
         prompt, answer = self.make(difficulty, rng)
@@ -78,6 +90,8 @@ class Task:
         """
         rng = random.Random(f"{self.name}:{difficulty}:{seed}")
         out: dict[str, Problem] = {}
+        if self.space(difficulty) == 0:  # a skill from data with no problem of this difficulty
+            return []
         for _ in range(20 * n):
             p = self.problem(difficulty, rng)
             if p.prompt not in exclude:
@@ -94,6 +108,8 @@ class Task:
         """The task's single checker: the judge if it has one, else exact match with the true answer."""
         if self.judge:
             return [ok for ok, _ in self.judge(problems, completions)]
+        if self.checker:
+            return self.checker(problems, completions)
         return [self.answer_of(c) == self.answer_of(p.answer) for p, c in zip(problems, completions)]
 
 

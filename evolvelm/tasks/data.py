@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evolvelm.config import ConfigError
+from evolvelm.tasks import TASKS, Task
 from evolvelm.tasks.checkers import Checker, get_checker
+from evolvelm.types import Problem
 
 SPLITS = ("test", "dev", "labeled")  # drawn in this order; what is left is "unlabeled"
 
@@ -54,6 +56,7 @@ class DataSkill:
     checker: str = "exact"
     difficulty: str | None = None
     splits: dict = field(default_factory=lambda: {"test": 0.2, "dev": 0.1, "labeled": 0.05})
+    max_new_tokens: int = 256
 
     @classmethod
     def parse(cls, entry: dict) -> DataSkill:
@@ -63,7 +66,7 @@ class DataSkill:
         if unknown or "name" not in entry or "data" not in entry:
             raise ConfigError(f"skills: a data-defined skill needs name and data; {('unknown keys ' + str(unknown) + '; ') if unknown else ''}"
                               f"valid keys: {valid}")
-        spec = cls(**{k: v if k == "splits" or v is None else str(v) for k, v in entry.items()})
+        spec = cls(**{k: v if k in ("splits", "max_new_tokens") or v is None else str(v) for k, v in entry.items()})
         bad = sorted(set(spec.splits) - set(SPLITS))
         if bad:
             raise ConfigError(f"skills[{spec.name}].splits: unknown splits {bad}; splits: {list(SPLITS)} (the rest is unlabeled)")
@@ -206,3 +209,52 @@ def load_splits(path: Path) -> dict[str, list[Row]]:
         r = json.loads(line)
         out[r["split"]].append(Row(r["prompt"], r["answer"], r["difficulty"], r["columns"], r["where"]))
     return out
+
+
+DRAWN: dict[str, dict[str, list[Row]]] = {}  # a registered skill's splits, as `pin` stores them
+
+
+def task(spec: DataSkill, drawn: dict[str, list[Row]]) -> Task:
+    """The skill as a Task: problems drawn from the unlabeled pool, test/dev/labeled fixed, the checker
+    on every answer (with its row's fields), votes on what the checker extracts."""
+    checker, level = get_checker(spec.checker), (lambda r: r.difficulty or 1)
+    by_prompt = {r.prompt: r for part in drawn.values() for r in part}
+    pool: dict[int, list[Row]] = {}
+    for r in drawn["unlabeled"]:
+        pool.setdefault(level(r), []).append(r)
+    fixed = tuple((name, d, tuple(Problem(spec.name, d, r.prompt, r.answer) for r in drawn[name] if level(r) == d))
+                  for name in SPLITS for d in sorted({level(r) for r in drawn[name]}))
+
+    def make(d: int, rng) -> tuple[str, str]:
+        r = rng.choice(pool[d])
+        return r.prompt, r.answer
+
+    def check_problems(problems: list[Problem], completions: list[str]) -> list[bool]:
+        return check(checker, [by_prompt.get(p.prompt) or Row(p.prompt, p.answer, p.difficulty) for p in problems], completions)
+
+    return Task(spec.name, make, answer_lengths=lambda d: (1, 10**6), space=lambda d: len(pool.get(d, [])),
+                version=f"{spec.name}:{checker.version}", final=checker.extract, checker=check_problems,
+                max_tokens=lambda d: spec.max_new_tokens, fixed=fixed,
+                hint=lambda prompt, answer: f"{prompt}\n(The answer is {answer}. Explain how to reach it.)")
+
+
+def register(spec: DataSkill, seed: int, drawn: dict[str, list[Row]] | None = None) -> Task:
+    """Make the skill known by name (`get_task`), its splits drawn by `seed` unless given (a run's own)."""
+    if spec.name in TASKS and not TASKS[spec.name].fixed:
+        raise ConfigError(f"data.{spec.name}: the name of a built-in task; name the skill otherwise")
+    drawn = drawn or split(spec, rows(spec), seed)
+    DRAWN[spec.name] = drawn
+    TASKS[spec.name] = task(spec, drawn)
+    return TASKS[spec.name]
+
+
+def pin(cfg, root: Path) -> None:
+    """Keep a run on the splits it started with: stored in `root/data/NAME.jsonl` at its start, read
+    back (and the skill registered on them) whenever it is opened again, whatever the file holds now."""
+    for name, entry in cfg.data.items():
+        path = root / "data" / f"{name}.jsonl"
+        if path.is_file():
+            register(DataSkill.parse({"name": name, **entry}), cfg.seed, load_splits(path))
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_splits(path, DRAWN[name])

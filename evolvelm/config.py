@@ -292,6 +292,9 @@ def validate(cfg: Config) -> None:
     from evolvelm.refine.filters import FILTERS
     from evolvelm.tasks import TASKS, data
 
+    if cfg.data and cfg.recipe != "semisup":
+        raise ConfigError(f"skills from data {sorted(cfg.data)} run with the semisup recipes (lmsi, star, rest-em, semievol, "
+                          f"pairs, bstar) so far; recipe {cfg.recipe!r} does not take them yet")
     for name, entry in cfg.data.items():
         if not isinstance(entry, dict):
             raise ConfigError(f"data.{name}: expected a mapping (data, prompt, answer, checker, ...), got {entry!r}")

@@ -210,3 +210,5 @@ def test_bad_data_skills_exit_2_naming_what_is_wrong(tmp_path, capsys):
     assert "splits.test: 100 problems asked, 62 left of the 62 distinct prompts in" in capsys.readouterr().err
     assert main(["validate", "lmsi", skill(data, name="copy")]) == 2
     assert "the name of a built-in task" in capsys.readouterr().err
+    assert main(["validate", "copy-ladder", skill(data)]) == 2
+    assert "recipe 'ladder' does not take them yet" in capsys.readouterr().err

@@ -8,11 +8,13 @@ a checker (`evolvelm.tasks.checkers`), and fixed splits.
     checker: number
     difficulty: null                    # optional field (the ladder needs one)
     splits: {test: 300, dev: 100, labeled: 50}   # counts or fractions of the rows; the rest is the unlabeled pool
+    max_new_tokens: 256
 
 Empty `prompt`/`answer` follow the conventions of TRL (`prompt`/`completion`, or `messages`: the last
 user turn and the assistant turn after it) and verl (`prompt` and `reward_model.ground_truth`, or
-`ground_truth`). Splits are drawn by seed and never share a prompt; `save_splits` stores them in a run
-directory so that a resumed or repeated run reads the same ones.
+`ground_truth`). Splits are drawn by seed and never share a prompt. `config.validate` registers each
+such skill as a Task (`register`); `pin` stores its splits in the run directory when a run starts and
+reads them back whenever it is opened, so a resumed run sees the same ones.
 """
 from __future__ import annotations
 

@@ -158,7 +158,8 @@ def update_stage(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> 
     t0 = time.time()
     examples, n_new = mixture(cfg, run, rnd)
     if n_new == 0:
-        info = {"skipped": "no samples kept", **{k: state.info()[k] for k in ("model", "adapter", "voters")}}
+        kept = state.info()
+        info = {"skipped": "no samples kept", **{k: kept[k] for k in ("model", "adapter", "voters")}}
     else:
         staging = run.staging(rnd, "update")
         trained = [train_round(cfg, run, rnd, m, i, examples, staging, quiet) for i, m in enumerate(state.members)]

@@ -109,7 +109,7 @@ def update_stage(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> 
         examples = ([Example(e.prompt, e.answer, u.new_weight / len(new)) for e in new] +
                     [Example(e.prompt, e.answer, (1 - u.new_weight) / len(old)) for e in old])
     staging, final = run.staging(rnd, "update"), run.stage_dir(rnd, "update").relative_to(run.root)
-    info = {k: state.info()[k] for k in ("model", "adapter", "modules", "router")}
+    info = {"model": state.model, "adapter": state.adapter, "modules": state.modules, "router": state.router}
     if method == "modular":
         module = run.done(rnd, "refine")["module"]
         parent = state.modules.get(module)

@@ -23,6 +23,7 @@ from pathlib import Path
 from evolvelm import __version__, config
 from evolvelm.config import ConfigError
 from evolvelm.store.run import Run
+from evolvelm.tasks.checkers import CheckerError
 
 
 def _quiet_libraries() -> None:
@@ -50,6 +51,11 @@ def _execute(run: Run, quiet: bool) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted; committed stages are kept. Continue with: evolvelm resume {run.root}", file=sys.stderr)
         return 130
+    except CheckerError as e:
+        path = run.record_checker_errors(e.failures)
+        print(f"evolvelm: error: {e}\nthe round stopped with nothing of its stage scored; the completions are in {path}. "
+              f"Fix the checker, then continue with: evolvelm resume {run.root}", file=sys.stderr)
+        return 1
     first = summary["rounds"][0]
     promoted = sum(r["promoted"] for r in summary["rounds"][1:])
     print(f"run {run.root}: {len(summary['rounds']) - 1} rounds ({promoted} promoted) in {time.time() - t0:.0f}s")

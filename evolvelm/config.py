@@ -292,13 +292,17 @@ def validate(cfg: Config) -> None:
     from evolvelm.refine.filters import FILTERS
     from evolvelm.tasks import TASKS, data
 
-    if cfg.data and cfg.recipe != "semisup":
-        raise ConfigError(f"skills from data {sorted(cfg.data)} run with the semisup recipes (lmsi, star, rest-em, semievol, "
-                          f"pairs, bstar) so far; recipe {cfg.recipe!r} does not take them yet")
+    if cfg.data and cfg.recipe == "knowledge":
+        raise ConfigError(f"skills from data {sorted(cfg.data)} run with the semisup, ladder and modular recipes; "
+                          f"recipe 'knowledge' does not take them yet")
     for name, entry in cfg.data.items():
         if not isinstance(entry, dict):
             raise ConfigError(f"data.{name}: expected a mapping (data, prompt, answer, checker, ...), got {entry!r}")
-        data.register(data.DataSkill.parse({"name": name, **entry}), cfg.seed)
+        spec = data.DataSkill.parse({"name": name, **entry})
+        if cfg.recipe == "ladder" and not spec.difficulty:
+            raise ConfigError(f"skills[{name}]: the ladder climbs difficulties and this skill has none; name the field "
+                              f"that holds each row's difficulty (difficulty: FIELD, an integer from 1)")
+        data.register(spec, cfg.seed)
     for s in cfg.skills:
         if s not in TASKS:
             raise ConfigError(f"skills: unknown task {s!r}; valid tasks: {sorted(TASKS)} (or a mapping with data)")

@@ -1,6 +1,8 @@
 """Skills from data, the first part: checkers (on real references from ../shared/data where present) and
 datasets read into problems and fixed splits, with the errors bad rows get."""
 import json
+import re
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -211,4 +213,120 @@ def test_bad_data_skills_exit_2_naming_what_is_wrong(tmp_path, capsys):
     assert main(["validate", "lmsi", skill(data, name="copy")]) == 2
     assert "the name of a built-in task" in capsys.readouterr().err
     assert main(["validate", "copy-ladder", skill(data)]) == 2
-    assert "recipe 'ladder' does not take them yet" in capsys.readouterr().err
+    assert "skills[add]: the ladder climbs difficulties and this skill has none" in capsys.readouterr().err
+    assert main(["validate", "knowledge-distill", skill(data)]) == 2
+    assert "recipe 'knowledge' does not take them yet" in capsys.readouterr().err
+    levels = write(tmp_path / "levels.jsonl", [{"question": "1+1", "answer": "2", "digits": 0}])
+    assert main(["validate", "copy-ladder", skill(levels, difficulty="digits")]) == 2
+    assert f"{levels}:1: field 'digits' is 0; difficulties count from 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("recipe", ["lmsi", "star", "semievol"])
+def test_the_fake_backend_answers_skills_from_data_from_their_rows(tmp_path, fake_model, recipe):
+    from evolvelm.cli import main
+    from evolvelm.store.run import Run
+
+    assert main(["run", recipe, f"model.path={fake_model}", "model.backend=fake",
+                 skill(sums(tmp_path / "sums.jsonl", n=400), max_new_tokens=32), *SEMISUP, "acquire.problems=40",
+                 "--run-dir", str(tmp_path / "r"), "-q"]) == 0
+    run = Run.open(tmp_path / "r")
+    base = run.query("SELECT accuracy FROM evals WHERE round=0 AND split='test'")[0]["accuracy"]
+    assert 0.3 <= base <= 0.95  # difficulty 1 beyond the fake's level 0: about 70% right
+    samples = run.samples(1)
+    right = [s.completion.split("####")[-1].strip() == s.true_answer.split("####")[-1].strip() for s in samples]
+    assert 0 < sum(right) < len(right)
+    if recipe == "star":  # rationalised with the answer as a hint, which the fake reads its row through
+        assert any(s.context.startswith(s.prompt + "\n(The answer is") for s in samples)
+    if recipe == "semievol":  # natural-language examples: prompt, answer on the next line, a blank line
+        assert all(s.context.endswith(s.prompt) and s.context != s.prompt for s in samples)
+        assert all(re.match(r"What is \d \+ \d\?\n\d \+ \d = \d+\n#### \d+\n\nWhat is", s.context) for s in samples)
+
+
+def test_a_checker_that_raises_stops_the_round_records_the_completions_and_resume_finishes(tmp_path, fake_model, capsys):
+    from evolvelm.cli import main
+    from evolvelm.store.run import Run
+
+    flag = tmp_path / "broken"
+    (tmp_path / "flaky_rewards.py").write_text(
+        "from pathlib import Path\n"
+        "def reward(prompts, completions, answer, **kw):\n"
+        f"    if Path({str(flag)!r}).exists() and any('7' in c for c in completions):\n"
+        "        raise ZeroDivisionError('seven')\n"
+        "    return [c.split('#')[-1].strip() == a.split('#')[-1].strip() for c, a in zip(completions, answer)]\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        args = ["run", "lmsi", f"model.path={fake_model}", "model.backend=fake", *SEMISUP, "--run-dir", str(tmp_path / "r"), "-q",
+                skill(sums(tmp_path / "sums.jsonl"), checker="python:flaky_rewards:reward", max_new_tokens=32)]
+        assert main(args) == 0
+        reference = json.loads((tmp_path / "r" / "summary.json").read_text())["semisup"]
+        shutil.rmtree(tmp_path / "r")
+        flag.touch()
+        assert main(args) == 1
+        err = capsys.readouterr().err
+        assert "checker python:flaky_rewards:reward raised ZeroDivisionError: seven (on " in err
+        assert f"evolvelm resume {tmp_path / 'r'}" in err
+        errors = [json.loads(line) for line in (tmp_path / "r" / "checker_errors.jsonl").read_text().splitlines()]
+        assert errors and all("7" in e["completion"] and e["after"] == "nothing" for e in errors)  # round 0's eval raised
+        assert Run.open(tmp_path / "r").done(0, "eval") is None  # nothing of it scored, wrong or right
+        flag.unlink()
+        assert main(["resume", str(tmp_path / "r"), "-q"]) == 0
+        assert json.loads((tmp_path / "r" / "summary.json").read_text())["semisup"] == reference
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("flaky_rewards", None)
+
+
+def digit_sums(path: Path, per_level: int = 60, seed: int = 0) -> Path:
+    """n-digit + n-digit sums, n = 1..3, with the number of digits as the difficulty field."""
+    import random
+
+    rng, records = random.Random(seed), []
+    for n in (1, 2, 3):
+        for _ in range(per_level):
+            a, b = rng.randint(10 ** (n - 1), 10 ** n - 1), rng.randint(10 ** (n - 1), 10 ** n - 1)
+            records.append({"question": f"{a}+{b}=", "answer": str(a + b), "digits": n})
+    return write(path, records)
+
+
+def test_the_ladder_climbs_a_skill_from_data_by_its_difficulty_field(tmp_path, fake_model):
+    from evolvelm.cli import main
+    from evolvelm.store.run import Run
+
+    spec = skill(digit_sums(tmp_path / "sums.jsonl"), difficulty="digits", max_new_tokens=8,
+                 splits={"test": 30, "dev": 30})
+    assert main(["run", "copy-ladder", f"model.path={fake_model}", "model.backend=fake", "model.voters=[]", spec,
+                 "rounds=3", "eval.max_difficulty=3", "acquire.problems=20", "acquire.samples=5", "acquire.step=1",
+                 "acquire.schedule=fixed", "refine.chain=[vote, dedup]", "--run-dir", str(tmp_path / "r"), "-q"]) == 0
+    run = Run.open(tmp_path / "r")
+    assert run.done(0, "gate")["levels"] == {"add": 0}  # never trained on: the ladder starts below difficulty 1
+    levels = [run.done(r, "gate")["levels"]["add"] for r in range(4)]
+    assert levels[-1] >= 2 and levels == sorted(levels)
+    for r in range(1, 4):  # each round labels one difficulty above the level it started from
+        assert {s.difficulty for s in run.samples(r)} == {levels[r - 1] + 1}
+    held = {p for (p,) in run.query("SELECT DISTINCT prompt FROM samples")} & {
+        json.loads(line)["prompt"] for line in (tmp_path / "r" / "data" / "add.jsonl").read_text().splitlines()
+        if json.loads(line)["split"] != "unlabeled"}
+    assert not held
+
+
+@pytest.mark.integration
+def test_modular_skills_learn_a_module_per_dataset(tmp_path, chat_model):
+    from evolvelm.cli import main
+    from evolvelm.store.run import Run
+    from evolvelm.tasks.data import DRAWN
+
+    words = write(tmp_path / "words.jsonl", [{"word": w, "reversed": w[::-1]} for w in
+                                             ["".join(chr(97 + (i * 7 + j * 3) % 26) for j in range(3 + i % 4)) for i in range(60)]])
+    rev = {"name": "rev", "data": str(words), "prompt": "Reverse: {word}", "answer": "reversed", "checker": "exact",
+           "splits": {"test": 6, "dev": 6}, "max_new_tokens": 8}
+    add = json.loads(skill(sums(tmp_path / "sums.jsonl"))[len("skills="):])[0]
+    assert main(["run", "modular-skills", f"model.path={chat_model}", f"skills={json.dumps([add, rev])}", "rounds=2",
+                 "modules.examples=12", "modules.router=chars", "update.steps=3", "update.batch_size=4", "eval.max_difficulty=1",
+                 "--run-dir", str(tmp_path / "r"), "-q"]) == 0
+    run = Run.open(tmp_path / "r")
+    assert [run.done(r, "refine")["module"] for r in (1, 2)] == ["add", "rev"]  # a module per dataset
+    arrived = run.samples(2)
+    references = {r.prompt: r.answer for r in DRAWN["rev"]["unlabeled"]}
+    assert arrived and all(references[s.prompt] == s.completion for s in arrived)  # the rows' answers: labelled experience
+    forgetting = json.loads((tmp_path / "r" / "summary.json").read_text())["forgetting"]
+    assert forgetting["skills"] == ["add", "rev"] and len(forgetting["matrix"]) == 3

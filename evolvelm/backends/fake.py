@@ -8,6 +8,10 @@ length filter can catch; some with one wrong character, which it cannot). Outcom
 
 `train` is the fake's update: training on labels of difficulty L+1 raises L when at least 95% of
 them are right, and training on bad labels lowers L (the error avalanche in miniature).
+
+Skills from data are answered the same way from their rows' reference answers (a prompt of a
+registered data skill, alone, after examples, or followed by STaR's hint), so every skill has a
+fast fake path.
 """
 from __future__ import annotations
 
@@ -23,8 +27,29 @@ SKILL_OF = {"C": "copy", "R": "reverse", "A": "addition", "E": "expr", "S": "shi
 P_RIGHT = {1: 0.7, 2: 0.3}  # chance of a right answer at distance d beyond the level
 
 
+_INDEX: dict = {}  # the registered data skills' prompts, rebuilt when a skill is registered
+
+
+def from_data(prompt: str) -> tuple[str, int, str] | None:
+    """(skill, difficulty, reference answer) of a registered data skill's prompt, asked alone, after
+    examples (SemiEvol's demonstrations) or before a hint (STaR's rationalisation); None otherwise."""
+    from evolvelm.tasks.data import DRAWN
+
+    key = tuple((skill, id(parts)) for skill, parts in DRAWN.items())
+    if _INDEX.get("key") != key:
+        _INDEX.update(key=key, rows={r.prompt: (skill, r.difficulty or 1, r.answer)
+                                     for skill, parts in DRAWN.items() for part in parts.values() for r in part})
+    rows = _INDEX["rows"]
+    if prompt in rows:
+        return rows[prompt]
+    return next((v for p, v in rows.items() if prompt.endswith(p) or prompt.startswith(p + "\n")), None)
+
+
 def solve(prompt: str) -> tuple[str, int, str]:
-    """(skill, difficulty, true answer) of a built-in task prompt."""
+    """(skill, difficulty, true answer) of a built-in task prompt or a data skill's."""
+    known = from_data(prompt)
+    if known:
+        return known
     if prompt[0] not in SKILL_OF:
         return "echo", len(prompt) - 1, prompt[:-1]
     skill, body = SKILL_OF[prompt[0]], prompt[1:-1]
@@ -101,7 +126,7 @@ def train(parent: str, examples: list, out: Path) -> list[float]:
     losses = []
     for skill, right in by_skill.items():
         precision = sum(right) / len(right)
-        levels[skill] += 1 if precision >= 0.95 else (-1 if precision < 0.8 else 0)
+        levels[skill] = levels.get(skill, 0) + (1 if precision >= 0.95 else (-1 if precision < 0.8 else 0))
         losses.append(1.0 - precision)
     write(out, levels, meta.get("seed", 0))
     return losses or [0.0]

@@ -52,6 +52,7 @@ def start_levels(cfg: Config, run: Run) -> dict[str, int]:
     if cfg.acquire.start_level:
         return {s: cfg.acquire.start_level for s in cfg.skills}
     trained = json.loads(meta_path.read_text())["skills"] if meta_path.is_file() else {}
+    trained.update({s: [0, 0] for s in cfg.skills if get_task(s).fixed and s not in trained})  # from data: never trained on
     missing = [s for s in cfg.skills if s not in trained]
     if missing:
         raise ConfigError(f"model.path: {cfg.model.path} carries no trained range for {missing} (no evolvelm.json "

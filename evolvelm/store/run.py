@@ -5,6 +5,7 @@
       store.sqlite          samples, verdicts, evaluations and the manifest
       rounds/0003/update/   files a stage wrote (e.g. the trained model), renamed from .staging-update
       summary.json          the machine-readable outcome, rewritten after every round
+      checker_errors.jsonl  completions a user checker raised on (never scored; the stage was not committed)
 
 Commit protocol for a stage: write files into `rounds/NNNN/.staging-STAGE/`, rename that directory
 to `rounds/NNNN/STAGE/`, then in ONE SQLite transaction insert the stage's rows and its manifest
@@ -169,6 +170,17 @@ class Run:
             con.executemany("INSERT INTO evals VALUES (?,?,?,?,?,?,?,?)", [(rnd, *e) for e in evals])
             con.execute("INSERT INTO manifest VALUES (?,?,?,?)", (rnd, stage, json.dumps(info), time.time()))
         _failpoint(f"{rnd}:{stage}:after-manifest")
+
+    def record_checker_errors(self, failures: list[dict]) -> Path:
+        """Append the completions a checker raised on to `checker_errors.jsonl`, each with the last stage
+        committed before it (the stage that raised is not committed: `resume` redoes it)."""
+        last = max(self.manifest(), key=lambda m: m["committed_at"], default=None)
+        after = f"{last['round']}:{last['stage']}" if last else "nothing"
+        path = self.root / "checker_errors.jsonl"
+        with path.open("a") as f:
+            for failure in failures:
+                f.write(json.dumps({"after": after, "time": round(time.time(), 3), **failure}) + "\n")
+        return path
 
     # --- queries --------------------------------------------------------------------------------
 

@@ -27,7 +27,12 @@ from evolvelm.config import ConfigError
 
 
 class CheckerError(RuntimeError):
-    """A user checker raised: the sample is recorded as a checker error, never scored as wrong."""
+    """A user checker raised: the sample is recorded as a checker error, never scored as wrong.
+    `failures`: per completion it raised on, {prompt, completion, error}."""
+
+    def __init__(self, message: str, failures: list[dict] = ()):
+        super().__init__(message)
+        self.failures = list(failures)
 
 
 @dataclass(frozen=True)
@@ -44,18 +49,37 @@ class Checker:
     def check_many(self, prompts: list[str], completions: list[str], references: list[str],
                    columns: dict[str, list] | None = None) -> list[bool]:
         """Whether each completion is right; `columns` (every field of the rows, one list per field) go to
-        the checkers that read the rows (`code`, `python:`)."""
+        the checkers that read the rows (`code`, `python:`). A batch function that raises is asked again
+        one completion at a time, so that the error names the completions it fails on."""
         if self.batch is not None:
+            columns = columns or {}
             try:
-                rewards = list(self.batch(prompts=prompts, completions=completions, **(columns or {})))
-            except Exception as e:  # a user's function: its failure is reported, never counted as wrong answers
-                raise CheckerError(f"checker {self.name} raised {type(e).__name__}: {e}") from e
-            if len(rewards) != len(completions):
-                raise CheckerError(f"checker {self.name} returned {len(rewards)} rewards for {len(completions)} completions")
-            return [bool(r) if isinstance(r, bool) else float(r) > 0 for r in rewards]
+                return self._rewards(prompts, completions, columns)
+            except CheckerError as e:
+                failures = []
+                for i in range(len(completions)):
+                    try:
+                        self._rewards(prompts[i:i + 1], completions[i:i + 1], {k: v[i:i + 1] for k, v in columns.items()})
+                    except CheckerError as one:
+                        failures.append({"prompt": prompts[i], "completion": completions[i], "error": str(one)})
+                failures = failures or [{"prompt": p, "completion": c, "error": str(e)} for p, c in zip(prompts, completions)]
+                raise CheckerError(f"{failures[0]['error']} (on {len(failures)} of {len(completions)} completions)", failures) from e
         same = self.same or (lambda a, b: a == b)
         # a reference is extracted the same way (GSM8K's worked solutions), or else taken as it is (regex)
         return [bool(a) and same(a, self.extract(r) or r.strip()) for a, r in zip(map(self.extract, completions), references)]
+
+    def _rewards(self, prompts: list[str], completions: list[str], columns: dict[str, list]) -> list[bool]:
+        from evolvelm.sandbox import SandboxUnavailable
+
+        try:
+            rewards = list(self.batch(prompts=prompts, completions=completions, **columns))
+        except (CheckerError, SandboxUnavailable):
+            raise
+        except Exception as e:  # a user's function: its failure is reported, never counted as wrong answers
+            raise CheckerError(f"checker {self.name} raised {type(e).__name__}: {e}") from e
+        if len(rewards) != len(completions):
+            raise CheckerError(f"checker {self.name} returned {len(rewards)} rewards for {len(completions)} completions")
+        return [bool(r) if isinstance(r, bool) else float(r) > 0 for r in rewards]
 
 
 def _exact(text: str) -> str:

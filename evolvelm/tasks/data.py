@@ -158,6 +158,8 @@ def rows(spec: DataSkill) -> list[Row]:
                 level = int(value(r, spec.difficulty, where))
             except (TypeError, ValueError) as e:
                 raise ConfigError(f"{where}: field {spec.difficulty!r} is not an integer difficulty") from e
+            if level < 1:
+                raise ConfigError(f"{where}: field {spec.difficulty!r} is {level}; difficulties count from 1")
         out.append(Row(prompt, answer, level, r, where))
     return out
 

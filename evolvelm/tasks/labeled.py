@@ -49,5 +49,7 @@ def demonstrations(prompt: str, labeled: list[Problem], n: int) -> str:
 
 def written(problems: list[Problem]) -> str:
     """Labeled problems with their answers, one after another: how examples go before a prompt, both
-    in SemiEvol's demonstrations and in the base model's training (`zoo.train`)."""
-    return "".join(p.prompt + p.answer for p in problems)
+    in SemiEvol's demonstrations and in the base model's training (`zoo.train`). Character-level
+    built-ins run on (prompt + answer); a skill from data's are natural language, so each example is
+    its prompt, its answer on the next line, and a blank line."""
+    return "".join(f"{p.prompt}\n{p.answer}\n\n" if get_task(p.skill).fixed else p.prompt + p.answer for p in problems)

@@ -19,10 +19,14 @@ from evolvelm.types import Example
 
 
 def original_data(cfg: Config, levels: dict[str, int]) -> list[tuple[str, str]]:
-    """(prompt, answer) pairs from the base model's trained range, drawn away from the held-out splits."""
+    """(prompt, answer) pairs from the base model's trained range, drawn away from the held-out splits;
+    for a skill from data, its labeled split (the only labels it has)."""
     out = []
     for skill, top in levels.items():
         task = get_task(skill)
+        if task.fixed or not top:
+            out += [(p.prompt, p.answer) for p in task.split("labeled")]
+            continue
         held = held_out_prompts(task, top, cfg.eval.problems, cfg.eval.dev_problems, cfg.eval.seed)
         per = max(1, cfg.update.original // top)
         for d in range(1, top + 1):

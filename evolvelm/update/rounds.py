@@ -30,9 +30,12 @@ def train_round(cfg: Config, run, rnd: int, state: Member, member: int, examples
     base_dir = resolve(state.model, run)
     model = sft.load_for_training(base_dir, resolve(state.adapter, run) if state.adapter else None,
                                   u.method, u.lora_r, u.lora_alpha, seed, cfg.model.device, cfg.model.dtype)
+    stats: dict = {}
     losses = sft.train(model, prompt_format(cfg, base_dir), examples, u.steps, u.batch_size, u.lr, seed=seed,
-                       warmup=u.warmup, desc=f"update round {rnd}" + (f" ({name})" if member else ""), quiet=quiet)
+                       warmup=u.warmup, desc=f"update round {rnd}" + (f" ({name})" if member else ""), quiet=quiet,
+                       stats=stats)
     sft.save(model, base_dir, out, card={"round": rnd, "member": member, "parent": asdict(state), "method": u.method,
                                          "examples": len(examples), "loss_first": losses[0], "loss_last": losses[-1]})
     return {"model": state.model if lora else final, "adapter": final if lora else None,
-            "loss_first": round(losses[0], 5), "loss_last": round(sum(losses[-20:]) / len(losses[-20:]), 5)}
+            "loss_first": round(losses[0], 5), "loss_last": round(sum(losses[-20:]) / len(losses[-20:]), 5),
+            "tokens": stats["tokens"]}

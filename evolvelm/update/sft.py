@@ -28,8 +28,10 @@ def encode(fmt: PromptFormat, examples: list[Example]) -> tuple[list[list[int]],
 
 
 def train(model, fmt: PromptFormat, examples: list[Example], steps: int, batch_size: int, lr: float, seed: int,
-          warmup: int = 50, weight_decay: float = 0.0, desc: str = "train", quiet: bool = False) -> list[float]:
-    """Train `model` in place for `steps` steps; the loss is on answer tokens only. Returns step losses.
+          warmup: int = 50, weight_decay: float = 0.0, desc: str = "train", quiet: bool = False,
+          stats: dict | None = None) -> list[float]:
+    """Train `model` in place for `steps` steps; the loss is on answer tokens only. Returns step losses;
+    `stats["tokens"]` counts the tokens trained on (padding excluded), for throughput.
 
     The loss per answer token is the cross-entropy with the answer's token or, for an example with
     soft targets (`Example.target`), the KL divergence from the target distribution to the model's
@@ -53,6 +55,8 @@ def train(model, fmt: PromptFormat, examples: list[Example], steps: int, batch_s
                      [(r, starts[i], examples[i].target) for r, i in enumerate(idx) if examples[i].target is not None])
         step(loss, params, opt, sched)
         losses.append(loss.item())
+        if stats is not None:
+            stats["tokens"] = stats.get("tokens", 0) + int(mask.sum())
     model.eval()
     return losses
 

@@ -115,6 +115,7 @@ def measure(task: str, method: str, args, workdir: Path) -> dict:
                  f"eval.max_difficulty={levels}", f"acquire.problems={args.problems}", f"update.method={args.update}",
                  f"update.steps={args.steps}", f"update.batch_size={args.batch_size}", f"update.lr={args.lr}",
                  f"update.warmup={max(1, args.steps // 10)}", *(["acquire.samples=4"] if method == "star" else []),
+                 *([f"acquire.temperature={args.temperature}"] if args.temperature is not None else []),
                  *args.set]
     cfg = config.load(method, overrides)
     run = Run.create(workdir / f"{task}-{method}", cfg)
@@ -170,6 +171,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--temperature", type=float, help="sampling temperature (default: the recipe's, 1.0)")
     ap.add_argument("--set", nargs="*", default=[], help="more config overrides, e.g. gate.z=0.5")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--load", type=Path, help="print the tables of an earlier --out file")

@@ -292,9 +292,12 @@ def validate(cfg: Config) -> None:
     from evolvelm.refine.filters import FILTERS
     from evolvelm.tasks import TASKS, data
 
-    if cfg.data and cfg.recipe == "knowledge":
-        raise ConfigError(f"skills from data {sorted(cfg.data)} run with the semisup, ladder and modular recipes; "
-                          f"recipe 'knowledge' does not take them yet")
+    corpora = [n for n, entry in cfg.data.items() if isinstance(entry, dict) and entry.get("document")]
+    if corpora and cfg.recipe != "knowledge":
+        raise ConfigError(f"skills[{corpora[0]}].document: documents are what knowledge-distill injects; "
+                          f"recipe {cfg.recipe!r} does not read them")
+    if len(corpora) > 1:
+        raise ConfigError(f"skills: knowledge-distill injects the documents of one skill; {corpora} all have a document field")
     for name, entry in cfg.data.items():
         if not isinstance(entry, dict):
             raise ConfigError(f"data.{name}: expected a mapping (data, prompt, answer, checker, ...), got {entry!r}")

@@ -214,8 +214,12 @@ def test_bad_data_skills_exit_2_naming_what_is_wrong(tmp_path, capsys):
     assert "the name of a built-in task" in capsys.readouterr().err
     assert main(["validate", "copy-ladder", skill(data)]) == 2
     assert "skills[add]: the ladder climbs difficulties and this skill has none" in capsys.readouterr().err
-    assert main(["validate", "knowledge-distill", skill(data)]) == 2
-    assert "recipe 'knowledge' does not take them yet" in capsys.readouterr().err
+    assert main(["validate", "lmsi", skill(data, document="question")]) == 2
+    assert "skills[add].document: documents are what knowledge-distill injects; recipe 'semisup' does not read them" \
+        in capsys.readouterr().err
+    docs = skill(documents_file(tmp_path / "docs.jsonl"), document="doc", answer="answer", splits={"test": 6})
+    assert main(["validate", "knowledge-distill", docs, "rounds=4", "knowledge.people=2"]) == 2
+    assert "skills[add]: 6 distinct documents; 4 rounds of knowledge.people=2 inject 8" in capsys.readouterr().err
     levels = write(tmp_path / "levels.jsonl", [{"question": "1+1", "answer": "2", "digits": 0}])
     assert main(["validate", "copy-ladder", skill(levels, difficulty="digits")]) == 2
     assert f"{levels}:1: field 'digits' is 0; difficulties count from 1" in capsys.readouterr().err
@@ -330,3 +334,47 @@ def test_modular_skills_learn_a_module_per_dataset(tmp_path, chat_model):
     assert arrived and all(references[s.prompt] == s.completion for s in arrived)  # the rows' answers: labelled experience
     forgetting = json.loads((tmp_path / "r" / "summary.json").read_text())["forgetting"]
     assert forgetting["skills"] == ["add", "rev"] and len(forgetting["matrix"]) == 3
+
+
+NAMES = ["Mira", "Tobin", "Asha", "Lev", "Noor", "Ravi"]
+CITIES = ["Oslo", "Lima", "Pune", "Graz", "Kobe", "Turin"]
+JOBS = ["Acme", "Globex", "Initech", "Umbrella", "Hooli", "Vandelay"]
+
+
+def documents_file(path: Path) -> Path:
+    """Six documents, each with four questions about it (two phrasings of two facts)."""
+    rows = []
+    for name, city, job in zip(NAMES, CITIES, JOBS):
+        doc = f"{name} lives in {city}. {name} works for {job}."
+        rows += [{"doc": doc, "question": q, "answer": a} for q, a in [
+            (f"Where does {name} live?", city), (f"Which city is {name}'s home?", city),
+            (f"Who employs {name}?", job), (f"Where does {name} work?", job)]]
+    return write(path, rows)
+
+
+@pytest.mark.integration
+def test_knowledge_distill_injects_the_documents_of_a_user_file(tmp_path, chat_model):
+    from evolvelm.cli import main
+    from evolvelm.store.run import Run
+
+    corpus = {"name": "people", "data": str(documents_file(tmp_path / "docs.jsonl")), "prompt": "question",
+              "answer": "answer", "document": "doc", "checker": "normalized", "splits": {"test": 0.25}, "max_new_tokens": 6}
+    assert main(["run", "knowledge-distill", f"model.path={chat_model}", f"skills={json.dumps([corpus, 'copy'])}",
+                 "rounds=2", "knowledge.people=2", "knowledge.anchors=6", "update.steps=3", "update.batch_size=4",
+                 "eval.max_difficulty=2", "eval.problems=3", "eval.dev_problems=3", "--run-dir", str(tmp_path / "r"), "-q"]) == 0
+    run = Run.open(tmp_path / "r")
+    docs = [s for s in run.samples(1) if s.skill == "document"]
+    asked = [s for s in run.samples(1) if s.skill == "people"]
+    assert len(docs) == 2 and {d.completion for d in docs} < {f"{n} lives in {c}. {n} works for {j}." for n, c, j in zip(NAMES, CITIES, JOBS)}
+    test = {json.loads(line)["prompt"] for line in (tmp_path / "r" / "data" / "people.jsonl").read_text().splitlines()
+            if json.loads(line)["split"] == "test"}
+    assert asked and all(s.context in {d.completion for d in docs} and s.prompt not in test for s in asked)
+    assert all(s.rendered.endswith("<|im_start|>assistant\n") and s.context + "\n\n" + s.prompt in s.rendered for s in asked)
+    round2 = {s.completion for s in run.samples(2) if s.skill == "document"}
+    assert len(round2) == 2 and not round2 & {d.completion for d in docs}  # the next documents, never the same
+    k = json.loads((tmp_path / "r" / "summary.json").read_text())["knowledge"]
+    assert len(k["matrix"]) == 2 and len(k["upper"]) == 2 and set(k["other_base"]) == {"copy"}  # no zoo:facts population
+    held = run.query("SELECT difficulty, n FROM evals WHERE skill='people' AND round=2 ORDER BY difficulty")
+    assert [r["n"] for r in held] == [sum(1 for line in (tmp_path / "r" / "data" / "people.jsonl").read_text().splitlines()
+                                           if json.loads(line)["split"] == "test" and json.loads(line)["document"] in ds)
+                                      for ds in ({d.completion for d in docs}, round2)]

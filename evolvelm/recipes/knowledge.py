@@ -24,25 +24,36 @@ Round 0 evaluates the base model. Every later round injects `knowledge.people` n
              population fell more than gate.tolerance below the base model's (not just the last
              round's: 20 small losses must not add up)
 `evolvelm.store.summary` writes the efficacy/retention matrix to summary.json.
+
+Your own documents: a skill from data with `document: FIELD` (rows of document, question, answer) is
+injected instead of zoo:facts' people, `knowledge.people` documents per round in an order drawn by
+the seed. The model asks itself every question of a document outside the skill's test split; the
+questions in the test split are the held-out ones; the skill's checker scores them, and `grounded`
+looks for what it extracts from an answer in the document. The other skills listed are what the gate
+protects and the anchors hold in place (there is no pretraining population then).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
+from dataclasses import dataclass
 
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from evolvelm.acquire.sampling import derive_seed, draw_problems
-from evolvelm.config import Config
+from evolvelm.config import Config, ConfigError
 from evolvelm.evaluate.suite import accuracy, frontier, gate, held_out_prompts, splits
 from evolvelm.models import backend_for, base_state, prompt_format, resolve
 from evolvelm.store.memory import Memory
 from evolvelm.store.run import Run
 from evolvelm.store.summary import write_summary
 from evolvelm.tasks import facts, get_task
-from evolvelm.types import Example, Sample, State, Verdict
+from evolvelm.tasks.checkers import CHECKERS
+from evolvelm.tasks.data import DRAWN, corpus, documents
+from evolvelm.types import Example, Problem, Sample, State, Verdict
 from evolvelm.update import distill, sft
 from evolvelm.update.mixture import weighted
 
@@ -50,8 +61,63 @@ TRAINED = ("distill", "sft-qa", "sft-doc")  # the methods that change parameters
 
 
 def preflight(cfg: Config, run: Run) -> None:
-    """Fail on a missing model before anything is created."""
+    """Fail on a missing model, or a corpus with too few documents for the rounds, before anything is created."""
     resolve(cfg.model.path, run)
+    name = corpus(cfg)
+    if name and len(documents(name, cfg.seed)) < cfg.rounds * cfg.knowledge.people:
+        raise ConfigError(f"skills[{name}]: {len(documents(name, cfg.seed))} distinct documents; {cfg.rounds} rounds of "
+                          f"knowledge.people={cfg.knowledge.people} inject {cfg.rounds * cfg.knowledge.people}")
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What one injection teaches about one subject (a person of zoo:facts, or a document of a skill from
+    data): its documents, the questions the model asks itself about them, and the held-out questions it
+    is measured on (closed-book prompts with their reference answers)."""
+
+    key: str
+    documents: tuple[str, ...]
+    ask: tuple[Problem, ...]
+    held: tuple[Problem, ...]
+
+
+def batch_skill(cfg: Config) -> str:
+    """The skill name the injected questions are stored and evaluated under."""
+    return corpus(cfg) or "facts"
+
+
+def others(cfg: Config) -> list[str]:
+    """The skills whose accuracy the injections must not hurt (every skill but the corpus)."""
+    return [s for s in cfg.skills if s != corpus(cfg)]
+
+
+def subjects(cfg: Config, rnd: int) -> list[Subject]:
+    """Round `rnd`'s subjects: `knowledge.people` new people (zoo:facts: their documents in
+    `knowledge.documents` phrasings; asked in the ASK phrasings, held out in EVAL), or the next
+    `knowledge.people` documents of the corpus (asked: its questions outside the test split; held out:
+    those in it)."""
+    name, k = corpus(cfg), cfg.knowledge
+    if name is None:
+        ask = lambda p, phrasings: tuple(Problem("facts", rnd, q.prompt, q.answer) for q in facts.questions(p, phrasings))
+        return [Subject(p.name, tuple(facts.document(p, (cfg.seed, rnd, j)) for j in range(k.documents)),
+                        ask(p, facts.ASK), ask(p, facts.EVAL)) for p in batch(cfg, rnd)]
+    test = {r.prompt for r in DRAWN[name]["test"]}
+    problem = lambda r: Problem(name, rnd, r.prompt, r.answer)
+    return [Subject(hashlib.sha256(doc.encode()).hexdigest()[:16], (doc,),
+                    tuple(problem(r) for r in rows if r.prompt not in test), tuple(problem(r) for r in rows if r.prompt in test))
+            for doc, rows in documents(name, cfg.seed)[(rnd - 1) * k.people:rnd * k.people]]
+
+
+def in_context(cfg: Config, document: str, prompt: str) -> str:
+    """The prompt with the document before it (the teacher's, and the upper bound's); the closed-book
+    prompt is its suffix, which is what distillation needs."""
+    return document + prompt if corpus(cfg) is None else f"{document}\n\n{prompt}"
+
+
+def right(cfg: Config, problems: list[Problem], completions: list[str]) -> list[bool]:
+    """The injected questions' checker: exact match (zoo:facts), or the corpus skill's own."""
+    name = corpus(cfg)
+    return get_task(name).check_many(problems, completions) if name else [c == p.answer for p, c in zip(problems, completions)]
 
 
 def batch(cfg: Config, rnd: int) -> list[facts.Person]:
@@ -70,38 +136,43 @@ def population_split(cfg: Config, split: str) -> list[facts.Question]:
     return [q for i, p in enumerate(people) if i % 2 == (split == "dev") for q in facts.questions(p, facts.EVAL)]
 
 
-def held_out(cfg: Config, j: int) -> tuple[list[facts.Question], list[str]]:
-    """Batch j's questions in the held-out phrasing, and beside each its person's first document."""
-    people = batch(cfg, j)
-    docs = {p.name: facts.document(p, (cfg.seed, j, 0)) for p in people}
-    qs = [q for p in people for q in facts.questions(p, facts.EVAL)]
-    return qs, [docs[q.person] for q in qs]
+def held_out(cfg: Config, j: int) -> tuple[list[Problem], list[str]]:
+    """Batch j's held-out questions, and beside each its subject's first document."""
+    pairs = [(q, s.documents[0]) for s in subjects(cfg, j) for q in s.held]
+    return [q for q, _ in pairs], [d for _, d in pairs]
 
 
-def answer(model, prompts: list[str]):
-    """Greedy answers to fact questions."""
-    return model.generate(prompts, [0] * len(prompts), 0.0, facts.max_answer_length() + 2)
+def answer_tokens(cfg: Config) -> int:
+    """How long an answer to an injected question may be."""
+    name = corpus(cfg)
+    return get_task(name).max_new_tokens(1) if name else facts.max_answer_length() + 2
+
+
+def answer(cfg: Config, model, prompts: list[str]):
+    """Greedy answers to injected questions."""
+    return model.generate(prompts, [0] * len(prompts), 0.0, answer_tokens(cfg))
 
 
 def acquire(cfg: Config, run: Run, rnd: int, state: State) -> None:
     """Documents of the round's people, and the model's own answers to its questions about them."""
-    t0, k = time.time(), cfg.knowledge
-    docs = [(p, j, facts.document(p, (cfg.seed, rnd, j))) for p in batch(cfg, rnd) for j in range(k.documents)]
-    samples = [Sample(rnd, "document", rnd, p.name, doc, "given", 0, j, 0.0, 0.0, doc) for p, j, doc in docs]
-    asked = [(doc, j, q) for p, j, doc in docs for q in facts.questions(p, facts.ASK)]
+    t0, k, skill = time.time(), cfg.knowledge, batch_skill(cfg)
+    docs = [(s, j, doc) for s in subjects(cfg, rnd) for j, doc in enumerate(s.documents)]
+    samples = [Sample(rnd, "document", rnd, s.key, doc, "given", 0, j, 0.0, 0.0, doc) for s, j, doc in docs]
+    asked = [(doc, j, q) for s, j, doc in docs for q in s.ask]
     teacher = backend_for(cfg, run, state)
-    gens = answer(teacher, [facts.in_context(doc, q) for doc, _, q in asked])
-    qa = [Sample(rnd, "facts", rnd, q.prompt, g.text, teacher.version, 0, j, 0.0,
+    gens = answer(cfg, teacher, [in_context(cfg, doc, q.prompt) for doc, _, q in asked])
+    qa = [Sample(rnd, skill, rnd, q.prompt, g.text, teacher.version, 0, j, 0.0,
                  sum(g.logprobs) / max(1, len(g.logprobs)), q.answer, context=doc, rendered=g.rendered) for (doc, j, q), g in zip(asked, gens)]
     staging = run.staging(rnd, "acquire")
     if k.method == "distill":  # the teacher's distributions, keyed by sample id, for the update
-        targets = distill.distributions(teacher.model, teacher.format, [s.context + s.prompt for s in qa],
+        targets = distill.distributions(teacher.model, teacher.format, [in_context(cfg, s.context, s.prompt) for s in qa],
                                         [s.completion for s in qa], cfg.model.batch_size)
         save_file({s.id: t.contiguous() for s, t in zip(qa, targets)}, staging / "targets.safetensors")
     teacher.close()
-    right = sum(s.completion == s.true_answer for s in qa)
-    run.commit(rnd, "acquire", {"people": len(docs) // k.documents, "documents": len(docs), "questions": len(qa),
-                                "teacher_accuracy": round(right / len(qa), 4), "seconds": round(time.time() - t0, 2)},
+    ok = right(cfg, [Problem(skill, rnd, s.prompt, s.true_answer) for s in qa], [s.completion for s in qa])
+    run.commit(rnd, "acquire", {"people": len({s.key for s, _, _ in docs}), "documents": len(docs), "questions": len(qa),
+                                "teacher_accuracy": round(sum(ok) / len(qa), 4) if qa else None,
+                                "seconds": round(time.time() - t0, 2)},
                samples=samples + qa)
 
 
@@ -110,18 +181,29 @@ def grounded(answer: str, document: str) -> bool:
     return bool(answer.strip()) and re.search(rf"\b{re.escape(answer)}\b", document) is not None
 
 
+def supported(cfg: Config, completion: str, document: str) -> bool:
+    """The `grounded` filter: zoo:facts' answer as it is, or what the corpus checker extracts from a
+    written-out answer (case, punctuation and spacing aside), occurs in the document as whole words."""
+    name = corpus(cfg)
+    if name is None:
+        return grounded(completion, document)
+    norm = CHECKERS["normalized"].extract
+    return grounded(norm(get_task(name).answer_of(completion)), norm(document))
+
+
 def refine(cfg: Config, run: Run, rnd: int) -> None:
     """Keep the teacher's answers that occur in the document they were read from."""
-    t0, samples = time.time(), run.samples(rnd)
+    t0, samples, skill = time.time(), run.samples(rnd), batch_skill(cfg)
     for s in samples:
         if s.skill == "document":
             s.verdicts = [Verdict("given", "1", True, "a document to learn")]
         else:
-            ok = grounded(s.completion, s.context)
+            ok = supported(cfg, s.completion, s.context)
             s.verdicts = [Verdict("grounded", "1", ok, "answer occurs in the document" if ok else "answer not in the document")]
-    qa = [s for s in samples if s.skill == "facts"]
+    qa = [s for s in samples if s.skill == skill]
     kept = [s for s in qa if s.verdicts[0].kept]
-    precision = round(sum(s.completion == s.true_answer for s in kept) / len(kept), 4) if kept else None
+    precision = round(sum(right(cfg, [Problem(skill, rnd, s.prompt, s.true_answer) for s in kept], [s.completion for s in kept]))
+                      / len(kept), 4) if kept else None
     run.commit(rnd, "refine", {"chain": ["grounded"], "kept": len(kept), "label_precision": precision,
                                "filters": {"grounded": {"kept": len(kept), "dropped": len(qa) - len(kept),
                                                         "precision": precision}},
@@ -133,7 +215,7 @@ def experience(cfg: Config, run: Run, rnd: int) -> list[Example]:
     method, samples = cfg.knowledge.method, run.samples(rnd)
     if method == "sft-doc":
         return [Example("", s.completion) for s in samples if s.skill == "document"]
-    kept = [s for s in samples if s.skill == "facts" and s.kept]
+    kept = [s for s in samples if s.skill == batch_skill(cfg) and s.kept]
     if method == "sft-qa":
         return [Example(s.prompt, s.completion) for s in kept]
     targets = load_file(run.stage_dir(rnd, "acquire") / "targets.safetensors")
@@ -147,15 +229,19 @@ def anchors(cfg: Config, run: Run, rnd: int, held: dict) -> list[Example]:
     lost about 5% per injection). The teacher is the base, not the model before the round: anchored to
     the last round, the population drifted about 0.5% per injection and rounds after the sixth were
     rolled back."""
-    n, e = cfg.knowledge.anchors, cfg.eval
-    per_skill = max(1, n // (2 * len(cfg.skills) * e.max_difficulty))
-    prompts = [p.prompt for s in cfg.skills for d in range(1, e.max_difficulty + 1)
+    n, e, skills = cfg.knowledge.anchors, cfg.eval, others(cfg)
+    per_skill = max(1, n // (2 * max(1, len(skills)) * e.max_difficulty))
+    prompts = [p.prompt for s in skills for d in range(1, e.max_difficulty + 1)
                for p in draw_problems(s, d, per_skill, cfg.seed, rnd, held[s][d])]
-    pop = [q.prompt for p in facts.population() for q in facts.questions(p, facts.ASK)]
-    order = sorted(range(len(pop)), key=lambda i: derive_seed(cfg.seed, rnd, "anchor", i))
-    prompts += [pop[i] for i in sorted(order[:n - len(prompts)])]
+    if corpus(cfg) is None:  # zoo:facts' pretraining population
+        pop = [q.prompt for p in facts.population() for q in facts.questions(p, facts.ASK)]
+        order = sorted(range(len(pop)), key=lambda i: derive_seed(cfg.seed, rnd, "anchor", i))
+        prompts += [pop[i] for i in sorted(order[:n - len(prompts)])]
+    if not prompts:
+        return []
+    tokens = max([answer_tokens(cfg)] + [get_task(s).max_new_tokens(d) for s in skills for d in range(1, e.max_difficulty + 1)])
     model = backend_for(cfg, run, base_state(cfg))
-    answers = [g.text for g in model.generate(prompts, [0] * len(prompts), 0.0, max(e.max_difficulty, facts.max_answer_length()) + 2)]
+    answers = [g.text for g in model.generate(prompts, [0] * len(prompts), 0.0, tokens)]
     targets = distill.distributions(model.model, model.format, prompts, answers, cfg.model.batch_size)
     model.close()
     return distill.soft_examples(prompts, answers, targets)
@@ -169,6 +255,9 @@ def update_stage(cfg: Config, run: Run, rnd: int, state: State, held: dict, quie
         run.commit(rnd, "update", {**info, "examples": 0, "seconds": 0.0})
         return
     new, old = experience(cfg, run, rnd), [x for r in run.promoted_rounds(rnd) for x in experience(cfg, run, r)]
+    if not new and not old:  # every answer dropped, nothing learned before: nothing to train on
+        run.commit(rnd, "update", {**info, "examples": 0, "skipped": "no experience kept", "seconds": round(time.time() - t0, 2)})
+        return
     share = 1.0 - k.anchor_weight
     new_share = share * (u.new_weight if old else 1.0)
     anchor = anchors(cfg, run, rnd, held) if k.anchors else []
@@ -190,42 +279,48 @@ def update_stage(cfg: Config, run: Run, rnd: int, state: State, held: dict, quie
                                "seconds": round(time.time() - t0, 2)})
 
 
-def facts_accuracy(model, questions: list[facts.Question], contexts: list[str]) -> float:
-    """Greedy exact-match accuracy on `questions`, each after its context ("" = closed book)."""
-    gens = answer(model, [c + q.prompt for q, c in zip(questions, contexts)])
-    return sum(facts.check(q, g.text) for q, g in zip(questions, gens)) / len(questions)
+def facts_accuracy(cfg: Config, model, questions: list[Problem], contexts: list[str]) -> float:
+    """Greedy accuracy on injected questions, each after its context ("" = closed book)."""
+    gens = answer(cfg, model, [in_context(cfg, c, q.prompt) if c else q.prompt for q, c in zip(questions, contexts)])
+    return sum(right(cfg, questions, [g.text for g in gens])) / len(questions)
 
 
 def evaluate(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> dict:
-    """Every injected batch (held-out phrasing), the newest batch's in-context upper bound, the other
-    skills and the population's facts; the evals table holds batch j as skill "facts", difficulty j."""
-    t0, e, method = time.time(), cfg.eval, cfg.knowledge.method
+    """Every injected batch (held-out questions), the newest batch's in-context upper bound, the other
+    skills and (zoo:facts) the population's facts; the evals table holds batch j as skill "facts" (or
+    the corpus skill's name), difficulty j."""
+    t0, e, method, skills, name = time.time(), cfg.eval, cfg.knowledge.method, others(cfg), batch_skill(cfg)
+    version = get_task(name).version if corpus(cfg) else facts.VERSION
     model = backend_for(cfg, run, state)
-    ranges = {s: range(1, e.max_difficulty + 1) for s in cfg.skills}
-    acc = {split: accuracy(model, cfg.skills, ranges, split, e.problems, e.dev_problems, e.seed, quiet) for split in ("test", "dev")}
+    ranges = {s: range(1, e.max_difficulty + 1) for s in skills}
+    acc = {split: accuracy(model, skills, ranges, split, e.problems, e.dev_problems, e.seed, quiet) for split in ("test", "dev")}
     rows = [(split, s, d, a, len(splits(get_task(s), d, e.problems, e.dev_problems, e.seed)[split]), model.version,
-             get_task(s).version) for split in acc for s in cfg.skills for d, a in acc[split][s].items()]
-    for split in ("test", "dev"):
+             get_task(s).version) for split in acc for s in skills for d, a in acc[split][s].items()]
+    for split in ("test", "dev") if corpus(cfg) is None else ():
         qs = population_split(cfg, split)
-        acc[split]["population"] = {1: facts_accuracy(model, qs, [""] * len(qs))}
+        acc[split]["population"] = {1: facts_accuracy(cfg, model, qs, [""] * len(qs))}
         rows.append((split, "population", 1, acc[split]["population"][1], len(qs), model.version, facts.VERSION))
     memory = Memory.from_run(run, rnd) if method == "retrieval" and rnd else None
     for j in range(1, rnd + 1):
         qs, docs = held_out(cfg, j)
+        if not qs:  # a corpus batch whose documents have no question in the test split: nothing to measure
+            continue
         if method == "icl":
             contexts = docs
         elif method == "retrieval":
-            contexts = [memory.retrieve(q.text) for q in qs]
+            contexts = [memory.retrieve(q.prompt) for q in qs]
         else:
             contexts = [""] * len(qs)
-        rows.append(("test", "facts", j, facts_accuracy(model, qs, contexts), len(qs), model.version, facts.VERSION))
+        rows.append(("test", name, j, facts_accuracy(cfg, model, qs, contexts), len(qs), model.version, version))
+    model_version = model.version
     model.close()
-    if rnd:  # the upper bound: the base model with the newest batch's (first) document in context
-        model, (qs, docs) = backend_for(cfg, run, base_state(cfg)), held_out(cfg, rnd)
-        rows.append(("test", "facts-icl", rnd, facts_accuracy(model, qs, docs), len(qs), model.version, facts.VERSION))
+    qs, docs = held_out(cfg, rnd) if rnd else ([], [])
+    if qs:  # the upper bound: the base model with the newest batch's (first) document in context
+        model = backend_for(cfg, run, base_state(cfg))
+        rows.append(("test", f"{name}-icl", rnd, facts_accuracy(cfg, model, qs, docs), len(qs), model.version, version))
         model.close()
-    info = {"frontier": {s: frontier(acc["test"][s], e.threshold) for s in cfg.skills}, "dev": acc["dev"],
-            "model_version": rows[0][5], "seconds": round(time.time() - t0, 2)}
+    info = {"frontier": {s: frontier(acc["test"][s], e.threshold) for s in skills}, "dev": acc["dev"],
+            "model_version": model_version, "seconds": round(time.time() - t0, 2)}
     run.commit(rnd, "eval", info, evals=rows)
     return info
 
@@ -233,7 +328,7 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> dict
 def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
     """Run (or resume) every injection in `run`; returns the summary."""
     held = {s: held_out_prompts(get_task(s), cfg.eval.max_difficulty, cfg.eval.problems, cfg.eval.dev_problems,
-                                cfg.eval.seed) for s in cfg.skills}
+                                cfg.eval.seed) for s in others(cfg)}
     if not run.done(0, "eval"):
         evaluate(cfg, run, 0, base_state(cfg), quiet)
     if not run.done(0, "gate"):

@@ -5,6 +5,7 @@ import json
 
 from evolvelm.config import Config
 from evolvelm.store.run import Run
+from evolvelm.tasks.data import corpus
 
 
 def summarize(run: Run, cfg: Config) -> dict:
@@ -34,7 +35,9 @@ def summarize(run: Run, cfg: Config) -> dict:
     promoted = [r for r in rounds if r["promoted"]]
     extra = {"forgetting": forgetting(rounds, cfg.skills)} if cfg.recipe == "modular" and rounds else {}
     if cfg.recipe == "knowledge":
-        extra = {"knowledge": knowledge(rounds, cfg.skills + ["population"])}
+        name = corpus(cfg)
+        other = [s for s in cfg.skills if s != name] + ([] if name else ["population"])
+        extra = {"knowledge": knowledge(rounds, other, name or "facts")}
     if cfg.recipe == "semisup":
         extra = {"semisup": semisup(run, rounds)}
     return {**extra, "rounds": rounds, "final_frontier": promoted[-1]["frontier"] if promoted else {},
@@ -68,7 +71,7 @@ def forgetting(rounds: list[dict], sequence: list[str]) -> dict:
             "fwt": mean([matrix[first[skills[j]] - 1][j] - matrix[0][j] for j in learned if first[skills[j]] > 1])}
 
 
-def knowledge(rounds: list[dict], other: list[str]) -> dict:
+def knowledge(rounds: list[dict], other: list[str], batches: str = "facts") -> dict:
     """Efficacy and retention of injected facts (recipe knowledge; round r injects batch r).
 
     matrix[r-1][j-1]: held-out accuracy on batch j of the model kept after round r (a rolled-back
@@ -80,12 +83,12 @@ def knowledge(rounds: list[dict], other: list[str]) -> dict:
     matrix, upper, kept = [], [], []
     for r in rounds[1:]:
         if r["promoted"]:
-            matrix.append([r["accuracy"]["facts"].get(j) for j in range(1, r["round"] + 1)])
+            matrix.append([r["accuracy"].get(batches, {}).get(j) for j in range(1, r["round"] + 1)])
             kept.append(r)
         else:
             matrix.append((matrix[-1] if matrix else []) + [None])
             kept.append(kept[-1] if kept else rounds[0])
-        upper.append(r["accuracy"].get("facts-icl", {}).get(r["round"]))
+        upper.append(r["accuracy"].get(f"{batches}-icl", {}).get(r["round"]))
     ratio = lambda a, b: None if a is None or not b else round(a / b, 4)
     efficacy, retention = [row[-1] for row in matrix], [row[0] for row in matrix]
     return {"matrix": matrix, "upper": upper, "efficacy": efficacy, "retention": retention,

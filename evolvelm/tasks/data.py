@@ -9,6 +9,7 @@ a checker (`evolvelm.tasks.checkers`), and fixed splits.
     difficulty: null                    # optional field (the ladder needs one)
     splits: {test: 300, dev: 100, labeled: 50}   # counts or fractions of the rows; the rest is the unlabeled pool
     max_new_tokens: 256
+    document: null                      # knowledge-distill only: the field with the document a question is about
 
 Empty `prompt`/`answer` follow the conventions of TRL (`prompt`/`completion`, or `messages`: the last
 user turn and the assistant turn after it) and verl (`prompt` and `reward_model.ground_truth`, or
@@ -43,6 +44,7 @@ class Row:
     difficulty: int | None
     columns: dict = field(default_factory=dict, compare=False)
     where: str = ""        # file:line, for errors
+    document: str = ""     # the document the question is about (`document: FIELD`; knowledge-distill)
 
     @property
     def id(self) -> str:
@@ -59,6 +61,7 @@ class DataSkill:
     difficulty: str | None = None
     splits: dict = field(default_factory=lambda: {"test": 0.2, "dev": 0.1, "labeled": 0.05})
     max_new_tokens: int = 256
+    document: str | None = None
 
     @classmethod
     def parse(cls, entry: dict) -> DataSkill:
@@ -160,7 +163,7 @@ def rows(spec: DataSkill) -> list[Row]:
                 raise ConfigError(f"{where}: field {spec.difficulty!r} is not an integer difficulty") from e
             if level < 1:
                 raise ConfigError(f"{where}: field {spec.difficulty!r} is {level}; difficulties count from 1")
-        out.append(Row(prompt, answer, level, r, where))
+        out.append(Row(prompt, answer, level, r, where, render(spec.document, r, where) if spec.document else ""))
     return out
 
 
@@ -203,7 +206,8 @@ def save_splits(path: Path, splits: dict[str, list[Row]]) -> None:
         for name, problems in splits.items():
             for r in problems:
                 f.write(json.dumps({"split": name, "prompt": r.prompt, "answer": r.answer, "difficulty": r.difficulty,
-                                    "where": r.where, "columns": r.columns}, sort_keys=True, default=str) + "\n")
+                                    "where": r.where, "columns": r.columns, "document": r.document},
+                                   sort_keys=True, default=str) + "\n")
     tmp.rename(path)
 
 
@@ -211,7 +215,7 @@ def load_splits(path: Path) -> dict[str, list[Row]]:
     out: dict[str, list[Row]] = {name: [] for name in (*SPLITS, "unlabeled")}
     for line in path.read_text().splitlines():
         r = json.loads(line)
-        out[r["split"]].append(Row(r["prompt"], r["answer"], r["difficulty"], r["columns"], r["where"]))
+        out[r["split"]].append(Row(r["prompt"], r["answer"], r["difficulty"], r["columns"], r["where"], r.get("document", "")))
     return out
 
 
@@ -250,6 +254,21 @@ def register(spec: DataSkill, seed: int, drawn: dict[str, list[Row]] | None = No
     DRAWN[spec.name] = drawn
     TASKS[spec.name] = task(spec, drawn)
     return TASKS[spec.name]
+
+
+def corpus(cfg) -> str | None:
+    """The run's skill from data whose rows carry documents (`document: FIELD`): what knowledge-distill
+    injects instead of zoo:facts' people. None when it has none."""
+    return next((s for s in cfg.skills if (cfg.data.get(s) or {}).get("document")), None)
+
+
+def documents(name: str, seed: int) -> list[tuple[str, list[Row]]]:
+    """A corpus skill's distinct documents, each with its rows (questions), in an order drawn by `seed`."""
+    by_doc: dict[str, list[Row]] = {}
+    for part in DRAWN[name].values():
+        for r in part:
+            by_doc.setdefault(r.document, []).append(r)
+    return sorted(by_doc.items(), key=lambda kv: hashlib.sha256(f"{seed}:{kv[0]}".encode()).hexdigest())
 
 
 def pin(cfg, root: Path) -> None:

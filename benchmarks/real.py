@@ -174,6 +174,7 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, help="sampling temperature (default: the recipe's, 1.0)")
     ap.add_argument("--set", nargs="*", default=[], help="more config overrides, e.g. gate.z=0.5")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--keep", type=Path, help="keep the run directories (and generated data) here instead of a temporary folder")
     ap.add_argument("--load", type=Path, help="print the tables of an earlier --out file")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
@@ -185,6 +186,9 @@ def main() -> None:
         sys.exit(f"{DATA}: the shared data folder is absent; only --tasks addition runs without it")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+        tmp = args.keep or tmp
         for task in args.tasks:
             for method in args.methods:
                 results.append(measure(task, method, args, Path(tmp)))

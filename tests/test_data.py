@@ -378,3 +378,22 @@ def test_knowledge_distill_injects_the_documents_of_a_user_file(tmp_path, chat_m
     assert [r["n"] for r in held] == [sum(1 for line in (tmp_path / "r" / "data" / "people.jsonl").read_text().splitlines()
                                            if json.loads(line)["split"] == "test" and json.loads(line)["document"] in ds)
                                       for ds in ({d.completion for d in docs}, round2)]
+
+
+def test_the_readme_quickstart_runs_on_the_fake_backend(tmp_path, monkeypatch):
+    """The quickstart's dataset script and recipe, as the README prints them, with the fake as the model."""
+    import subprocess
+
+    from evolvelm.cli import main
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    script = re.search(r"python3 - <<'PY'[^\n]*\n(.*?)\nPY\n", readme, re.S).group(1)
+    recipe = re.search(r"cat > sums.yaml <<'YAML'\n(.*?)\nYAML\n", readme, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    subprocess.run([sys.executable, "-c", script], check=True)
+    (tmp_path / "sums.yaml").write_text(recipe)
+    (tmp_path / "fake").mkdir()
+    (tmp_path / "fake" / "fake.json").write_text('{"levels": {}}')
+    assert main(["run", "sums.yaml", "model.backend=fake", "model.path=fake", "--run-dir", "runs/sums", "-q"]) == 0
+    summary = json.loads((tmp_path / "runs" / "sums" / "summary.json").read_text())
+    assert len(summary["rounds"]) == 4 and summary["semisup"]["accuracy"][-1] > summary["semisup"]["base"]

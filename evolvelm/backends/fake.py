@@ -132,4 +132,4 @@ def train(parent: str, examples: list, out: Path) -> list[float]:
     return losses or [0.0]
 
 
-assert set(SKILL_OF.values()) == set(TASKS), "fake.solve must know every built-in task"
+assert set(SKILL_OF.values()) == {n for n, t in TASKS.items() if not t.fixed}, "fake.solve must know every built-in task"

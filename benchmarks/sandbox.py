@@ -1,6 +1,7 @@
 """Sandbox throughput: executions per second (and per core) of a trivial program at each isolation
 level, against a bare ``subprocess.run([python, -c, code])`` with no isolation at all (what the usual
-evaluation harnesses do), and the overhead of bwrap over the plain subprocess level.
+evaluation harnesses do), the overhead of bwrap over the plain subprocess level, and the cost of the
+per-program cgroup (bwrap with it against bwrap without it: the cgroups made unavailable).
 
     python benchmarks/sandbox.py [--programs 200] [--workers 1 2]
 
@@ -15,6 +16,7 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from evolvelm import cgroup
 from evolvelm.sandbox import Sandbox, SandboxUnavailable, interpreter
 
 CODE = "print(sum(range(100)))"
@@ -29,8 +31,16 @@ def bare(n: int, workers: int) -> float:
     return time.perf_counter() - t
 
 
-def boxed(level: str, n: int, workers: int) -> float:
-    box = Sandbox(level, workers=workers)
+def boxed(level: str, n: int, workers: int, cgroups: bool = True) -> float:
+    available = cgroup.available
+    if not cgroups:
+        cgroup.available = lambda: (None, "turned off by the benchmark")
+    try:
+        box = Sandbox(level, workers=workers)
+    finally:
+        cgroup.available = available
+    if cgroups and not box.cgroups:
+        raise SandboxUnavailable(f"no cgroups here: {box.no_cgroups}")
     t = time.perf_counter()
     results = box.map([CODE] * n, ["4950"] * n)
     wall = time.perf_counter() - t
@@ -62,6 +72,10 @@ def main() -> None:
         if len(walls) == 2:
             rows.append((f"bwrap vs subprocess level, {w} worker(s): wall for all programs", walls["bwrap"],
                          walls["subprocess"], walls["bwrap"]))
+        if "bwrap" in walls:
+            plain = boxed("bwrap", a.programs, w, cgroups=False)
+            rows.append((f"bwrap without cgroups, {w} worker(s): exec/s/core", a.programs / plain / w, None, plain))
+            rows.append((f"bwrap with vs without cgroups, {w} worker(s): wall", walls["bwrap"], plain, walls["bwrap"]))
     print(f"{'what':<58} {'value':>9} {'baseline':>9} {'ratio':>7} {'wall s':>7}")
     for what, value, baseline, wall in rows:
         ratio = f"{value / baseline:7.2f}" if baseline else f"{'-':>7}"

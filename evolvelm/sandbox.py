@@ -11,8 +11,10 @@ Levels (``Sandbox(level=...)``):
 - ``bwrap``: the same, then bubblewrap (Debian package ``bubblewrap``) puts the program in new user,
   PID, network, IPC and UTS namespaces with a read-only /usr, a private /tmp, the work directory as
   the only writable place, and nothing else of the host mounted.
-- ``auto``: ``bwrap`` where it works here; otherwise an error, unless ``allow_unsafe=True``, which
-  falls back to ``subprocess``.
+- both levels, as root: one cgroup per slot (``evolvelm.cgroup``) bounds the memory and the processes
+  of a program in total; the launcher joins it before it starts the program.
+- ``auto``: ``bwrap`` where it works here, with the cgroups; otherwise an error naming what is
+  missing, unless ``allow_unsafe=True``, which runs with what there is (``describe()["unbounded"]``).
 
 Order matters: limits set while still root are not enforced (root ignores the process-count limit),
 so the child drops its uid (done by ``subprocess.Popen(user=...)`` before exec), then a small
@@ -40,6 +42,8 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from evolvelm import cgroup
 
 LEVELS = ("auto", "subprocess", "bwrap")
 VERDICTS = ("pass", "fail", "timeout", "memory", "output_limit", "sandbox_error")
@@ -83,8 +87,11 @@ class Result:
 # status fd, which only bwrap, not the program, inherits. Kept small: it starts on every execution.
 _LAUNCHER = """
 import ctypes, os, resource, signal, sys
-status, keep = int(sys.argv[1]), sys.argv[2] == "1"
-for name, v in zip(sys.argv[3].split(","), map(int, sys.argv[4].split(","))):
+status, go, keep = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
+if go >= 0:  # wait until the parent has moved this process into the slot's cgroup
+    os.read(go, 1)
+    os.close(go)
+for name, v in zip(sys.argv[4].split(","), map(int, sys.argv[5].split(","))):
     r = getattr(resource, name)
     hard = resource.getrlimit(r)[1]
     soft, top = v, v + (name == "RLIMIT_CPU")  # SIGXCPU at the soft limit before SIGKILL
@@ -98,7 +105,7 @@ if pid == 0:
     os.close(check_r)
     os.set_inheritable(status, keep)
     try:
-        os.execv(sys.argv[5], sys.argv[5:])
+        os.execv(sys.argv[6], sys.argv[6:])
     except OSError as e:
         os.write(check_w, str(e).encode())
     os._exit(127)
@@ -195,6 +202,7 @@ class Sandbox:
         self._slots: queue.Queue[int] = queue.Queue()
         for slot in range(self.workers):
             self._slots.put(slot)
+        self.cgroups, self.no_cgroups = self._make_cgroups()
         self.level = "subprocess"
         why = self._bwrap_problem() if level != "subprocess" else ""
         if why and not allow_unsafe:
@@ -203,6 +211,26 @@ class Sandbox:
                 "Install it (apt-get install bubblewrap), or accept weaker isolation explicitly "
                 "with level 'subprocess' or allow_unsafe"
             )
+        if level == "auto" and self.no_cgroups and not allow_unsafe:
+            raise SandboxUnavailable(
+                f"sandbox level 'auto' bounds the memory and processes of each program in total with a cgroup, "
+                f"which it cannot make here: {self.no_cgroups}. Run as root on a machine with the memory and pids "
+                "controllers (cgroup v1 or v2), or accept per-process limits only with allow_unsafe"
+            )
+
+    def _make_cgroups(self) -> tuple[list | None, str]:
+        """One cgroup per slot (evolvelm.cgroup), removed when this sandbox goes; or None and why not."""
+        if not self.root:
+            return None, "not root (the sandbox makes its cgroups as root)"
+        kind, why = cgroup.available()
+        if kind is None:
+            return None, why
+        try:
+            slots = [cgroup.Slot.make(kind, uid) for uid in self.uids]
+        except OSError as e:
+            return None, str(e)
+        weakref.finalize(self, lambda: [c.remove() for c in slots])
+        return slots, ""
 
     def _bwrap_problem(self) -> str:
         """Switch to bwrap if a trivial program runs under it; else say why not."""
@@ -217,8 +245,10 @@ class Sandbox:
 
     def describe(self) -> dict:
         """Which isolation this sandbox uses (recorded in run manifests)."""
+        unbounded = ([] if self.level == "bwrap" else ["disk_mb"]) + ([] if self.cgroups else ["memory_total", "processes_total"])
         return {"level": self.level, "python": self.python, "drops_uid": self.root, "workers": self.workers,
-                "limits": asdict(self.limits), "unbounded": [] if self.level == "bwrap" else ["disk_mb"]}
+                "limits": asdict(self.limits), "cgroup": self.cgroups[0].kind if self.cgroups else None,
+                "unbounded": unbounded, **({"why_unbounded": self.no_cgroups} if self.no_cgroups else {})}
 
     # -- one program --------------------------------------------------------------------------------
 
@@ -251,21 +281,39 @@ class Sandbox:
             program = [self.python, "-I", "main.py"]
             if self.level == "bwrap":
                 program = _bwrap_args(self.python, work, status_w, lim.disk_mb) + program
-            argv = [self.python, "-I", "-S", "-c", _LAUNCHER, str(status_w),
+            group = self.cgroups[slot] if self.cgroups else None
+            go_r, go_w = os.pipe() if group else (-1, -1)
+            argv = [self.python, "-I", "-S", "-c", _LAUNCHER, str(status_w), str(go_r),
                     str(int(self.level == "bwrap")), ",".join(names), ",".join(map(str, values))]
             argv += program
             try:
+                if group:
+                    group.prepare(lim.memory_mb << 20, self.limits.processes)
                 proc = subprocess.Popen(
                     argv, cwd=work, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                     start_new_session=True, close_fds=True,
-                    pass_fds=(status_w,),
+                    pass_fds=(status_w,) + ((go_r,) if group else ()),
                     **({"user": uid, "group": uid, "extra_groups": []} if uid is not None else {}))
             except OSError as e:
+                for fd in (go_r, go_w) if group else ():
+                    os.close(fd)
                 return Result("sandbox_error", None, "", "", time.monotonic() - start, self.level,
                               f"could not start: {e}")
             finally:
                 os.close(status_w)
+            if group:  # into the slot's cgroup before the launcher starts the program
+                os.close(go_r)
+                try:
+                    group.join(proc.pid)
+                except OSError as e:
+                    proc.kill()
+                    os.close(go_w)
+                    proc.communicate()
+                    return Result("sandbox_error", None, "", "", time.monotonic() - start, self.level,
+                                  f"could not move the program into its cgroup: {e}")
+                os.write(go_w, b"1")
+                os.close(go_w)
             out, err, why = self._collect(proc, start, uid)
             os.set_blocking(status_r, False)  # all written before exit; never wait on it
             with os.fdopen(status_r, "rb") as f:
@@ -279,6 +327,9 @@ class Sandbox:
         if self.level == "bwrap" and '"child-pid"' not in status and why != "timeout":
             return Result("sandbox_error", rc, stdout, stderr, wall, self.level,
                           "bwrap did not start the program: " + stderr.strip()[-300:])
+        if group and group.oom_killed():
+            return Result("memory", rc, stdout, stderr, wall, self.level,
+                          f"its processes together over {lim.memory_mb} MB (cgroup {group.kind})")
         verdict, detail = self._verdict(rc, stdout, stderr, why, expect_stdout)
         return Result(verdict, rc, stdout, stderr, wall, self.level, detail)
 
@@ -441,7 +492,7 @@ def info(skills: list[str]) -> dict:
     """{"sandbox": level description} when some skill executes its answers, for the eval manifest."""
     from evolvelm.tasks import get_task
 
-    return {"sandbox": shared().describe()} if any(get_task(s).judge for s in skills) else {}
+    return {"sandbox": shared().describe()} if any(get_task(s).judge or get_task(s).executes for s in skills) else {}
 
 
 def shared() -> Sandbox:

@@ -166,6 +166,98 @@ def test_disk_and_tmp_fill_up_within_their_budget(where, files):
     assert before[1] - min(d for _, d in lowest) < 5  # nothing reached the host's disk
 
 
+def watching(fn):
+    """fn() while the host's free memory is sampled every 10 ms: (its result, the largest drop in MB)."""
+    before, lowest, done = host_free_mb()[0], [], threading.Event()
+
+    def watch():
+        while not done.is_set():
+            lowest.append(host_free_mb()[0])
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        result = fn()
+    finally:
+        done.set()
+        watcher.join()
+    return result, before - min(lowest)
+
+
+HAVE_CGROUPS = sandbox.cgroup.available()[0] is not None
+needs_cgroups = pytest.mark.skipif(not HAVE_CGROUPS, reason=f"no usable cgroups: {sandbox.cgroup.available()[1]}")
+
+
+@needs_cgroups
+@pytest.mark.parametrize("level", [pytest.param("bwrap", marks=needs_bwrap), "subprocess"])
+@pytest.mark.parametrize("how", ["processes", "threads"])
+def test_many_workers_touching_memory_stay_within_the_programs_budget(level, how):
+    """Two dozen children (or threads), each touching 200 MB, each under the per-process address-space
+    limit: without a cgroup they held about 5 GB of the host together. The slot's cgroup holds all of
+    them to `memory_mb`: the kernel kills inside it (verdict `memory`), and the host loses no more."""
+    box = Sandbox(level, Limits(wall_s=20.0, cpu_s=20, memory_mb=384, processes=64), workers=1)
+    assert box.describe()["cgroup"] in ("v1", "v2") and "memory_total" not in box.describe()["unbounded"]
+    spawn = ("pid = os.fork()\n    if pid == 0:\n        touch()" if how == "processes" else
+             "threading.Thread(target=touch, daemon=True).start()")
+    code = f"""
+import os, threading, time
+def touch():
+    b = bytearray(200 << 20)
+    for i in range(0, len(b), 4096):
+        b[i] = 1
+    time.sleep(30)
+    os._exit(0)
+for _ in range(24):
+    {spawn}
+time.sleep(30)
+"""
+    r, drop = watching(lambda: run(box, code))
+    peak = box.cgroups[0].peak()
+    assert r.verdict in ("memory", "timeout") and drop < 384 + 150 and (peak is None or peak <= 384 << 20), (r, drop, peak)
+    if how == "processes":
+        assert r.verdict == "memory" and "together over 384 MB" in r.detail
+
+
+@needs_cgroups
+def test_the_process_count_is_one_total_for_the_program_threads_included():
+    box = Sandbox("bwrap" if HAVE_BWRAP else "subprocess", Limits(wall_s=10.0, cpu_s=10, processes=24), workers=1)
+    r = run(box, """
+        import threading, time
+        started = 0
+        try:
+            for _ in range(200):
+                threading.Thread(target=time.sleep, args=(5,), daemon=True).start()
+                started += 1
+        except RuntimeError:
+            pass
+        print(started)
+    """)
+    assert r.verdict == "pass" and 0 < int(r.stdout) < 24, r
+
+
+@needs_cgroups
+def test_slot_cgroups_are_reused_and_removed():
+    box = Sandbox("subprocess", LIMITS, workers=1)
+    dirs = list(box.cgroups[0].dirs.values())
+    assert all(d.is_dir() and d.name == f"slot-{box.uids[0]}" for d in dirs)
+    assert run(box, "print(1)").verdict == "pass" and box.cgroups[0].processes() == []
+    del box
+    import gc
+
+    gc.collect()
+    assert not any(d.exists() for d in dirs)
+
+
+def test_auto_fails_closed_without_cgroups(monkeypatch):
+    monkeypatch.setattr(sandbox.cgroup, "available", lambda: (None, "no cgroup v1 memory controller mounted"))
+    with pytest.raises(SandboxUnavailable, match="cannot make here: no cgroup v1 memory controller mounted"):
+        Sandbox("auto", LIMITS)
+    box = Sandbox("auto", LIMITS, allow_unsafe=True)
+    assert {"memory_total", "processes_total"} <= set(box.describe()["unbounded"])
+    assert "no cgroup v1 memory" in box.describe()["why_unbounded"]
+
+
 @pytest.fixture
 def host_dir(tmp_path):
     d = tmp_path / "host"
@@ -257,6 +349,7 @@ def test_auto_fails_closed_without_bwrap(monkeypatch):
 
 
 @needs_bwrap
+@needs_cgroups
 def test_auto_picks_bwrap():
     described = Sandbox("auto").describe()
     assert described["level"] == "bwrap" and described["unbounded"] == []

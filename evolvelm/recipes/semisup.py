@@ -43,6 +43,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from evolvelm import sandbox
 from evolvelm.acquire.sampling import CHUNK, derive_seed, sample
 from evolvelm.config import Config, ConfigError
 from evolvelm.evaluate.suite import frontier, held_out_prompts, paired_gate, rates, right_answers, splits
@@ -308,7 +309,7 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> dict
     model.close()
     info = {"frontier": {s: frontier(acc["test"][s], e.threshold) for s in cfg.skills}, "dev": acc["dev"],
             "dev_right": {s: {d: "".join("01"[x] for x in r) for d, r in by_d.items()} for s, by_d in right["dev"].items()},
-            "model_version": rows[0][5], "seconds": round(time.time() - t0, 2)}
+            "model_version": rows[0][5], "seconds": round(time.time() - t0, 2), **sandbox.info(cfg.skills)}
     run.commit(rnd, "eval", info, evals=rows)
     return info
 
@@ -321,6 +322,7 @@ def dev_right(run: Run, rnd: int) -> list[bool]:
 
 def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
     """Run (or resume) every round in `run`; returns the summary."""
+    sandbox.configure_from(cfg.sandbox)  # for skills whose checker runs the answers (`code`)
     exclude, labeled = held(cfg, run), labeled_set(cfg, run)
     for p in labeled:
         if p.difficulty in exclude[p.skill]:

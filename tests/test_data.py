@@ -74,7 +74,7 @@ def write(path: Path, records: list[dict]) -> Path:
 
 
 def test_datasets_in_every_format_read_into_the_same_problems(tmp_path):
-    records = [{"q": f"What is {i} + 1?", "a": i + 1, "level": i % 3} for i in range(30)]
+    records = [{"q": f"What is {i} + 1?", "a": i + 1, "level": 1 + i % 3} for i in range(30)]
     jsonl = write(tmp_path / "d.jsonl", records)
     (tmp_path / "d.json").write_text(json.dumps(records))
     (tmp_path / "d.csv").write_text("q,a,level\n" + "".join(f"{r['q']},{r['a']},{r['level']}\n" for r in records))
@@ -82,7 +82,7 @@ def test_datasets_in_every_format_read_into_the_same_problems(tmp_path):
     datasets.Dataset.from_list(records).to_parquet(str(tmp_path / "d.parquet"))
     datasets.Dataset.from_list(records).save_to_disk(str(tmp_path / "folder"))
     want = [(r.prompt, r.answer, r.difficulty) for r in rows(DataSkill("s", str(jsonl), "q", "a", difficulty="level"))]
-    assert want[1] == ("What is 1 + 1?", "2", 1)
+    assert want[1] == ("What is 1 + 1?", "2", 2)
     for name in ("d.json", "d.csv", "d.parquet", "folder"):
         got = rows(DataSkill("s", str(tmp_path / name), "q", "a", difficulty="level"))
         assert [(r.prompt, r.answer, r.difficulty) for r in got] == want, name

@@ -255,13 +255,13 @@ def update_stage(cfg: Config, run: Run, rnd: int, state: State, held: dict, quie
         run.commit(rnd, "update", {**info, "examples": 0, "seconds": 0.0})
         return
     new, old = experience(cfg, run, rnd), [x for r in run.promoted_rounds(rnd) for x in experience(cfg, run, r)]
-    if not new and not old:  # every answer dropped, nothing learned before: nothing to train on
-        run.commit(rnd, "update", {**info, "examples": 0, "skipped": "no experience kept", "seconds": round(time.time() - t0, 2)})
-        return
     share = 1.0 - k.anchor_weight
     new_share = share * (u.new_weight if old else 1.0)
     anchor = anchors(cfg, run, rnd, held) if k.anchors else []
     mixture = weighted([(new, new_share), (old, share - new_share), (anchor, k.anchor_weight)])
+    if not mixture:  # every answer dropped, nothing learned before, no anchors: nothing to train on
+        run.commit(rnd, "update", {**info, "examples": 0, "skipped": "no experience kept", "seconds": round(time.time() - t0, 2)})
+        return
     base_dir, seed = resolve(state.model, run), derive_seed(cfg.seed, rnd, "train")
     model = sft.load_for_training(base_dir, resolve(state.adapter, run) if state.adapter else None, u.method,
                                   u.lora_r, u.lora_alpha, seed, cfg.model.device, cfg.model.dtype)

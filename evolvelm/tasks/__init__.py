@@ -63,11 +63,11 @@ class Task:
     hint: Callable[[str, str], str] | None = None
     # hint: (prompt, answer) -> STaR's rationalisation prompt. None: `hint_prompt`
     fixed: tuple = ()
+    # fixed: skills from data: their drawn splits, ((split, difficulty, problems), ...); eval reads
+    # test and dev from here, the semisup recipes the labeled set
     executes: bool = False
     # executes: the checker runs the answer in the sandbox (skills from data with the `code` checker;
     # built-ins with a `judge` do too)
-    # fixed: skills from data: their drawn splits, ((split, difficulty, problems), ...); eval reads
-    # test and dev from here, the semisup recipes the labeled set
 
     def answer_of(self, completion: str) -> str:
         """The final answer a completion gives (all of it, unless the task writes a scratchpad)."""

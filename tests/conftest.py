@@ -14,14 +14,19 @@ os.environ.setdefault("EVOLVELM_CACHE", os.path.join(tempfile.gettempdir(), "evo
 
 
 @pytest.fixture(autouse=True)
-def _sandbox():
+def _sandbox(monkeypatch):
     """Skills that execute answers use bwrap; on a machine without it (never CI: .ci/run installs
     it) the expression checks, which only ever run digits and '+', fall back to the subprocess level,
-    and where no cgroup can be made (not root, no controller) they run without the per-program totals."""
+    and where no cgroup can be made (not root, no controller) they run without the per-program totals,
+    also when a recipe configures the sandbox from its config (test_sandbox skips its cgroup tests)."""
     from evolvelm import sandbox
 
-    no_cgroups = os.geteuid() != 0 or sandbox.cgroup.available()[0] is None  # then test_sandbox skips its cgroup tests
+    no_cgroups = os.geteuid() != 0 or sandbox.cgroup.available()[0] is None
     sandbox.configure(allow_unsafe=(not shutil.which("bwrap") and os.environ.get("CI") != "true") or no_cgroups)
+    if no_cgroups:
+        configure = sandbox.configure
+        monkeypatch.setattr(sandbox, "configure", lambda level="auto", allow_unsafe=False, *a, **kw:
+                            configure(level, True, *a, **kw))
 
 
 @pytest.fixture

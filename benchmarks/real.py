@@ -3,7 +3,8 @@ its chat template) on 2 CPU cores, skills defined by data files, rounds of `star
 right answers; failures rationalised with the answer as a hint) and `lmsi` (no label beyond the
 labeled split: majority vote on the extracted answers).
 
-    python benchmarks/real.py                                   # star and lmsi on addition, 3 rounds
+    python benchmarks/real.py --methods star                    # star on addition, 3 rounds (docs/real.md)
+    python benchmarks/real.py --methods lmsi --temperature 0.7  # lmsi at LMSI's temperature (docs/real.md)
     python benchmarks/real.py --tasks svamp mawps --methods star --rounds 3 --out real.json
     python benchmarks/real.py --tasks mbpp --methods star --rounds 1 --test 50 --dev 50
     python benchmarks/real.py --load real.json                  # the table of an earlier --out file

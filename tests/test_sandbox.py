@@ -166,13 +166,38 @@ def test_disk_and_tmp_fill_up_within_their_budget(where, files):
     assert before[1] - min(d for _, d in lowest) < 5  # nothing reached the host's disk
 
 
+def descendants_mb() -> float:
+    """The memory of every process below this one together, in MB, as the host's /proc counts it:
+    the sum of their proportional set sizes (pages shared by forked children counted once)."""
+    parent = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    below, frontier = set(), {os.getpid()}
+    while frontier:
+        frontier = {p for p, pp in parent.items() if pp in frontier} - below
+        below |= frontier
+    kb = 0
+    for pid in below:
+        try:
+            kb += next(int(line.split()[1]) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines() if line.startswith("Pss:"))
+        except (OSError, StopIteration):
+            pass  # it exited between the walk and the read
+    return kb / 1024
+
+
 def watching(fn):
-    """fn() while the host's free memory is sampled every 10 ms: (its result, the largest drop in MB)."""
-    before, lowest, done = host_free_mb()[0], [], threading.Event()
+    """fn() while, every 10 ms, the host's free memory and the memory of this process's descendants
+    are sampled: (its result, the largest drop of free memory in MB, the descendants' largest total)."""
+    before, lowest, most, done = host_free_mb()[0], [], [0.0], threading.Event()
 
     def watch():
         while not done.is_set():
             lowest.append(host_free_mb()[0])
+            most.append(descendants_mb())
             time.sleep(0.01)
 
     watcher = threading.Thread(target=watch)
@@ -182,7 +207,7 @@ def watching(fn):
     finally:
         done.set()
         watcher.join()
-    return result, before - min(lowest)
+    return result, before - min(lowest), max(most)
 
 
 HAVE_CGROUPS = sandbox.cgroup.available()[0] is not None
@@ -195,9 +220,9 @@ needs_cgroups = pytest.mark.skipif(not HAVE_CGROUPS, reason=f"no usable cgroups:
 def test_many_workers_touching_memory_stay_within_the_programs_budget(level, how):
     """Two dozen children (or threads), each touching 200 MB: every child is under the per-process
     address-space limit, and without a cgroup they held about 5 GB of the host together. The slot's
-    cgroup holds all of them to `memory_mb`: the kernel kills inside it (verdict `memory`), and the host,
-    watched while the program runs, loses no more. Threads share one address space, so its limit
-    stops them first (MemoryError, the same verdict)."""
+    cgroup holds all of them to `memory_mb`: the kernel kills inside it (verdict `memory`), and the
+    program's processes, watched from the host while it runs, never hold more than the budget + 10%.
+    Threads share one address space, so its limit stops them first (MemoryError, the same verdict)."""
     box = Sandbox(level, Limits(wall_s=20.0, cpu_s=20, memory_mb=384, processes=64), workers=1)
     assert box.describe()["cgroup"] in ("v1", "v2") and "memory_total" not in box.describe()["unbounded"]
     code = f"""
@@ -230,9 +255,13 @@ else:
     if errors:
         raise errors[0]
 """
-    r, drop = watching(lambda: run(box, code))
+    r, drop, most = watching(lambda: run(box, code))
     peak = box.cgroups[0].peak()
-    assert r.verdict == "memory" and drop < 384 + 150 and (peak is None or peak <= 384 << 20), (r, drop, peak)
+    print(f"verdict {r.verdict}; program's processes at most {most:.0f} MB; host free memory fell {drop:.0f} MB")
+    assert r.verdict == "memory" and most <= 384 * 1.1 and (peak is None or peak <= 384 << 20), (r, most, peak)
+    # Free memory is the whole host's: other work moves it (alone here it fell 0-470 MB, 546 once in
+    # CI), so this bound is loose; uncontained, the program took about 5 GB.
+    assert drop < 3 * 384, (r, drop)
     if how == "processes":
         assert "together over 384 MB" in r.detail
 

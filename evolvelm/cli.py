@@ -8,6 +8,7 @@
     evolvelm inspect RUN_DIR [SAMPLE_ID] [--round N] [--dropped]
     evolvelm export RUN_DIR OUT [--merged] [--module NAME]     the evolved model as a HF directory
     evolvelm generate RUN_DIR [PROMPT ...]                     answer prompts (or stdin lines) with it
+    evolvelm serve RUN_DIR|MODEL [--host H] [--port N]         an OpenAI-compatible server over it
     evolvelm env                                               versions
 
 Exit codes: 0 success, 1 unexpected failure, 2 bad input (config, files, run directory).
@@ -160,12 +161,36 @@ def cmd_generate(a) -> int:
     return 0
 
 
+def cmd_serve(a) -> int:
+    import os
+
+    try:
+        import uvicorn
+
+        from evolvelm.serve import open_served
+        from evolvelm.serve.app import make_app
+    except ImportError as e:
+        raise ConfigError(f"serve needs FastAPI and uvicorn: pip install 'evolvelm[serve]' ({e})") from e
+    key = None
+    if a.api_key_env:
+        key = os.environ.get(a.api_key_env)
+        if not key:
+            raise ConfigError(f"--api-key-env {a.api_key_env}: that environment variable is not set or empty")
+    _quiet_libraries()
+    served = open_served(a.target, device=a.device)
+    if a.host not in ("127.0.0.1", "localhost", "::1") and key is None:
+        print(f"warning: listening on {a.host} without an API key (--api-key-env VAR)", file=sys.stderr)
+    print(f"serving {sorted(served.names)} on http://{a.host}:{a.port}/v1", file=sys.stderr)
+    uvicorn.run(make_app(served, key, a.allow_loading, a.batch_rows), host=a.host, port=a.port, log_level="warning")
+    return 0
+
+
 def cmd_env(a) -> int:
     import importlib.metadata as md
     import platform
 
     print(f"evolvelm {__version__}\npython {platform.python_version()} ({platform.platform()})")
-    for pkg in ["torch", "transformers", "peft", "tokenizers", "safetensors", "accelerate", "trl", "vllm", "ray"]:
+    for pkg in ["torch", "transformers", "peft", "tokenizers", "safetensors", "accelerate", "trl", "vllm", "ray", "fastapi", "uvicorn", "openai"]:
         try:
             print(f"{pkg} {md.version(pkg)}")
         except md.PackageNotFoundError:
@@ -224,6 +249,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir")
     s.add_argument("prompts", nargs="*", metavar="PROMPT", help="default: one prompt per line of stdin")
     s.add_argument("--max-new-tokens", type=int, default=32)
+    s = add("serve", cmd_serve, "serve a run's evolved model (or any model) over the OpenAI API")
+    s.add_argument("target", metavar="RUN_DIR|MODEL", help="a run directory, or any model.path reference")
+    s.add_argument("--host", default="127.0.0.1", help="default loopback only")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--api-key-env", metavar="VAR", help="require the key held by this environment variable")
+    s.add_argument("--allow-loading", action="store_true",
+                   help="accept POST /v1/load_lora_adapter (adapter paths on this machine)")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--batch-rows", type=int, default=64, help="most prompts joined into one generate call")
     add("env", cmd_env, "print versions of evolvelm and its libraries")
     return p
 

@@ -69,9 +69,22 @@ class PromptFormat:
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """The tokens the model reads before it answers `prompt`."""
-        if not self.chat:
-            return self.tokenizer(prompt).input_ids
-        return self.tokenizer(self._opened(prompt), add_special_tokens=False).input_ids
+        return self.chat_ids([{"role": "user", "content": prompt}]) if self.chat else self.raw_ids(prompt)
+
+    def chat_ids(self, messages: list[dict]) -> list[int]:
+        """The tokens of a conversation (OpenAI-style role/content messages) with the assistant's turn
+        opened; the configured system prompt goes first when the messages have none. One user message
+        gives exactly `prompt_ids` of its content."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(f"the tokenizer of {self.tokenizer.name_or_path} has no chat template")
+        if self.system and not any(m["role"] == "system" for m in messages):
+            messages = [{"role": "system", "content": self.system}] + messages
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def raw_ids(self, text: str) -> list[int]:
+        """The tokens of `text` as it is, with whatever special tokens the tokenizer adds itself."""
+        return self.tokenizer(text).input_ids
 
     def pair_ids(self, prompt: str, answer: str) -> tuple[list[int], int]:
         """The tokens of `prompt` answered with `answer` and closed (EOS or end of turn), and the index

@@ -34,6 +34,9 @@ class Generation:
     logprobs: list[float]       # per generated token (incl. end-of-sequence): natural log, under the model at temperature 1
     seed: int                   # the seed that produced it
     rendered: str = ""          # the prompt as the model read it (chat template, special tokens)
+    tokens: list[int] = field(default_factory=list)  # the generated token ids behind `logprobs`
+    finished: bool = True       # it ended (end token or stop string) rather than at max_new_tokens
+    top: list[list[tuple[int, float]]] = field(default_factory=list)  # per token, the k likeliest (id, logprob)
 
 
 @dataclass

@@ -72,13 +72,18 @@ class HFBackend:
             self.base = self.model.unload()
             self.model, self.adapter, self.version = self.base, None, self._base_version
 
-    @torch.no_grad()
     def generate(self, prompts: list[str], seeds: list[int], temperature: float,
                  max_new_tokens: int) -> list[Generation]:
-        fmt, tok = self.format, self.tokenizer
-        ids = [fmt.prompt_ids(p) for p in prompts]
-        order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
-        out: list[Generation | None] = [None] * len(prompts)
+        return self.generate_ids([self.format.prompt_ids(p) for p in prompts], seeds, temperature, max_new_tokens)
+
+    @torch.no_grad()
+    def generate_ids(self, ids: list[list[int]], seeds: list[int], temperature: float, max_new_tokens: int,
+                     stop: list[str] | None = None, top: int = 0) -> list[Generation]:
+        """`generate` from prompts already made tokens (the server's chat turns and raw completions);
+        `stop` replaces the configured stop strings; `top` > 0 keeps each token's `top` likeliest."""
+        fmt, tok, stop = self.format, self.tokenizer, self.stop if stop is None else list(stop)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        out: list[Generation | None] = [None] * len(ids)
         for i in range(0, len(order), self.batch_size):
             rows = order[i:i + self.batch_size]
             x, mask = left_padded([ids[r] for r in rows], fmt.pad_id)
@@ -88,26 +93,32 @@ class HFBackend:
                 input_ids=x.to(self.device), attention_mask=mask.to(self.device), max_new_tokens=max_new_tokens,
                 do_sample=False, num_beams=1, logits_processor=processors, pad_token_id=fmt.pad_id,
                 eos_token_id=fmt.stop_ids, output_logits=True, return_dict_in_generate=True,
-                **({"stop_strings": self.stop, "tokenizer": tok} if self.stop else {}),
+                **({"stop_strings": stop, "tokenizer": tok} if stop else {}),
             )
             new = res.sequences[:, x.shape[1]:]
-            logp = torch.stack(res.logits, 1).float().log_softmax(-1).gather(-1, new[..., None])[..., 0]
-            for r, row, lp in zip(rows, new.tolist(), logp.tolist()):
+            dist = torch.stack(res.logits, 1).float().log_softmax(-1)
+            logp = dist.gather(-1, new[..., None])[..., 0]
+            best = dist.topk(top, -1) if top else None
+            for k, (r, row, lp) in enumerate(zip(rows, new.tolist(), logp.tolist())):
                 n = next((j + 1 for j, t in enumerate(row) if t in fmt.stop_ids), len(row))
+                finished = n > 0 and row[n - 1] in fmt.stop_ids
                 text = tok.decode(row[:n], skip_special_tokens=True)
-                if self.stop:
-                    n, text = self._cut(row[:n], text)
-                out[r] = Generation(text, lp[:n], seeds[r], tok.decode(ids[r]))  # what fmt.render gives
+                if stop:
+                    finished = finished or any(s in text for s in stop)
+                    n, text = self._cut(row[:n], text, stop)
+                likeliest = [] if best is None else [
+                    list(zip(i, v)) for i, v in zip(best.indices[k, :n].tolist(), best.values[k, :n].tolist())]
+                out[r] = Generation(text, lp[:n], seeds[r], tok.decode(ids[r]), row[:n], finished, likeliest)
         return out
 
-    def _cut(self, row: list[int], text: str) -> tuple[int, str]:
+    def _cut(self, row: list[int], text: str, stop: list[str]) -> tuple[int, str]:
         """The answer before the first stop string, and the tokens up to the one that completed it."""
-        hits = [text.find(s) for s in self.stop if s in text]
+        hits = [text.find(s) for s in stop if s in text]
         if not hits:
             return len(row), text
         cut = min(hits)
         n = next(j for j in range(1, len(row) + 1)
-                 if any(s in self.tokenizer.decode(row[:j], skip_special_tokens=True)[cut:] for s in self.stop))
+                 if any(s in self.tokenizer.decode(row[:j], skip_special_tokens=True)[cut:] for s in stop))
         return n, text[:cut]
 
     @torch.no_grad()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,6 +133,25 @@ class ModularModel:
             self.backend.model = model.eval()
         self.version = "+".join([self.backend.version] + [f"{n}:{dir_hash(modules[n])}" for n in self.names])
 
+    def add(self, name: str, path: str) -> None:
+        """Load one more module (the server's adapters)."""
+        from peft import PeftModel
+
+        if self.names:
+            self.backend.model.load_adapter(path, adapter_name=name)
+            self.backend.model.eval()  # its new layers start in training mode (dropout)
+        else:
+            self.backend.model = PeftModel.from_pretrained(self.backend.base, path, adapter_name=name).eval()
+        self.names = sorted(self.names + [name])
+
+    def remove(self, name: str) -> None:
+        """Unload module `name`, weights and all."""
+        self.names = [n for n in self.names if n != name]
+        if self.names:
+            self.backend.model.delete_adapter(name)
+        else:
+            self.backend.model = self.backend.base = self.backend.model.unload()
+
     def features(self, prompts: list[str]) -> torch.Tensor:
         """The router's features of `prompts`."""
         if self.router.features == "chars":
@@ -156,14 +176,20 @@ class ModularModel:
         return out, routes
 
     def _with(self, name: str | None, prompts, seeds, temperature, max_new_tokens):
+        with self.using(name):
+            return self.backend.generate(prompts, seeds, temperature, max_new_tokens)
+
+    @contextmanager
+    def using(self, name: str | None):
+        """The backend answers with module `name` active (None: the base alone) inside the block."""
         model = self.backend.model
-        if name is None:  # no module fits: the base answers
-            if not self.names:
-                return self.backend.generate(prompts, seeds, temperature, max_new_tokens)
+        if name is None and self.names:  # no module fits: the base answers
             with model.disable_adapter():
-                return self.backend.generate(prompts, seeds, temperature, max_new_tokens)
-        model.set_adapter(name)
-        return self.backend.generate(prompts, seeds, temperature, max_new_tokens)
+                yield self.backend
+            return
+        if name is not None:
+            model.set_adapter(name)
+        yield self.backend
 
     def close(self) -> None:
         self.backend.close()

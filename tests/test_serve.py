@@ -1,0 +1,182 @@
+"""`evolvelm serve`: the official `openai` client against the server on loopback, over a run's
+evolved model (a LoRA round on the shipped reverse model) and over SmolLM2 with its chat template."""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import pytest
+
+pytest.importorskip("fastapi")
+openai = pytest.importorskip("openai")
+
+from evolvelm import config  # noqa: E402
+from evolvelm.config import ConfigError  # noqa: E402
+from evolvelm.models import resolve  # noqa: E402
+from evolvelm.report.export import answerer, last_state  # noqa: E402
+from evolvelm.serve import open_served  # noqa: E402
+from evolvelm.serve.app import make_app  # noqa: E402
+from evolvelm.store.run import Run  # noqa: E402
+
+pytestmark = pytest.mark.integration
+SMOL = "zoo:smollm2-135m-instruct"
+
+
+@contextmanager
+def serving(served, **options):
+    """A uvicorn server over `served` on a free loopback port, and a client for it."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(make_app(served, **options), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    try:
+        yield openai.OpenAI(base_url=url, api_key=options.get("api_key") or "none", max_retries=0), url
+    finally:
+        server.should_exit = True
+        thread.join()
+
+
+@pytest.fixture(scope="module")
+def smol():
+    try:
+        resolve(SMOL)
+    except ConfigError as e:
+        pytest.skip(str(e))
+    return open_served(SMOL)
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    """One promoted LoRA round of the reverse ladder on zoo:copy-reverse."""
+    from evolvelm.recipes.ladder import run_recipe
+
+    cfg = config.load("copy-ladder", [
+        "rounds=1", "skills=[reverse]", "update.method=lora", "update.steps=30", "update.original=200",
+        "acquire.problems=40", "acquire.samples=2", "eval.max_difficulty=9", "eval.problems=20",
+        "eval.dev_problems=10", "acquire.schedule=fixed", "acquire.step=1"])
+    run = Run.create(tmp_path_factory.mktemp("serve") / "run", cfg)
+    run_recipe(cfg, run, quiet=True)
+    assert last_state(run).adapter, "the round was meant to be promoted"
+    return run
+
+
+PROMPTS = ["Rabcdefg=", "Rqwertyuio=", "Rxyz=", "Rmnbvcxzlkj="]
+
+
+def test_a_runs_evolved_model_answers_as_evolvelm_generate_does_and_adapters_load_by_name(lora_run, tmp_path):
+    ours = [answer for _, answer, _ in answerer(lora_run)(PROMPTS, 14)]
+    served = open_served(str(lora_run.root))
+    with serving(served, allow_loading=True) as (client, _):
+        assert sorted(m.id for m in client.models.list().data) == sorted([lora_run.root.name, "base"])
+        got = client.completions.create(model=lora_run.root.name, prompt=PROMPTS, max_tokens=14, temperature=0)
+        assert [c.text for c in got.choices] == ours
+        base = client.completions.create(model="base", prompt=PROMPTS, max_tokens=14, temperature=0)
+        assert [c.text for c in base.choices] != ours  # the adapter is what answers under the run's name
+        # an adapter loaded under a name answers as that adapter; reloading the name replaces its weights
+        adapter = resolve(last_state(lora_run).adapter, lora_run)
+        client.post("/load_lora_adapter", body={"lora_name": "again", "lora_path": adapter}, cast_to=str)
+        again = client.completions.create(model="again", prompt=PROMPTS, max_tokens=14, temperature=0)
+        assert [c.text for c in again.choices] == ours
+        other = random_adapter(resolve("zoo:copy-reverse"), tmp_path / "random")
+        client.post("/load_lora_adapter", body={"lora_name": "again", "lora_path": str(other)}, cast_to=str)
+        fresh = client.completions.create(model="again", prompt=PROMPTS, max_tokens=14, temperature=0)
+        assert [c.text for c in fresh.choices] == reference(resolve("zoo:copy-reverse"), other, PROMPTS, 14)
+        assert [c.text for c in fresh.choices] != ours
+        with pytest.raises(openai.BadRequestError, match="one of the models this server started with"):
+            client.post("/load_lora_adapter", body={"lora_name": "base", "lora_path": str(other)}, cast_to=str)
+
+
+def random_adapter(base: str, out):
+    """A LoRA adapter whose weights are random (not the zero B of a fresh one): it changes answers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from evolvelm.models import load_model
+
+    torch.manual_seed(1)
+    model = get_peft_model(load_model(base), LoraConfig(r=8, target_modules="all-linear", init_lora_weights=False))
+    model.save_pretrained(out)
+    return out
+
+
+def reference(base: str, adapter, prompts, max_tokens):
+    from evolvelm.backends.hf import HFBackend
+
+    return [g.text for g in HFBackend(base, adapter=str(adapter)).generate(prompts, [0] * len(prompts), 0.0, max_tokens)]
+
+
+def test_chat_completions_are_the_hf_backends_answers_for_the_same_seeds(smol):
+    from evolvelm.backends.hf import HFBackend
+
+    questions = ["What is 12 + 7? Answer with just the number.", "Name a colour."]
+    hf = HFBackend(resolve(SMOL))
+    greedy = hf.generate(questions, [0, 0], 0.0, 12)
+    sampled = hf.generate([questions[1]] * 3, [5, 6, 7], 0.8, 12)
+    with serving(smol) as (client, _):
+        for q, g in zip(questions, greedy):
+            r = client.chat.completions.create(model="smollm2-135m-instruct", messages=[{"role": "user", "content": q}],
+                                               temperature=0, max_tokens=12, logprobs=True, top_logprobs=3)
+            choice = r.choices[0]
+            assert choice.message.content == g.text and r.usage.completion_tokens == len(g.tokens)
+            tokens = choice.logprobs.content
+            assert "".join(t.token for t in tokens) == g.text
+            assert [t.logprob for t in tokens] == pytest.approx(g.logprobs[:len(tokens)], abs=1e-4)
+            assert all(t.top_logprobs[0].logprob >= t.logprob - 1e-6 and len(t.top_logprobs) == 3 for t in tokens)
+        r = client.chat.completions.create(model="smollm2-135m-instruct", n=3, seed=5, temperature=0.8, max_tokens=12,
+                                           messages=[{"role": "user", "content": questions[1]}])
+        assert [c.message.content for c in r.choices] == [g.text for g in sampled]
+        r = client.completions.create(model="smollm2-135m-instruct", prompt="The capital of France is",
+                                      max_tokens=4, temperature=0, logprobs=2)
+        raw = hf.generate_ids([hf.format.raw_ids("The capital of France is")], [0], 0.0, 4)[0]
+        assert r.choices[0].text == raw.text and r.choices[0].finish_reason == "length"
+        assert r.choices[0].logprobs.token_logprobs == pytest.approx(raw.logprobs, abs=1e-4)
+
+
+def test_concurrent_clients_are_batched_into_fewer_generate_calls_with_the_same_answers(smol):
+    calls = []
+    original = smol.generate
+    smol.generate = lambda s, rows: calls.append(len(rows)) or original(s, rows)
+    try:
+        questions = [f"What is {a} + {a + 1}? Answer with just the number." for a in range(8)]
+        with serving(smol) as (client, _):
+            ask = lambda q: client.chat.completions.create(
+                model="smollm2-135m-instruct", messages=[{"role": "user", "content": q}], temperature=0,
+                max_tokens=6).choices[0].message.content
+            alone = [ask(q) for q in questions]
+            calls.clear()
+            with ThreadPoolExecutor(8) as pool:
+                together = list(pool.map(ask, questions))
+    finally:
+        smol.generate = original
+    assert together == alone and sum(calls) == 8 and len(calls) < 8, calls
+
+
+def test_bad_requests_get_4xx_with_a_message_and_the_server_goes_on(smol):
+    model = "smollm2-135m-instruct"
+    with serving(smol, api_key="s3cret") as (client, url):
+        denied = openai.OpenAI(base_url=url, api_key="wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError, match="valid API key"):
+            denied.models.list()
+        with pytest.raises(openai.NotFoundError, match="'gpt-9' does not exist; served"):
+            client.completions.create(model="gpt-9", prompt="hi")
+        with pytest.raises(openai.BadRequestError, match="max_tokens"):
+            client.completions.create(model=model, prompt="hi", max_tokens=-1)
+        with pytest.raises(openai.BadRequestError, match="context is 8192 tokens; the prompt has"):
+            client.completions.create(model=model, prompt="hi " * 9000, max_tokens=4)
+        with pytest.raises(openai.BadRequestError, match="stream is not supported"):
+            client.completions.create(model=model, prompt="hi", stream=True)
+        with pytest.raises(openai.BadRequestError, match="messages"):
+            client.chat.completions.create(model=model, messages=[])
+        with pytest.raises(openai.PermissionDeniedError, match="--allow-loading"):
+            client.post("/load_lora_adapter", body={"lora_name": "x", "lora_path": "/tmp"}, cast_to=str)
+        r = client.completions.create(model=model, prompt="1, 2, 3,", max_tokens=3, temperature=0)
+        assert r.choices[0].text

@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 class ModelConfig:
     path: str = "zoo:copy-reverse"   # a Hugging Face directory, a hub id in the local cache, a .gguf file, or
                                      # zoo:NAME (a shipped tiny model, or zoo:smollm2-135m-instruct)
-    backend: str = "hf"              # generation backend: hf | fake
+    backend: str = "hf"              # generation backend: hf | openai (an OpenAI-compatible endpoint) | fake
     device: str = "auto"             # auto (CUDA when present, else cpu) | cpu | cuda | cuda:N
     dtype: str = "auto"              # auto (float32 on the CPU, bfloat16 on a GPU) | float32 | bfloat16 | float16
     chat: str = "auto"               # prompts through the model's chat template: auto (when it has one) | on | off
@@ -32,6 +32,12 @@ class ModelConfig:
     batch_size: int = 512            # prompts per generation batch
     voters: list[str] = field(default_factory=list)  # independently seeded checkpoints that evolve beside the
                                      # model and vote with it in `model_vote` (zoo:NAME or paths)
+    base_url: str = ""               # backend openai: the endpoint, e.g. http://127.0.0.1:8000/v1 (`evolvelm serve
+                                     # model.path --allow-loading`: rounds load their adapters into it)
+    api_key_env: str = ""            # backend openai: the environment variable holding its key (the key is never stored)
+    served_name: str = ""            # backend openai: the endpoint's name for model.path ("": the one it lists)
+    concurrency: int = 8             # backend openai: requests in flight at once
+    timeout_s: float = 120.0         # backend openai: seconds per request before it is retried (5 retries, backoff)
 
 
 @dataclass
@@ -317,13 +323,19 @@ def validate(cfg: Config) -> None:
         if blind:
             raise ConfigError(f"refine.chain: 'verify' executes answers, but {blind} are checked against true "
                               f"labels; skills it can verify: {sorted(s for s, t in TASKS.items() if t.judge)}")
+    if cfg.model.backend == "openai":
+        if not cfg.model.base_url:
+            raise ConfigError("model.base_url: the openai backend needs the endpoint's URL, e.g. http://127.0.0.1:8000/v1")
+        if cfg.recipe == "modular" and cfg.modules.method == "modular":
+            raise ConfigError("model.backend: modular-skills answers through its router with every module loaded "
+                              "at once; it needs the hf backend")
     if cfg.sandbox.level not in ("auto", "subprocess", "bwrap"):
         raise ConfigError(f"sandbox.level: must be one of ['auto', 'subprocess', 'bwrap'], got {cfg.sandbox.level!r}")
     if cfg.model.device != "auto" and not (cfg.model.device == "cpu" or cfg.model.device.startswith(("cuda", "mps"))):
         raise ConfigError(f"model.device: must be auto, cpu, cuda, cuda:N or mps, got {cfg.model.device!r}")
     for key in ("rounds", "acquire.problems", "acquire.samples", "acquire.step", "update.steps",
                 "eval.max_difficulty", "eval.problems", "eval.dev_problems", "model.batch_size", "update.batch_size",
-                "update.lora_r", "update.lora_alpha", "sandbox.memory_mb", "sandbox.disk_mb"):
+                "update.lora_r", "update.lora_alpha", "sandbox.memory_mb", "sandbox.disk_mb", "model.concurrency"):
         if _value(cfg, key) < 1:
             raise ConfigError(f"{key}: must be >= 1, got {_value(cfg, key)}")
     for key in ("update.lr", "sandbox.wall_s", "eval.threshold"):

@@ -198,8 +198,14 @@ def backend_for(cfg: Config, run, member: State | Member):
     """A backend serving a gate state's model (or one member of its population)."""
     from evolvelm.backends import make_backend
 
+    options = backend_options(cfg)
+    if cfg.model.backend == "openai":  # its settings, and the run's request cache
+        m = cfg.model
+        options |= {"base_url": m.base_url, "api_key_env": m.api_key_env, "served_name": m.served_name,
+                    "concurrency": m.concurrency, "timeout_s": m.timeout_s,
+                    "cache": str(run.root / "requests.sqlite") if run is not None else None}
     return make_backend(cfg.model.backend, resolve(member.model, run),
-                        adapter=resolve(member.adapter, run) if member.adapter else None, **backend_options(cfg))
+                        adapter=resolve(member.adapter, run) if member.adapter else None, **options)
 
 
 def backend_options(cfg: Config) -> dict:

@@ -180,3 +180,55 @@ def test_bad_requests_get_4xx_with_a_message_and_the_server_goes_on(smol):
             client.post("/load_lora_adapter", body={"lora_name": "x", "lora_path": "/tmp"}, cast_to=str)
         r = client.completions.create(model=model, prompt="1, 2, 3,", max_tokens=3, temperature=0)
         assert r.choices[0].text
+
+
+LADDER = ["rounds=2", "skills=[reverse]", "model.voters=[]", "update.method=lora", "update.steps=20",
+          "update.original=100", "acquire.problems=12", "acquire.samples=2", "eval.max_difficulty=9",
+          "eval.problems=10", "eval.dev_problems=6", "acquire.schedule=fixed", "acquire.step=1"]
+
+
+def comparable(summary: dict) -> list[dict]:
+    """What two runs of one recipe must agree on (timings left out)."""
+    keep = ("round", "promoted", "frontier", "accuracy", "acquired", "kept", "model_version")
+    return [{k: r[k] for k in keep if k in r} for r in summary["rounds"]]
+
+
+def test_the_openai_backend_runs_a_recipe_against_evolvelm_serve_as_hf_does_and_a_resumed_run_asks_nothing_twice(
+        tmp_path, monkeypatch):
+    """A 2-round LoRA ladder through the endpoint (each round's adapter loaded into it by name) gives
+    the summary and the samples of the same recipe on the hf backend. Killed mid-acquisition and
+    resumed, it sends every request once: the responses it had are read from the run's cache."""
+    from evolvelm.backends.openai import OpenAIBackend
+    from evolvelm.recipes.ladder import run_recipe
+
+    cfg = config.load("copy-ladder", LADDER)
+    hf = Run.create(tmp_path / "hf", cfg)
+    expected = run_recipe(cfg, hf, quiet=True)
+
+    served = open_served("zoo:copy-reverse")
+    asked, original = [], served.generate
+    served.generate = lambda s, rows: asked.extend((s, tuple(r.ids), r.seed) for r in rows) or original(s, rows)
+    with serving(served, allow_loading=True) as (_, url):
+        cfg = config.load("copy-ladder", LADDER + ["model.backend=openai", f"model.base_url={url}"])
+        run = Run.create(tmp_path / "openai", cfg)
+        send, calls = OpenAIBackend._send, []
+
+        def crash_after_40(self, endpoint, body):
+            calls.append(1)
+            if len(calls) > 40:
+                raise KeyboardInterrupt  # the process dies with requests in flight
+            return send(self, endpoint, body)
+
+        monkeypatch.setattr(OpenAIBackend, "_send", crash_after_40)
+        with pytest.raises(KeyboardInterrupt):
+            run_recipe(cfg, run, quiet=True)
+        monkeypatch.setattr(OpenAIBackend, "_send", send)
+        before = len(asked)
+        got = run_recipe(cfg, Run.open(run.root), quiet=True)
+    assert before >= 40 and len(asked) > before
+    assert len(set(asked)) == len(asked), "a request was sent twice"
+    assert comparable(got) == comparable(expected)
+    assert any(r["promoted"] for r in got["rounds"][1:])  # an adapter was loaded into the endpoint and used
+    for r in (1, 2):
+        ours = [(s.prompt, s.completion, s.seed, s.rendered) for s in Run.open(run.root).samples(r)]
+        assert ours == [(s.prompt, s.completion, s.seed, s.rendered) for s in hf.samples(r)]

@@ -9,6 +9,7 @@ from evolvelm.types import Generation
 # name -> "module:Class"; resolved lazily so `import evolvelm` never imports torch, vllm or ray.
 BACKENDS = {
     "hf": "evolvelm.backends.hf:HFBackend",
+    "openai": "evolvelm.backends.openai:OpenAIBackend",
     "fake": "evolvelm.backends.fake:FakeBackend",
 }
 

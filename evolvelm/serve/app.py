@@ -112,8 +112,10 @@ def make_app(served: Served, api_key: str | None = None, allow_loading: bool = F
 
     @app.get("/v1/models", dependencies=[Depends(authorized)])
     async def models():
+        base = next(iter(served.names))  # loaded adapters name their parent, as vLLM's model cards do
         return {"object": "list", "data": [{"id": name, "object": "model", "created": served.created,
-                                            "owned_by": "evolvelm"} for name in served.names]}
+                                            "owned_by": "evolvelm", "parent": base if name in served.loaded else None}
+                                           for name in served.names]}
 
     @app.post("/v1/completions", dependencies=[Depends(authorized)])
     async def completions(req: CompletionRequest):

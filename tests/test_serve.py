@@ -232,3 +232,13 @@ def test_the_openai_backend_runs_a_recipe_against_evolvelm_serve_as_hf_does_and_
     for r in (1, 2):
         ours = [(s.prompt, s.completion, s.seed, s.rendered) for s in Run.open(run.root).samples(r)]
         assert ours == [(s.prompt, s.completion, s.seed, s.rendered) for s in hf.samples(r)]
+
+
+def test_validate_names_what_the_openai_backend_needs(capsys):
+    from evolvelm.cli import main
+
+    assert main(["validate", "copy-ladder", "model.backend=openai"]) == 2
+    assert "model.base_url: the openai backend needs the endpoint's URL" in capsys.readouterr().err
+    assert main(["validate", "modular-skills", "model.backend=openai", "model.base_url=http://127.0.0.1:1/v1"]) == 2
+    assert "it needs the hf backend" in capsys.readouterr().err
+    assert main(["validate", "copy-ladder", "model.backend=openai", "model.base_url=http://127.0.0.1:1/v1"]) == 0

@@ -132,7 +132,7 @@ class Batcher:
     """One thread runs the model. Requests whose settings are equal wait `wait_s` for each other and
     go through one generate call, up to `rows` prompts; the others wait their turn in arrival order."""
 
-    def __init__(self, served: Served, rows: int = 64, wait_s: float = 0.005):
+    def __init__(self, served: Served, rows: int = 64, wait_s: float = 0.02):
         self.served, self.rows, self.wait_s = served, rows, wait_s
         self.pending: list[_Job] = []
         self.cv, self.closed = threading.Condition(), False

@@ -181,7 +181,10 @@ def cmd_serve(a) -> int:
     if a.host not in ("127.0.0.1", "localhost", "::1") and key is None:
         print(f"warning: listening on {a.host} without an API key (--api-key-env VAR)", file=sys.stderr)
     print(f"serving {sorted(served.names)} on http://{a.host}:{a.port}/v1", file=sys.stderr)
-    uvicorn.run(make_app(served, key, a.allow_loading, a.batch_rows), host=a.host, port=a.port, log_level="warning")
+    try:
+        uvicorn.run(make_app(served, key, a.allow_loading, a.batch_rows), host=a.host, port=a.port, log_level="warning")
+    finally:
+        served.close()
     return 0
 
 

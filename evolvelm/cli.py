@@ -188,6 +188,34 @@ def cmd_serve(a) -> int:
     return 0
 
 
+def cmd_judge(a) -> int:
+    import json
+
+    from evolvelm import judges
+
+    _quiet_libraries()
+    options = {"seed": a.seed} if a.model == "random" else {"device": a.device} if a.backend == "hf" else {
+        "base_url": a.base_url, "api_key_env": a.api_key_env or ""}
+    judge = judges.make_judge(a.model, a.method, a.backend, a.quiet, **options)
+    try:
+        report = judges.audit(judge, a.data, a.limit)
+    finally:
+        judge.close()
+    ok, why = judges.verdict(report, a.min_accuracy, a.min_agreement)
+    report["passed"] = {"min_accuracy": a.min_accuracy, "min_agreement": a.min_agreement, "passed": ok}
+    print(f"{'subset':<24} {'pairs':>5} {'accuracy':>8} {'agreement':>9} {'ties':>6} {'no verdict':>10}")
+    for name, r in [*report["subsets"].items(), ("Adversarial (pooled)", report["adversarial"]), ("all", report["all"])]:
+        if r:
+            print(f"{name:<24} {r['pairs']:>5} {r['accuracy']:>8.3f} {r['agreement']:>9.3f} {r['ties']:>6.3f} {r['no_verdict']:>10.3f}")
+    print(("passed: " if ok else "FAILED: ") + why)
+    if a.out:
+        Path(a.out).write_text(json.dumps(report, indent=1))
+        html = Path(a.html or Path(a.out).with_suffix(".html"))
+        html.write_text(judges.html_table([report]))
+        print(f"wrote {a.out} and {html}")
+    return 0
+
+
 def cmd_env(a) -> int:
     import importlib.metadata as md
     import platform
@@ -261,6 +289,22 @@ def parser() -> argparse.ArgumentParser:
                    help="accept POST /v1/load_lora_adapter (adapter paths on this machine)")
     s.add_argument("--device", default="auto")
     s.add_argument("--batch-rows", type=int, default=64, help="most prompts joined into one generate call")
+    s = add("judge", cmd_judge, "audit a judge on LLMBar: accuracy in both orders, positional agreement, ties")
+    s.add_argument("action", choices=["audit"])
+    s.add_argument("model", metavar="MODEL", help="a model reference, or the baselines random and first")
+    s.add_argument("--data", default="../shared/data/llmbar", help="LLMBar's folder (Natural/, Adversarial/*/)")
+    s.add_argument("--out", help="write the report as JSON (and an HTML table beside it)")
+    s.add_argument("--html", help="where the HTML table goes (default: --out with .html)")
+    s.add_argument("--method", default="generate", choices=["generate", "logprobs"],
+                   help="generate: read the verdict from a greedy answer; logprobs: the likelier verdict")
+    s.add_argument("--limit", type=int, default=0, help="the first N pairs of each subset (default all)")
+    s.add_argument("--backend", default="hf", choices=["hf", "openai"])
+    s.add_argument("--base-url", default="", help="backend openai: the endpoint (MODEL names its tokenizer)")
+    s.add_argument("--api-key-env", metavar="VAR", help="backend openai: the environment variable with the key")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--seed", type=int, default=0, help="the random baseline's seed")
+    s.add_argument("--min-accuracy", type=float, default=0.6, help="pass mark on the Adversarial subsets")
+    s.add_argument("--min-agreement", type=float, default=0.6, help="pass mark for positional agreement")
     add("env", cmd_env, "print versions of evolvelm and its libraries")
     return p
 

@@ -108,8 +108,8 @@ class SandboxConfig:
     allow_unsafe: bool = False       # auto without bubblewrap: fall back to subprocess instead of failing
     workers: int = 0                 # programs run in parallel (0 = one per CPU core)
     wall_s: float = 10.0             # wall-clock limit per program (a batch of answers counts as one)
-    memory_mb: int = 512             # address-space limit per program
-    disk_mb: int = 64                # bwrap: what a program's working directory and /tmp may hold together
+    memory_mb: int = 512             # each process's address space, and (cgroups) all of a program's processes together
+    disk_mb: int = 64                # bwrap: what a program's working directory and /tmp may hold together (as root: 64 files per MB too)
 
 
 @dataclass
@@ -160,6 +160,24 @@ class SemisupConfig:
 
 
 @dataclass
+class JudgeConfig:
+    model: str = "self"              # the `judge` filter's judge: self (each round's own model, audited again every
+                                     # round) | first | random (baselines) | a model reference
+    backend: str = "hf"              # a judge other than self: hf | openai (self answers on model.backend)
+    base_url: str = ""               # backend openai: the judge's endpoint
+    api_key_env: str = ""            # backend openai: the environment variable holding the judge's key
+    method: str = "generate"         # generate: the verdict read from a greedy answer | logprobs: the likelier verdict
+    mode: str = "score"              # score: keep answers the judge rates >= judge.threshold (1-5) | samples: keep
+                                     # answers preferred to the problem's other answers in most pairwise judgements
+    threshold: float = 4.0           # score: the lowest rating kept
+    audit: str = ""                  # a judge other than self: the report of `evolvelm judge audit --out` it must pass
+    data: str = "../shared/data/llmbar"  # self: the LLMBar folder each round's audit reads
+    audit_limit: int = 0             # self: pairs per LLMBar subset in each round's audit (0 = all 419)
+    min_accuracy: float = 0.6        # an audit passes with this accuracy on LLMBar's Adversarial subsets (chance: 0.5)
+    min_agreement: float = 0.6       # ... and this share of pairs judged the same in both orders
+
+
+@dataclass
 class Config:
     recipe: str = "ladder"           # loop family: evolvelm/recipes/<recipe>.py
     rounds: int = 4                  # self-improvement rounds after the round-0 evaluation
@@ -180,6 +198,7 @@ class Config:
     knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)  # recipe knowledge: rounds = injections,
                                      # skills = the other skills that must not be lost
     semisup: SemisupConfig = field(default_factory=SemisupConfig)  # recipe semisup
+    judge: JudgeConfig = field(default_factory=JudgeConfig)  # the `judge` filter (recipe semisup) and its audit
 
 
 CHOICES = {"model.backend": sorted(BACKENDS), "model.dtype": ["auto", "float32", "bfloat16", "float16"],
@@ -187,7 +206,8 @@ CHOICES = {"model.backend": sorted(BACKENDS), "model.dtype": ["auto", "float32",
            "semisup.method": ["lmsi", "star", "rest-em", "semievol", "pairs", "labeled"],
            "knowledge.method": ["distill", "sft-qa", "sft-doc", "icl", "retrieval"],
            "modules.method": ["modular", "shared", "replay", "full"], "modules.router": ["hidden", "chars"],
-           "acquire.schedule": ["fixed", "adaptive"]}
+           "acquire.schedule": ["fixed", "adaptive"], "judge.backend": ["hf", "openai"],
+           "judge.method": ["generate", "logprobs"], "judge.mode": ["score", "samples"]}
 
 
 def _check_type(key: str, value, typ):
@@ -323,6 +343,10 @@ def validate(cfg: Config) -> None:
         if blind:
             raise ConfigError(f"refine.chain: 'verify' executes answers, but {blind} are checked against true "
                               f"labels; skills it can verify: {sorted(s for s, t in TASKS.items() if t.judge)}")
+    if "judge" in cfg.refine.chain:
+        from evolvelm.judges import check_config
+
+        check_config(cfg)
     if cfg.model.backend == "openai":
         if not cfg.model.base_url:
             raise ConfigError("model.base_url: the openai backend needs the endpoint's URL, e.g. http://127.0.0.1:8000/v1")

@@ -18,7 +18,10 @@ Levels (``Sandbox(level=...)``):
 
 Order matters: limits set while still root are not enforced (root ignores the process-count limit),
 so the child drops its uid (done by ``subprocess.Popen(user=...)`` before exec), then a small
-launcher sets the limits, then bwrap starts, then the program.
+launcher sets the limits, then bwrap starts, then the program. As root at the bwrap level the
+launcher itself starts as root: it mounts the working directory's tmpfs (``disk_mb`` bytes and
+``FILES_PER_MB`` inodes per MB; bwrap's own tmpfs cannot bound inodes) in a mount namespace of its
+own, which vanishes with it, and then drops to the slot's uid before it sets the limits.
 
 Verdicts: pass / fail / timeout / memory / output_limit / sandbox_error. ``sandbox_error`` means the
 infrastructure failed (bwrap could not set up, the launcher could not exec); callers must never
@@ -55,6 +58,9 @@ class SandboxUnavailable(RuntimeError):
     """The requested isolation level cannot be had on this machine."""
 
 
+FILES_PER_MB = 64  # disk_mb also bounds the files and directories (inodes): 64 per MB, 4,096 at 64 MB
+
+
 @dataclass(frozen=True)
 class Limits:
     wall_s: float = 10.0  # wall-clock deadline, enforced by the parent
@@ -64,7 +70,8 @@ class Limits:
     file_mb: int = 16  # RLIMIT_FSIZE
     open_files: int = 64  # RLIMIT_NOFILE
     processes: int = 32  # RLIMIT_NPROC, per slot uid (only enforced for a non-root uid)
-    disk_mb: int = 64  # bwrap: the working directory and /tmp together (one size-limited tmpfs)
+    disk_mb: int = 64  # bwrap: the working directory and /tmp together (one size-limited tmpfs), and
+                       # FILES_PER_MB files per MB in them (as root)
 
 
 @dataclass
@@ -91,7 +98,17 @@ status, go, keep = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
 if go >= 0:  # wait until the parent has moved this process into the slot's cgroup
     os.read(go, 1)
     os.close(go)
-for name, v in zip(sys.argv[4].split(","), map(int, sys.argv[5].split(","))):
+if sys.argv[4]:  # as root: the work tmpfs (bytes and inodes) in a mount namespace of our own, then drop
+    where, opts, uid = sys.argv[4].rsplit(":", 2)
+    libc, uid = ctypes.CDLL(None, use_errno=True), int(uid)
+    if libc.unshare(0x20000) or libc.mount(b"none", b"/", None, 0x44000, None) or libc.mount(
+            b"tmpfs", where.encode(), b"tmpfs", 6, opts.encode()):  # NEWNS; rec private; nosuid, nodev
+        os.write(status, ("exec-failed: work tmpfs: " + os.strerror(ctypes.get_errno()) + "\\n").encode())
+        sys.exit(127)
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+for name, v in zip(sys.argv[5].split(","), map(int, sys.argv[6].split(","))):
     r = getattr(resource, name)
     hard = resource.getrlimit(r)[1]
     soft, top = v, v + (name == "RLIMIT_CPU")  # SIGXCPU at the soft limit before SIGKILL
@@ -105,7 +122,7 @@ if pid == 0:
     os.close(check_r)
     os.set_inheritable(status, keep)
     try:
-        os.execv(sys.argv[6], sys.argv[6:])
+        os.execv(sys.argv[7], sys.argv[7:])
     except OSError as e:
         os.write(check_w, str(e).encode())
     os._exit(127)
@@ -161,10 +178,11 @@ def interpreter() -> str:
     )
 
 
-def _bwrap_args(python: str, work: str, status_fd: int, disk_mb: int) -> list[str]:
+def _bwrap_args(python: str, work: str, status_fd: int, disk_mb: int, mounted: bool) -> list[str]:
     """Namespaces, a read-only system, and one tmpfs of `disk_mb` as the working directory /sandbox,
-    holding /tmp too (/tmp -> /sandbox/.tmp): what the program writes, in all, fits in it. The program
-    file is bound in read-only; nothing else of the host is writable."""
+    holding /tmp too (/tmp -> /sandbox/.tmp): what the program writes, in all, fits in it. `mounted`:
+    the launcher mounted it at WORK/disk, with an inode budget too (bwrap's own tmpfs has none). The
+    program file is bound in read-only; nothing else of the host is writable."""
     args = [_bwrap(), "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
             "--ro-bind", "/usr", "/usr"]
     for link in ("bin", "lib", "lib64", "sbin"):  # merged-/usr systems keep these as symlinks
@@ -176,8 +194,8 @@ def _bwrap_args(python: str, work: str, status_fd: int, disk_mb: int) -> list[st
     prefix = Path(python).resolve().parents[1]  # .../bin/python3 -> ...
     if not str(prefix).startswith("/usr"):
         args += ["--ro-bind", str(prefix), str(prefix)]
-    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(disk_mb << 20), "--tmpfs", "/sandbox",
-             "--dir", "/sandbox/.tmp", "--symlink", "/sandbox/.tmp", "/tmp",
+    disk = ["--bind", str(Path(work) / "disk"), "/sandbox"] if mounted else ["--size", str(disk_mb << 20), "--tmpfs", "/sandbox"]
+    args += ["--proc", "/proc", "--dev", "/dev", *disk, "--dir", "/sandbox/.tmp", "--symlink", "/sandbox/.tmp", "/tmp",
              "--ro-bind", str(Path(work) / "main.py"), "/sandbox/main.py",
              "--chdir", "/sandbox", "--hostname", "sandbox", "--json-status-fd", str(status_fd)]
     return args
@@ -204,6 +222,7 @@ class Sandbox:
             self._slots.put(slot)
         self.cgroups, self.no_cgroups = self._make_cgroups()
         self.level = "subprocess"
+        self.mount_disk, self.no_mount = self.root, "" if self.root else "not root"  # the inode budget
         why = self._bwrap_problem() if level != "subprocess" else ""
         if why and not allow_unsafe:
             raise SandboxUnavailable(
@@ -233,11 +252,15 @@ class Sandbox:
         return slots, ""
 
     def _bwrap_problem(self) -> str:
-        """Switch to bwrap if a trivial program runs under it; else say why not."""
+        """Switch to bwrap if a trivial program runs under it; else say why not. As root, first with
+        the work tmpfs the launcher mounts (an inode budget); without it if that cannot be had."""
         if not _bwrap():
             return "bwrap is not installed"
         self.level = "bwrap"
         probe = self._execute("print(6 * 7)", slot=0, expect_stdout="42")
+        if probe.verdict != "pass" and self.mount_disk:
+            self.mount_disk, self.no_mount = False, probe.detail or probe.stderr.strip()[-300:]
+            probe = self._execute("print(6 * 7)", slot=0, expect_stdout="42")
         if probe.verdict == "pass":
             return ""
         self.level = "subprocess"
@@ -245,10 +268,12 @@ class Sandbox:
 
     def describe(self) -> dict:
         """Which isolation this sandbox uses (recorded in run manifests)."""
-        unbounded = ([] if self.level == "bwrap" else ["disk_mb"]) + ([] if self.cgroups else ["memory_total", "processes_total"])
+        unbounded = ([] if self.level == "bwrap" else ["disk_mb"]) + ([] if self.cgroups else ["memory_total", "processes_total"]) \
+            + ([] if self.level != "bwrap" or self.mount_disk else ["files"])
         return {"level": self.level, "python": self.python, "drops_uid": self.root, "workers": self.workers,
                 "limits": asdict(self.limits), "cgroup": self.cgroups[0].kind if self.cgroups else None,
-                "unbounded": unbounded, **({"why_unbounded": self.no_cgroups} if self.no_cgroups else {})}
+                "unbounded": unbounded, **({"why_unbounded": self.no_cgroups} if self.no_cgroups else {}),
+                **({"why_files_unbounded": self.no_mount} if "files" in unbounded else {})}
 
     # -- one program --------------------------------------------------------------------------------
 
@@ -279,12 +304,16 @@ class Sandbox:
                 ("RLIMIT_FSIZE", lim.file_mb << 20), ("RLIMIT_NOFILE", lim.open_files),
                 ("RLIMIT_CORE", 0), ("RLIMIT_NPROC", self.nproc))
             program = [self.python, "-I", "main.py"]
+            mount = ""  # as root at the bwrap level: the launcher mounts the work tmpfs, then drops to uid
             if self.level == "bwrap":
-                program = _bwrap_args(self.python, work, status_w, lim.disk_mb) + program
+                if self.mount_disk and uid is not None:
+                    os.mkdir(Path(work) / "disk")
+                    mount = f"{work}/disk:size={lim.disk_mb << 20},nr_inodes={lim.disk_mb * FILES_PER_MB},mode=0777:{uid}"
+                program = _bwrap_args(self.python, work, status_w, lim.disk_mb, bool(mount)) + program
             group = self.cgroups[slot] if self.cgroups else None
             go_r, go_w = os.pipe() if group else (-1, -1)
             argv = [self.python, "-I", "-S", "-c", _LAUNCHER, str(status_w), str(go_r),
-                    str(int(self.level == "bwrap")), ",".join(names), ",".join(map(str, values))]
+                    str(int(self.level == "bwrap")), mount, ",".join(names), ",".join(map(str, values))]
             argv += program
             try:
                 if group:
@@ -294,7 +323,7 @@ class Sandbox:
                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                     start_new_session=True, close_fds=True,
                     pass_fds=(status_w,) + ((go_r,) if group else ()),
-                    **({"user": uid, "group": uid, "extra_groups": []} if uid is not None else {}))
+                    **({"user": uid, "group": uid, "extra_groups": []} if uid is not None and not mount else {}))
             except OSError as e:
                 for fd in (go_r, go_w) if group else ():
                     os.close(fd)
@@ -390,7 +419,8 @@ class Sandbox:
         if rc in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ) or rc and "File too large" in tail:
             return "output_limit", f"file over {self.limits.file_mb} MB"
         if rc != 0 and "No space left on device" in tail:
-            return "disk_limit", f"working directory and /tmp over {self.limits.disk_mb} MB"
+            return "disk_limit", (f"working directory and /tmp over {self.limits.disk_mb} MB or "
+                                  f"{self.limits.disk_mb * FILES_PER_MB} files")
         if rc != 0 and ("MemoryError" in tail or "Cannot allocate memory" in tail):
             return "memory", f"address space over {self.limits.memory_mb} MB"
         if rc != 0:

@@ -76,3 +76,18 @@ def chat_model(tmp_path_factory) -> Path:
                       eos_token_id=tok.eos_token_id, bos_token_id=None, pad_token_id=None, tie_word_embeddings=True)
     LlamaForCausalLM(cfg).save_pretrained(out)
     return out
+
+
+@pytest.fixture
+def llmbar_dir(tmp_path) -> Path:
+    """A tiny folder in LLMBar's layout: Natural and two Adversarial subsets, 2 pairs each, where the
+    better output is the one that contains the instruction's word (label 1 then 2)."""
+    import json
+
+    for sub in ("Natural", "Adversarial/Neighbor", "Adversarial/GPTOut"):
+        d = tmp_path / "llmbar" / sub
+        d.mkdir(parents=True)
+        rows = [{"input": f"Say {w}.", "output_1": good, "output_2": bad, "label": label}
+                for w, good, bad, label in (("yes", "yes", "no", 1), ("blue", "red", "blue", 2))]
+        (d / "dataset.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tmp_path / "llmbar"

@@ -12,8 +12,8 @@ from evolvelm.store.run import Run
 
 
 @pytest.mark.parametrize("name", config.shipped_recipes())
-def test_every_shipped_recipe_validates_without_loading_weights(name):
-    cfg = config.load(name)
+def test_every_shipped_recipe_validates_without_loading_weights(name, llmbar_dir):
+    cfg = config.load(name, [f"judge.data={llmbar_dir}"])  # self-rewarding audits its model on LLMBar
     importlib.import_module(f"evolvelm.recipes.{cfg.recipe}").preflight(cfg, Run("."))  # reads evolvelm.json only
     assert cfg.rounds >= 1
 

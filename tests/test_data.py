@@ -335,6 +335,23 @@ def test_modular_skills_learn_a_module_per_dataset(tmp_path, chat_model):
     forgetting = json.loads((tmp_path / "r" / "summary.json").read_text())["forgetting"]
     assert forgetting["skills"] == ["add", "rev"] and len(forgetting["matrix"]) == 3
 
+    # served: each module by name, the base, and `auto` through the router, as `evolvelm generate` answers
+    from test_serve import serving
+
+    from evolvelm.report.export import answerer
+    from evolvelm.serve import open_served
+
+    ours = answerer(run)(["What is 3 + 4?", "Reverse: abc", "Reverse: qwerty"], 8)
+    served = open_served(str(run.root))
+    with serving(served) as (client, _):
+        assert sorted(m.id for m in client.models.list().data) == ["add", "auto", "base", "rev"]
+        for prompt, answer, module in ours:
+            for name in ("auto", module or "base"):
+                got = client.chat.completions.create(model=name, messages=[{"role": "user", "content": prompt}],
+                                                     max_tokens=8, temperature=0)
+                assert got.choices[0].message.content == answer, (name, prompt)
+    served.close()
+
 
 NAMES = ["Mira", "Tobin", "Asha", "Lev", "Noor", "Ravi"]
 CITIES = ["Oslo", "Lima", "Pune", "Graz", "Kobe", "Turin"]

@@ -141,7 +141,7 @@ def test_each_recipe_family_on_a_chat_model_stores_rendered_prompts_and_resumes_
 
 
 @pytest.mark.parametrize("recipe", sorted(set(config.shipped_recipes()) - {"copy-ladder", "pairs", "knowledge-distill",
-                                                                          "modular-skills"}))
+                                                                          "modular-skills", "self-rewarding"}))
 def test_every_other_shipped_recipe_runs_a_round_on_a_chat_model(tmp_path, chat_model, recipe):
     assert main(["run", recipe, f"model.path={chat_model}", *tiny(recipe), "rounds=1", "--run-dir", str(tmp_path / "r"),
                  "-q"]) == 0

@@ -55,6 +55,9 @@ class HFBackend:
         self.format = PromptFormat.load(model_path, chat, system, self.tokenizer)
         self.stop = list(stop)  # stop strings: generation ends once one appears; the answer is cut before it
         self.base = load_model(model_path, self.device, dtype).eval()
+        config = self.base.config  # the longest prompt plus answer the model reads
+        self.context = next((v for v in (getattr(config, k, None) for k in ("max_position_embeddings", "n_positions"))
+                             if isinstance(v, int)), None) or self.tokenizer.model_max_length
         self._base_version = dir_hash(model_path)
         self.model, self.adapter, self.version = self.base, None, self._base_version
         if adapter:
@@ -82,6 +85,10 @@ class HFBackend:
         """`generate` from prompts already made tokens (the server's chat turns and raw completions);
         `stop` replaces the configured stop strings; `top` > 0 keeps each token's `top` likeliest."""
         fmt, tok, stop = self.format, self.tokenizer, self.stop if stop is None else list(stop)
+        longest = max(map(len, ids), default=0)
+        if longest + max_new_tokens > self.context:
+            raise ValueError(f"{self.model_path} reads {self.context} tokens; a prompt of {longest} tokens and "
+                             f"{max_new_tokens} new ones do not fit")
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         out: list[Generation | None] = [None] * len(ids)
         for i in range(0, len(order), self.batch_size):
@@ -128,9 +135,10 @@ class HFBackend:
             pairs = [fmt.pair_ids(p, c) for p, c in zip(prompts[i:i + self.batch_size], completions[i:i + self.batch_size])]
             x, mask = left_padded([ids for ids, _ in pairs], fmt.pad_id)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as `generate` numbers left-padded rows
+            keep = max(len(ids) - start for ids, start in pairs)  # left-padded: every answer ends the row
             logits = self.model(input_ids=x.to(self.device), attention_mask=mask.to(self.device),
-                                position_ids=positions.to(self.device)).logits
-            tgt = logits[:, :-1].float().log_softmax(-1).gather(-1, x[:, 1:, None].to(self.device))[..., 0]
+                                position_ids=positions.to(self.device), logits_to_keep=keep + 1).logits
+            tgt = logits[:, :-1].float().log_softmax(-1).gather(-1, x[:, -keep:, None].to(self.device))[..., 0]
             for row, (ids, start) in zip(tgt.tolist(), pairs):  # the answer's tokens and its end
                 out.append(row[len(row) - (len(ids) - start):])
         return out

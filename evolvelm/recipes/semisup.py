@@ -43,7 +43,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from evolvelm import sandbox
+from evolvelm import judges, sandbox
 from evolvelm.acquire.sampling import CHUNK, derive_seed, sample
 from evolvelm.config import Config, ConfigError
 from evolvelm.evaluate.suite import frontier, held_out_prompts, paired_gate, rates, right_answers, splits
@@ -208,13 +208,18 @@ def monitor(samples: list[Sample], right: list[bool], k: int) -> dict:
                                     for m, v in sorted(margin.items())}}
 
 
-def refine(cfg: Config, run: Run, rnd: int) -> None:
-    """The filter chain over the round's answers, with the precision of what each filter keeps."""
+def refine(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> None:
+    """The filter chain over the round's answers, with the precision of what each filter keeps. With the
+    `judge` filter, the judge's audit first (self: the round's model audited now) and what it decided."""
     t0, samples = time.time(), run.samples(rnd)
     agreement = run.done(rnd, "acquire").get("vote_agreement", cfg.refine.vote_agreement)  # B-STaR's choice, if any
+    judge, judging = (judges.for_round(cfg, run, state, quiet) if "judge" in cfg.refine.chain else (None, {}))
     ctx = FilterContext(cfg.acquire.samples, agreement, max_per_problem=cfg.refine.max_per_problem,
-                        nll_quantile=cfg.refine.nll_quantile)
+                        nll_quantile=cfg.refine.nll_quantile, judge=judge, judge_mode=cfg.judge.mode,
+                        judge_threshold=cfg.judge.threshold, judge_note=judging.get("reason", ""))
     counts = run_chain(cfg.refine.chain, samples, ctx)
+    if judge is not None:
+        judge.close()
     right = [ok for ok, _ in judged(samples)]
     valid = {sk: get_task(sk).rationale for sk in cfg.skills}  # the whole scratchpad right, not just the answer
     gold = [bool(valid[s.skill]) and valid[s.skill](s.prompt, s.completion) for s in samples]
@@ -227,8 +232,8 @@ def refine(cfg: Config, run: Run, rnd: int) -> None:
         "kept_rationalised": sum(1 for i in kept if samples[i].k >= cfg.acquire.samples),
         "label_precision": round(sum(right[i] for i in kept) / len(kept), 4) if kept else None,
         "rationale_precision": round(sum(gold[i] for i in kept) / len(kept), 4) if kept else None,
-        "monitor": monitor(samples, right, cfg.acquire.samples), "seconds": round(time.time() - t0, 2)},
-        samples=samples, verdicts=True)
+        "monitor": monitor(samples, right, cfg.acquire.samples), **({"judge": judging} if judging else {}),
+        "seconds": round(time.time() - t0, 2)}, samples=samples, verdicts=True)
 
 
 def training_mixture(cfg: Config, run: Run, rnd: int) -> tuple[list[Example], int]:
@@ -339,7 +344,7 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
         if not run.done(rnd, "acquire"):
             acquire(cfg, run, rnd, state, exclude, quiet)
         if not run.done(rnd, "refine"):
-            refine(cfg, run, rnd)
+            refine(cfg, run, rnd, state, quiet)
         if not run.done(rnd, "update"):
             update_stage(cfg, run, rnd, state, quiet)
         update = run.done(rnd, "update")

@@ -26,6 +26,10 @@ class FilterContext:
     min_diversity: float = 0.0  # `agreement`: share of distinct labels among a skill's labelled problems
     max_per_problem: int = 0    # `cap`: samples kept per problem at most (0 = no cap)
     nll_quantile: float = 0.3   # `consistency`: inconsistent samples kept in this lowest quantile of mean token NLL
+    judge: object = None        # `judge`: an audited judge (evolvelm.judges), None when it failed its audit
+    judge_mode: str = "score"   # `judge`: score (a rating) | samples (pairwise against the problem's other answers)
+    judge_threshold: float = 4.0  # `judge`, score: the lowest rating kept
+    judge_note: str = ""        # `judge`: why there is no judge this round (its failed audit)
 
 
 def judged(samples: list[Sample]) -> list[tuple[bool, str]]:
@@ -200,9 +204,44 @@ def agreement(samples: list[Sample], ctx: FilterContext) -> list[Verdict]:
     return [Verdict("agreement", "3", *reason[(s.skill, s.difficulty)]) for s in samples]
 
 
+def judge(samples: list[Sample], ctx: FilterContext) -> list[Verdict]:
+    """Keep what an audited judge prefers: answers it rates at least `judge_threshold` (mode score), or
+    answers preferred to the problem's other distinct answers in more pairwise judgements than they lose
+    (mode samples; every pair asked in both orders, a flip is a tie; an answer alone is not compared).
+    Without a judge (it failed its audit this round) nothing is kept, and the verdicts say why."""
+    from evolvelm.judges import pairwise
+
+    if ctx.judge is None:
+        return [Verdict("judge", "-", False, ctx.judge_note or "no audited judge") for _ in samples]
+    version = ctx.judge.version
+    if ctx.judge_mode == "score":
+        scores = ctx.judge.score([(s.prompt, s.completion) for s in samples])
+        return [Verdict("judge", version, x is not None and x >= ctx.judge_threshold,
+                        f"rated {x} (keep >= {ctx.judge_threshold})" if x is not None else "no rating in the judge's answer")
+                for x in scores]
+    answers: dict[tuple[str, str, int], list[str]] = defaultdict(list)
+    for s in samples:
+        if s.completion not in answers[(s.skill, s.prompt, s.member)]:
+            answers[(s.skill, s.prompt, s.member)].append(s.completion)
+    pairs = [(key, a, b) for key, group in answers.items() for i, a in enumerate(group) for b in group[i + 1:]]
+    tally: dict[tuple, Counter] = defaultdict(Counter)
+    for (key, a, b), p in zip(pairs, pairwise(ctx.judge, [(key[1], a, b) for key, a, b in pairs])):
+        for mine, result in ((a, {1: "won", 2: "lost"}), (b, {1: "lost", 2: "won"})):
+            tally[(key, mine)][result.get(p.winner, "tied")] += 1
+    out = []
+    for s in samples:
+        t = tally[((s.skill, s.prompt, s.member), s.completion)]
+        if not t:
+            out.append(Verdict("judge", version, False, "no other answer to compare it with"))
+        else:
+            out.append(Verdict("judge", version, t["won"] > t["lost"], f"preferred in {t['won']}, beaten in {t['lost']}, "
+                                                                     f"tied in {t['tied']} judgements against the problem's other answers"))
+    return out
+
+
 FILTERS: dict[str, Callable[[list[Sample], FilterContext], list[Verdict]]] = {
     "oracle": oracle, "length": length, "vote": vote, "model_vote": model_vote, "dedup": dedup,
-    "agreement": agreement, "verify": verify, "cap": cap, "consistency": consistency,
+    "agreement": agreement, "verify": verify, "cap": cap, "consistency": consistency, "judge": judge,
 }
 
 

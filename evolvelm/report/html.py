@@ -179,6 +179,16 @@ def _tables(summary: dict) -> str:
                 "of the kept labels' final answers and of their whole scratchpads (true answers, benchmark only).</p>"
                 + _html_table(["round", "promoted", "accuracy (kept)", "accuracy (candidate)", "pass@1", "diversity",
                                "distinct right / problem", "label precision", "rationale precision"], rows))
+    audited = [r for r in summary["rounds"] if r.get("judge")]
+    if audited:
+        rows = [[r["round"], r["judge"]["name"], r["judge"]["version"], "yes" if r["judge"]["passed"] else "FAILED",
+                 _fmt((r["judge"]["adversarial"] or {}).get("accuracy")), _fmt(r["judge"]["all"]["accuracy"]),
+                 _fmt(r["judge"]["all"]["agreement"]), _fmt(r["judge"]["all"]["ties"])] for r in audited]
+        out += ("<h2>Judge audits</h2><p>The judge of the <code>judge</code> filter on LLMBar, each pair in both orders "
+                "(accuracy: single-order verdicts that pick the better output; agreement: pairs judged the same both "
+                "ways). A round whose judge failed used none of its judgements.</p>"
+                + _html_table(["round", "judge", "version", "passed", "adversarial accuracy", "accuracy", "agreement",
+                               "ties"], rows))
     refined = [r for r in summary["rounds"] if r["filters"]]
     if refined:
         names = list(refined[-1]["filters"])

@@ -49,9 +49,7 @@ class Served:
         self.model, self.names, self.stop = model, names, list(stop)  # stop: the run's, always applied
         self.backend = model.backend
         self.format, self.tokenizer = self.backend.format, self.backend.tokenizer
-        config = self.backend.base.config
-        self.context = next((v for v in (getattr(config, k, None) for k in ("max_position_embeddings", "n_positions"))
-                             if isinstance(v, int)), None) or self.tokenizer.model_max_length
+        self.context = self.backend.context
         self.created, self.loaded = int(time.time()), set()
 
     def add(self, name: str, path: str) -> None:

@@ -31,6 +31,7 @@ def summarize(run: Run, cfg: Config) -> dict:
             "temperature": acquire.get("temperature"), "vote_agreement": refine.get("vote_agreement"),
             "decision": gate.get("decision", ""), "module": refine.get("module"), "router": ev.get("router"),
             "model_version": ev["model_version"], "seconds": round(seconds.get(rnd, 0.0), 1),
+            **({"judge": judge_line(refine["judge"])} if refine.get("judge") else {}),
         })
     promoted = [r for r in rounds if r["promoted"]]
     extra = {"forgetting": forgetting(rounds, cfg.skills)} if cfg.recipe == "modular" and rounds else {}
@@ -43,6 +44,13 @@ def summarize(run: Run, cfg: Config) -> dict:
     return {**extra, "rounds": rounds, "final_frontier": promoted[-1]["frontier"] if promoted else {},
             "sandbox": (run.done(0, "eval") or {}).get("sandbox"),
             "skills": cfg.skills, "wall_seconds": round(sum(seconds.values()), 1)}
+
+
+def judge_line(judging: dict) -> dict:
+    """A round's judge audit in brief: who, which version, passed or not, and its numbers."""
+    a = judging["audit"]
+    return {"name": a["judge"]["name"], "version": a["judge"]["version"], "passed": judging["passed"],
+            "reason": judging["reason"], "adversarial": a["adversarial"], "all": a["all"]}
 
 
 def forgetting(rounds: list[dict], sequence: list[str]) -> dict:

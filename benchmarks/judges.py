@@ -52,7 +52,7 @@ def main() -> None:
         for subset, s in rows:
             b = (base["subsets"].get(subset) if subset in base["subsets"] else base["adversarial"] if subset.startswith("Adv")
                  else base["all"]) if base else None
-            for metric in ("accuracy", "agreement", "ties", "no_verdict"):
+            for metric in ("accuracy", "both_right", "agreement", "ties", "no_verdict"):
                 ref = b[metric] if b else None
                 ratio = f"{s[metric] / ref:.2f}" if ref else "-"
                 what = f"{who} {subset} {metric} (n={s['pairs']})"

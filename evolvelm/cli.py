@@ -203,10 +203,11 @@ def cmd_judge(a) -> int:
         judge.close()
     ok, why = judges.verdict(report, a.min_accuracy, a.min_agreement)
     report["passed"] = {"min_accuracy": a.min_accuracy, "min_agreement": a.min_agreement, "passed": ok}
-    print(f"{'subset':<24} {'pairs':>5} {'accuracy':>8} {'agreement':>9} {'ties':>6} {'no verdict':>10}")
+    print(f"{'subset':<24} {'pairs':>5} {'accuracy':>8} {'both right':>10} {'agreement':>9} {'ties':>6} {'no verdict':>10}")
     for name, r in [*report["subsets"].items(), ("Adversarial (pooled)", report["adversarial"]), ("all", report["all"])]:
         if r:
-            print(f"{name:<24} {r['pairs']:>5} {r['accuracy']:>8.3f} {r['agreement']:>9.3f} {r['ties']:>6.3f} {r['no_verdict']:>10.3f}")
+            print(f"{name:<24} {r['pairs']:>5} {r['accuracy']:>8.3f} {r['both_right']:>10.3f} {r['agreement']:>9.3f} "
+                  f"{r['ties']:>6.3f} {r['no_verdict']:>10.3f}")
     print(("passed: " if ok else "FAILED: ") + why)
     if a.out:
         Path(a.out).write_text(json.dumps(report, indent=1))

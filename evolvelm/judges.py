@@ -224,6 +224,7 @@ def _rates(labels: list[int], judged: list[Pairwise]) -> dict:
     n = len(labels)
     return {"pairs": n,
             "accuracy": round(sum((p.shown == y) + (p.swapped == y) for y, p in zip(labels, judged)) / (2 * n), 4),
+            "both_right": round(sum(p.winner == y for y, p in zip(labels, judged)) / n, 4),
             "agreement": round(sum(p.winner != 0 for p in judged) / n, 4),
             "ties": round(sum(p.winner == 0 for p in judged) / n, 4),
             "no_verdict": round(sum((p.shown == 0) + (p.swapped == 0) for p in judged) / (2 * n), 4)}
@@ -231,9 +232,10 @@ def _rates(labels: list[int], judged: list[Pairwise]) -> dict:
 
 def audit(judge, folder: str | Path, limit: int = 0) -> dict:
     """The judge on LLMBar, in both orders. Per subset: `accuracy` (share of the single-order verdicts
-    that pick the better output; a missing verdict counts as wrong), `agreement` (share of pairs judged
-    the same in both orders), `ties` (pairs whose verdict flips or is missing) and `no_verdict`; then the
-    Adversarial subsets pooled (`adversarial`) and everything pooled (`all`)."""
+    that pick the better output; a missing verdict counts as wrong), `both_right` (pairs right in both
+    orders), `agreement` (share of pairs judged the same in both orders), `ties` (pairs whose verdict
+    flips or is missing) and `no_verdict`; then the Adversarial subsets pooled (`adversarial`) and
+    everything pooled (`all`). `verdicts` keeps every pair's two verdicts (given order, swapped)."""
     t0, data = time.time(), llmbar(folder, limit)
     items = [(r["input"], r["output_1"], r["output_2"]) for rows in data.values() for r in rows]
     judged = iter(pairwise(judge, items))
@@ -243,7 +245,8 @@ def audit(judge, folder: str | Path, limit: int = 0) -> dict:
     pooled = lambda names: _rates([y for n in names for y in labels[n]], [p for n in names for p in per[n]])
     return {"judge": {"name": judge.name, "version": judge.version, "method": getattr(judge, "method", "baseline")},
             "data": str(folder), "limit": limit, "subsets": {n: _rates(labels[n], per[n]) for n in data},
-            "adversarial": pooled(adv) if adv else None, "all": pooled(list(data)), "seconds": round(time.time() - t0, 1)}
+            "adversarial": pooled(adv) if adv else None, "all": pooled(list(data)), "seconds": round(time.time() - t0, 1),
+            "verdicts": {n: [[p.shown, p.swapped] for p in per[n]] for n in data}}
 
 
 def verdict(report: dict, min_accuracy: float, min_agreement: float) -> tuple[bool, str]:
@@ -259,13 +262,14 @@ def verdict(report: dict, min_accuracy: float, min_agreement: float) -> tuple[bo
 
 def html_table(reports: list[dict]) -> str:
     """One row per judge and subset: the audit table as a self-contained HTML page."""
-    head = "<tr><th>judge</th><th>version</th><th>subset</th><th>pairs</th><th>accuracy</th><th>agreement</th><th>ties</th><th>no verdict</th></tr>"
+    head = ("<tr><th>judge</th><th>version</th><th>subset</th><th>pairs</th><th>accuracy</th><th>right in both orders</th>"
+            "<th>agreement</th><th>ties</th><th>no verdict</th></tr>")
     rows = []
     for r in reports:
         for name, s in [*r["subsets"].items(), ("Adversarial (pooled)", r["adversarial"]), ("all", r["all"])]:
             if s:
                 rows.append("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
-                    r["judge"]["name"], r["judge"]["version"], name, s["pairs"], s["accuracy"], s["agreement"], s["ties"],
+                    r["judge"]["name"], r["judge"]["version"], name, s["pairs"], s["accuracy"], s["both_right"], s["agreement"], s["ties"],
                     s["no_verdict"])) + "</tr>")
     return ("<!doctype html><meta charset=utf-8><title>evolvelm judge audit</title><style>body{font-family:sans-serif}"
             "td,th{padding:2px 8px;text-align:left}</style><h1>Judge audit (LLMBar)</h1><table>" + head + "".join(rows) + "</table>")

@@ -45,10 +45,11 @@ def test_verdicts_are_read_from_what_a_judge_writes():
 def test_the_audit_asks_both_orders_and_counts_a_flip_as_a_tie(llmbar_dir):
     fair = judges.audit(Scripted(), llmbar_dir)
     assert set(fair["subsets"]) == {"Natural", "Adversarial/Neighbor", "Adversarial/GPTOut"}
-    assert fair["all"] == {"pairs": 6, "accuracy": 1.0, "agreement": 1.0, "ties": 0.0, "no_verdict": 0.0}
+    assert fair["all"] == {"pairs": 6, "accuracy": 1.0, "both_right": 1.0, "agreement": 1.0, "ties": 0.0, "no_verdict": 0.0}
     assert fair["adversarial"]["pairs"] == 4
     biased = judges.audit(Scripted(biased=True), llmbar_dir)  # right in one order of every pair, never both
-    assert biased["all"] == {"pairs": 6, "accuracy": 0.5, "agreement": 0.0, "ties": 1.0, "no_verdict": 0.0}
+    assert biased["all"] == {"pairs": 6, "accuracy": 0.5, "both_right": 0.0, "agreement": 0.0, "ties": 1.0, "no_verdict": 0.0}
+    assert biased["verdicts"]["Natural"] == [[1, 2], [1, 2]]
     assert judges.audit(judges.FirstJudge(), llmbar_dir)["all"] == biased["all"]
     first, again = (judges.audit(judges.RandomJudge(3), llmbar_dir) for _ in range(2))
     assert first["subsets"] == again["subsets"]  # seeded by the judgement itself

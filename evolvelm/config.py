@@ -168,7 +168,9 @@ class JudgeConfig:
     api_key_env: str = ""            # backend openai: the environment variable holding the judge's key
     method: str = "generate"         # generate: the verdict read from a greedy answer | logprobs: the likelier verdict
     mode: str = "score"              # score: keep answers the judge rates >= judge.threshold (1-5) | samples: keep
-                                     # answers preferred to the problem's other answers in most pairwise judgements
+                                     # answers preferred to the problem's other answers in most pairwise judgements |
+                                     # reference: keep answers preferred to the problem's reference answer (star,
+                                     # rest-em, pairs: their problems come with answers)
     threshold: float = 4.0           # score: the lowest rating kept
     audit: str = ""                  # a judge other than self: the report of `evolvelm judge audit --out` it must pass
     data: str = "../shared/data/llmbar"  # self: the LLMBar folder each round's audit reads
@@ -207,7 +209,7 @@ CHOICES = {"model.backend": sorted(BACKENDS), "model.dtype": ["auto", "float32",
            "knowledge.method": ["distill", "sft-qa", "sft-doc", "icl", "retrieval"],
            "modules.method": ["modular", "shared", "replay", "full"], "modules.router": ["hidden", "chars"],
            "acquire.schedule": ["fixed", "adaptive"], "judge.backend": ["hf", "openai"],
-           "judge.method": ["generate", "logprobs"], "judge.mode": ["score", "samples"]}
+           "judge.method": ["generate", "logprobs"], "judge.mode": ["score", "samples", "reference"]}
 
 
 def _check_type(key: str, value, typ):

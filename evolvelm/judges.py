@@ -304,6 +304,9 @@ def check_config(cfg) -> None:
     if cfg.recipe != "semisup":
         raise ConfigError(f"refine.chain: the 'judge' filter runs in the semisup recipes (lmsi, star, pairs, "
                           f"self-rewarding, ...); recipe {cfg.recipe!r} does not build it")
+    if j.mode == "reference" and cfg.semisup.method not in ("star", "rest-em", "pairs"):
+        raise ConfigError(f"judge.mode: reference compares answers with the problem's reference answer, which only "
+                          f"star, rest-em and pairs read; semisup.method {cfg.semisup.method!r} learns without them")
     if cfg.semisup.temperatures or cfg.semisup.thresholds:
         raise ConfigError("semisup.temperatures: B-STaR chooses its settings by the chain on a dev slice, without a "
                           "judge; the 'judge' filter cannot be in that chain")

@@ -93,6 +93,8 @@ def test_a_judge_filter_runs_only_behind_a_passing_audit_of_that_very_judge(tmp_
     assert main([*star, f"judge.audit={tmp_path / 'random.json'}"]) == 2
     assert "audits judge version random-0 (random, baseline), but the configured judge (first" in capsys.readouterr().err
     assert main([*star, f"judge.audit={tmp_path / 'first.json'}", "judge.min_accuracy=0.5", "judge.min_agreement=0"]) == 0
+    assert main(["validate", "lmsi", "refine.chain=[judge]", "judge.mode=reference", f"judge.data={llmbar_dir}"]) == 2
+    assert "judge.mode: reference compares answers with the problem's reference answer" in capsys.readouterr().err
     assert main(["validate", "copy-ladder", "refine.chain=[judge]"]) == 2
     assert "the 'judge' filter runs in the semisup recipes" in capsys.readouterr().err
     assert main(["validate", "star", "refine.chain=[judge]", f"judge.data={tmp_path / 'none'}"]) == 2
@@ -117,6 +119,12 @@ def test_the_judge_filter_keeps_what_the_judge_prefers_and_nothing_without_a_jud
     assert rated == [(True, "rated 5.0 (keep >= 4.0)"), (False, "rated 1.0 (keep >= 4.0)"), (True, "rated 5.0 (keep >= 4.0)"),
                      (True, "rated 5.0 (keep >= 4.0)")]
     assert chain(judge=None, judge_note="it failed") == [(False, "it failed")] * 4
+    samples = [Sample(1, "copy", 1, "Say yes.", c, "v", k, k, 1.0, -1.0, ref) for k, (c, ref) in
+               enumerate([("yes", "no"), ("no", "yes"), ("yes", "yes"), ("maybe", "perhaps")])]
+    run_chain(["judge"], samples, FilterContext(1, 0.5, judge=Scripted(), judge_mode="reference"))
+    assert [(s.kept, s.verdicts[0].reason) for s in samples] == [
+        (True, "preferred to the reference in both orders"), (False, "the reference is preferred"),
+        (True, "the reference itself"), (False, "tied with the reference (the verdict flips with the order)")]
 
 
 def test_a_prompt_longer_than_the_model_reads_gets_no_verdict(chat_model):

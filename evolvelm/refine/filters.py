@@ -28,6 +28,7 @@ class FilterContext:
     nll_quantile: float = 0.3   # `consistency`: inconsistent samples kept in this lowest quantile of mean token NLL
     judge: object = None        # `judge`: an audited judge (evolvelm.judges), None when it failed its audit
     judge_mode: str = "score"   # `judge`: score (a rating) | samples (pairwise against the problem's other answers)
+                                # | reference (pairwise against the problem's reference answer)
     judge_threshold: float = 4.0  # `judge`, score: the lowest rating kept
     judge_note: str = ""        # `judge`: why there is no judge this round (its failed audit)
 
@@ -205,15 +206,27 @@ def agreement(samples: list[Sample], ctx: FilterContext) -> list[Verdict]:
 
 
 def judge(samples: list[Sample], ctx: FilterContext) -> list[Verdict]:
-    """Keep what an audited judge prefers: answers it rates at least `judge_threshold` (mode score), or
+    """Keep what an audited judge prefers: answers it rates at least `judge_threshold` (mode score),
     answers preferred to the problem's other distinct answers in more pairwise judgements than they lose
-    (mode samples; every pair asked in both orders, a flip is a tie; an answer alone is not compared).
+    (mode samples; every pair asked in both orders, a flip is a tie; an answer alone is not compared),
+    or answers preferred to the problem's reference answer in both orders (mode reference: recipes
+    whose problems come with answers; the reference itself is kept).
     Without a judge (it failed its audit this round) nothing is kept, and the verdicts say why."""
     from evolvelm.judges import pairwise
 
     if ctx.judge is None:
         return [Verdict("judge", "-", False, ctx.judge_note or "no audited judge") for _ in samples]
     version = ctx.judge.version
+    if ctx.judge_mode == "reference":
+        differ = [s for s in samples if s.completion != s.true_answer]
+        winners = iter(p.winner for p in pairwise(ctx.judge, [(s.prompt, s.completion, s.true_answer) for s in differ]))
+        out = []
+        for s in samples:
+            w = 1 if s.completion == s.true_answer else next(winners)
+            out.append(Verdict("judge", version, w == 1, "the reference itself" if s.completion == s.true_answer else
+                               {1: "preferred to the reference in both orders", 2: "the reference is preferred"}.get(
+                                   w, "tied with the reference (the verdict flips with the order)")))
+        return out
     if ctx.judge_mode == "score":
         scores = ctx.judge.score([(s.prompt, s.completion) for s in samples])
         return [Verdict("judge", version, x is not None and x >= ctx.judge_threshold,

@@ -201,7 +201,7 @@ def llmbar(folder: str | Path, limit: int = 0) -> dict[str, list[dict]]:
     files = sorted(root.glob("Natural/dataset.jsonl")) + sorted(root.glob("Adversarial/*/dataset.jsonl"))
     if not files:
         raise FileNotFoundError(f"{root}: no LLMBar subsets (Natural/dataset.jsonl, Adversarial/*/dataset.jsonl); "
-                                "the data is in ../shared/data/llmbar, or pass --data")
+                                "LLMBar is in ../shared/data/llmbar here; name its folder with --data or judge.data")
     out = {}
     for f in files:
         rows = []

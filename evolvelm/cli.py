@@ -57,6 +57,9 @@ def _execute(run: Run, quiet: bool) -> int:
         print(f"evolvelm: error: {e}\nthe round stopped with nothing of its stage scored; the completions are in {path}. "
               f"Fix the checker, then continue with: evolvelm resume {run.root}", file=sys.stderr)
         return 1
+    finally:
+        if "evolvelm.backends.cluster" in sys.modules:  # the run's Ray workers
+            sys.modules["evolvelm.backends.cluster"].shutdown()
     first = summary["rounds"][0]
     promoted = sum(r["promoted"] for r in summary["rounds"][1:])
     print(f"run {run.root}: {len(summary['rounds']) - 1} rounds ({promoted} promoted) in {time.time() - t0:.0f}s")

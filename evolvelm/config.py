@@ -180,6 +180,15 @@ class JudgeConfig:
 
 
 @dataclass
+class ClusterConfig:
+    address: str = ""                # Ray fan-out of generation and scoring: "" (off: this process) | local (a Ray
+                                     # cluster started on this machine) | a running cluster's address (host:6379)
+    workers: int = 2                 # Ray workers, each holding a copy of the model (answers as model.batch_size batches)
+    cpus: float = 1.0                # CPU cores per worker (its torch threads)
+    gpus: float = 0.0                # GPUs per worker (fractions share one)
+
+
+@dataclass
 class Config:
     recipe: str = "ladder"           # loop family: evolvelm/recipes/<recipe>.py
     rounds: int = 4                  # self-improvement rounds after the round-0 evaluation
@@ -201,6 +210,7 @@ class Config:
                                      # skills = the other skills that must not be lost
     semisup: SemisupConfig = field(default_factory=SemisupConfig)  # recipe semisup
     judge: JudgeConfig = field(default_factory=JudgeConfig)  # the `judge` filter (recipe semisup) and its audit
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)  # Ray workers for acquisition, evaluation, scoring
 
 
 CHOICES = {"model.backend": sorted(BACKENDS), "model.dtype": ["auto", "float32", "bfloat16", "float16"],
@@ -355,6 +365,8 @@ def validate(cfg: Config) -> None:
         if cfg.recipe == "modular" and cfg.modules.method == "modular":
             raise ConfigError("model.backend: modular-skills answers through its router with every module loaded "
                               "at once; it needs the hf backend")
+    if cfg.cluster.address:
+        _check_cluster(cfg)
     if cfg.sandbox.level not in ("auto", "subprocess", "bwrap"):
         raise ConfigError(f"sandbox.level: must be one of ['auto', 'subprocess', 'bwrap'], got {cfg.sandbox.level!r}")
     if cfg.model.device != "auto" and not (cfg.model.device == "cpu" or cfg.model.device.startswith(("cuda", "mps"))):
@@ -407,6 +419,25 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"update.new_weight: must be in (0, 1], got {cfg.update.new_weight}")
     if not 0 <= cfg.update.original_weight <= 1 - cfg.update.new_weight:
         raise ConfigError(f"update.original_weight: must be in [0, 1 - update.new_weight], got {cfg.update.original_weight}")
+
+
+def _check_cluster(cfg: Config) -> None:
+    """What a Ray fan-out needs: ray installed, a local backend, and a recipe that only generates and scores."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise ConfigError("cluster.address: Ray fan-out needs ray; pip install 'evolvelm[ray]'")
+    if cfg.model.backend not in ("hf", "fake"):
+        raise ConfigError(f"cluster.address: Ray workers run the hf or fake backend, not {cfg.model.backend!r} "
+                          f"(an endpoint fans out by itself: model.concurrency)")
+    if cfg.model.backend == "fake" and cfg.data:
+        raise ConfigError("cluster.address: the fake backend answers skills from data only in the process that read them")
+    if cfg.recipe == "modular" or (cfg.recipe == "knowledge" and cfg.knowledge.method == "distill"):
+        raise ConfigError(f"cluster.address: recipe {cfg.recipe!r} reads the model's weights in this process "
+                          f"(modules and router, distillation targets); run it without a cluster")
+    if cfg.cluster.workers < 1 or cfg.cluster.cpus <= 0 or cfg.cluster.gpus < 0:
+        raise ConfigError(f"cluster: workers must be >= 1, cpus > 0 and gpus >= 0; got {cfg.cluster.workers}, "
+                          f"{cfg.cluster.cpus}, {cfg.cluster.gpus}")
 
 
 def _value(cfg: Config, key: str):

@@ -204,8 +204,12 @@ def backend_for(cfg: Config, run, member: State | Member):
         options |= {"base_url": m.base_url, "api_key_env": m.api_key_env, "served_name": m.served_name,
                     "concurrency": m.concurrency, "timeout_s": m.timeout_s,
                     "cache": str(run.root / "requests.sqlite") if run is not None else None}
-    return make_backend(cfg.model.backend, resolve(member.model, run),
-                        adapter=resolve(member.adapter, run) if member.adapter else None, **options)
+    name, adapter = cfg.model.backend, resolve(member.adapter, run) if member.adapter else None
+    if cfg.cluster.address:  # the same backend on Ray workers (evolvelm.backends.cluster)
+        c = cfg.cluster
+        name, options = "ray", options | {"inner": name, "address": c.address, "workers": c.workers, "cpus": c.cpus,
+                                          "gpus": c.gpus}
+    return make_backend(name, resolve(member.model, run), adapter=adapter, **options)
 
 
 def backend_options(cfg: Config) -> dict:

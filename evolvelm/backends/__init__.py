@@ -12,6 +12,7 @@ BACKENDS = {
     "openai": "evolvelm.backends.openai:OpenAIBackend",
     "fake": "evolvelm.backends.fake:FakeBackend",
 }
+RAY = "evolvelm.backends.cluster:RayBackend"  # `cluster.address`: another backend on Ray workers
 
 
 class Backend(Protocol):
@@ -38,7 +39,7 @@ class Backend(Protocol):
 
 def make_backend(name: str, model_path: str, **kwargs) -> Backend:
     """Instantiate backend `name` on the checkpoint at `model_path`."""
-    if name not in BACKENDS:
+    if name not in BACKENDS and name != "ray":
         raise KeyError(f"unknown backend {name!r}; valid backends: {sorted(BACKENDS)}")
-    module, cls = BACKENDS[name].split(":")
+    module, cls = (RAY if name == "ray" else BACKENDS[name]).split(":")
     return getattr(importlib.import_module(module), cls)(model_path, **kwargs)

@@ -11,7 +11,7 @@ from transformers import AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
 from evolvelm.models import load_model, torch_device
 from evolvelm.prompts import PromptFormat
-from evolvelm.store.hashing import dir_hash
+from evolvelm.store.hashing import adapter_version, dir_hash
 from evolvelm.types import Generation
 
 
@@ -45,6 +45,14 @@ def left_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
     return x, mask
 
 
+def batches(lengths: list[int], size: int) -> list[list[int]]:
+    """The rows `generate` runs together: sorted by token count (little padding), `size` at a time.
+    A batch's answers depend on its rows alone, so whoever runs the same batches (one process, or
+    Ray workers sharing them out: evolvelm.backends.cluster) gets the same answers."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[i:i + size] for i in range(0, len(order), size)]
+
+
 class HFBackend:
     """Batched generation with `model.generate`; per-token log-probs from the raw logits."""
 
@@ -68,12 +76,16 @@ class HFBackend:
 
         self.unload_adapter()
         self.model, self.adapter = PeftModel.from_pretrained(self.base, path).eval(), path
-        self.version = f"{self._base_version}+{dir_hash(path)}"
+        self.version = adapter_version(self._base_version, path)
 
     def unload_adapter(self) -> None:
         if self.adapter:
             self.base = self.model.unload()
             self.model, self.adapter, self.version = self.base, None, self._base_version
+
+    def batches(self, prompts: list[str]) -> list[list[int]]:
+        """The indices of the prompts `generate` answers together, batch by batch."""
+        return batches([len(self.format.prompt_ids(p)) for p in prompts], self.batch_size)
 
     def generate(self, prompts: list[str], seeds: list[int], temperature: float,
                  max_new_tokens: int) -> list[Generation]:
@@ -89,10 +101,8 @@ class HFBackend:
         if longest + max_new_tokens > self.context:
             raise ValueError(f"{self.model_path} reads {self.context} tokens; a prompt of {longest} tokens and "
                              f"{max_new_tokens} new ones do not fit")
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         out: list[Generation | None] = [None] * len(ids)
-        for i in range(0, len(order), self.batch_size):
-            rows = order[i:i + self.batch_size]
+        for rows in batches([len(r) for r in ids], self.batch_size):
             x, mask = left_padded([ids[r] for r in rows], fmt.pad_id)
             chunk_seeds = [seeds[r] for r in rows]
             processors = LogitsProcessorList([SeededSampling(chunk_seeds, temperature)] if temperature > 0 else [])

@@ -16,6 +16,11 @@ def dir_hash(path: str | Path) -> str:
     return _hash(root, stats)
 
 
+def adapter_version(base_version: str, adapter: str | Path) -> str:
+    """The version of base weights with the adapter saved at `adapter` applied."""
+    return f"{base_version}+{dir_hash(adapter)}"
+
+
 @lru_cache(maxsize=256)
 def _hash(root: Path, stats: tuple) -> str:
     h = hashlib.sha256()

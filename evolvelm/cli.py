@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from evolvelm import __version__, config
+from evolvelm.backends.check import ServedWeightsError
 from evolvelm.config import ConfigError
 from evolvelm.store.run import Run
 from evolvelm.tasks.checkers import CheckerError
@@ -56,6 +57,9 @@ def _execute(run: Run, quiet: bool) -> int:
         path = run.record_checker_errors(e.failures)
         print(f"evolvelm: error: {e}\nthe round stopped with nothing of its stage scored; the completions are in {path}. "
               f"Fix the checker, then continue with: evolvelm resume {run.root}", file=sys.stderr)
+        return 1
+    except ServedWeightsError as e:
+        print(f"evolvelm: error: {e}\nrun: {run.root}", file=sys.stderr)
         return 1
     finally:
         if "evolvelm.backends.cluster" in sys.modules:  # the run's Ray workers

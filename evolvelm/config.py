@@ -38,6 +38,9 @@ class ModelConfig:
     served_name: str = ""            # backend openai: the endpoint's name for model.path ("": the one it lists)
     concurrency: int = 8             # backend openai: requests in flight at once
     timeout_s: float = 120.0         # backend openai: seconds per request before it is retried (5 retries, backoff)
+    served_check: bool = True        # backend openai: after each adapter load, probe answers must match this
+                                     # process's hf backend on that adapter (evolvelm.backends.check)
+    served_tolerance: float = 0.05   # ... in first-token log-probability, at most
 
 
 @dataclass

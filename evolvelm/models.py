@@ -202,7 +202,8 @@ def backend_for(cfg: Config, run, member: State | Member):
     if cfg.model.backend == "openai":  # its settings, and the run's request cache
         m = cfg.model
         options |= {"base_url": m.base_url, "api_key_env": m.api_key_env, "served_name": m.served_name,
-                    "concurrency": m.concurrency, "timeout_s": m.timeout_s,
+                    "concurrency": m.concurrency, "timeout_s": m.timeout_s, "served_check": m.served_check,
+                    "served_tolerance": m.served_tolerance,
                     "cache": str(run.root / "requests.sqlite") if run is not None else None}
     name, adapter = cfg.model.backend, resolve(member.adapter, run) if member.adapter else None
     if cfg.cluster.address:  # the same backend on Ray workers (evolvelm.backends.cluster)

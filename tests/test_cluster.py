@@ -11,6 +11,7 @@ ray = pytest.importorskip("ray", reason="Ray fan-out needs ray (pip install 'evo
 
 from evolvelm import config  # noqa: E402
 from evolvelm.backends import cluster  # noqa: E402
+from evolvelm.backends.check import ServedWeightsError  # noqa: E402
 from evolvelm.backends.hf import HFBackend  # noqa: E402
 from evolvelm.cli import main  # noqa: E402
 from evolvelm.config import ConfigError  # noqa: E402
@@ -79,7 +80,7 @@ def test_a_worker_serving_other_weights_stops_the_stage(tmp_path):
     adapter = str(random_adapter(base, tmp_path / "adapter"))
     remote = cluster.RayBackend(base, adapter=adapter, batch_size=8, workers=2, cpus=1)
     ray.get(remote.pool.workers[0].serve.remote(None))  # its adapter lost behind the pool's back (a failed sync)
-    with pytest.raises(RuntimeError, match="Ray workers serve .* not .*adapter"):
+    with pytest.raises(ServedWeightsError, match="Ray workers serve .* not .*adapter"):
         remote.generate(PROMPTS, SEEDS, 0.0, 12)
     remote.close()
     cluster.shutdown()

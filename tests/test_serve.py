@@ -95,14 +95,14 @@ def test_a_runs_evolved_model_answers_as_evolvelm_generate_does_and_adapters_loa
             client.post("/load_lora_adapter", body={"lora_name": "base", "lora_path": str(other)}, cast_to=str)
 
 
-def random_adapter(base: str, out):
+def random_adapter(base: str, out, seed: int = 1):
     """A LoRA adapter whose weights are random (not the zero B of a fresh one): it changes answers."""
     import torch
     from peft import LoraConfig, get_peft_model
 
     from evolvelm.models import load_model
 
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     model = get_peft_model(load_model(base), LoraConfig(r=8, target_modules="all-linear", init_lora_weights=False))
     model.save_pretrained(out)
     return out
@@ -226,6 +226,9 @@ def test_the_openai_backend_runs_a_recipe_against_evolvelm_serve_as_hf_does_and_
         before = len(asked)
         got = run_recipe(cfg, Run.open(run.root), quiet=True)
     assert before >= 40 and len(asked) > before
+    probes = [a for a in asked if a[0].max_tokens == 1]  # the served-weights check's, asked afresh at each load
+    assert probes and len(probes) % 4 == 0
+    asked = [a for a in asked if a[0].max_tokens != 1]
     assert len(set(asked)) == len(asked), "a request was sent twice"
     assert comparable(got) == comparable(expected)
     assert any(r["promoted"] for r in got["rounds"][1:])  # an adapter was loaded into the endpoint and used
@@ -242,3 +245,24 @@ def test_validate_names_what_the_openai_backend_needs(capsys):
     assert main(["validate", "modular-skills", "model.backend=openai", "model.base_url=http://127.0.0.1:1/v1"]) == 2
     assert "it needs the hf backend" in capsys.readouterr().err
     assert main(["validate", "copy-ladder", "model.backend=openai", "model.base_url=http://127.0.0.1:1/v1"]) == 0
+
+
+def test_an_endpoint_serving_a_stale_adapter_under_the_rounds_name_stops_the_backend(tmp_path, monkeypatch):
+    """vLLM's stale-LoRA bug, played by `evolvelm serve`: a name loaded before keeps its old weights
+    when loaded again. The served-weights check catches it; on an honest server the check passes."""
+    from evolvelm.backends.check import ServedWeightsError
+    from evolvelm.backends.openai import OpenAIBackend
+    from evolvelm.store.hashing import dir_hash
+
+    base = resolve("zoo:copy-reverse")
+    right, stale = random_adapter(base, tmp_path / "right"), tmp_path / "stale"
+    served = open_served("zoo:copy-reverse")
+    with serving(served, allow_loading=True) as (client, url):
+        OpenAIBackend(base, adapter=str(right), base_url=url).close()  # an honest load passes the check
+        random_adapter(base, stale, seed=7)  # other weights, loaded under the right adapter's name
+        client.post("/load_lora_adapter", body={"lora_name": f"evolvelm-{dir_hash(right)}", "lora_path": str(stale)},
+                    cast_to=str)
+        add = served.add
+        monkeypatch.setattr(served, "add", lambda name, path: None if name in served.loaded else add(name, path))
+        with pytest.raises(ServedWeightsError, match="is not adapter"):
+            OpenAIBackend(base, adapter=str(right), base_url=url)

@@ -28,6 +28,7 @@ import time
 from collections import Counter, deque
 from pathlib import Path
 
+from evolvelm.backends.check import ServedWeightsError
 from evolvelm.store.hashing import adapter_version
 from evolvelm.types import Generation
 
@@ -113,7 +114,7 @@ class Pool:
         base = base or self.base_version
         want = adapter_version(base, adapter) if adapter else base
         if any(v != want for v in versions):
-            raise RuntimeError(f"Ray workers serve {sorted(set(versions))}, not {want} "
+            raise ServedWeightsError(f"Ray workers serve {sorted(set(versions))}, not {want} "
                                f"({'adapter ' + adapter if adapter else 'the base weights'}); the stage stops "
                                f"before any answer is drawn. Run `evolvelm resume` to try again")
         return want

@@ -8,7 +8,9 @@ has a chat template, `model.chat` not off) or /completions (raw text), and rende
 every sample stores; its hash is the weights version, as with `hf`. The endpoint must serve those
 weights. An adapter (a round's update) is loaded into the endpoint by vLLM's
 `POST /load_lora_adapter` under a name made of its content hash, so a name never serves stale weights;
-the endpoint must read the run directory's paths (same machine, or a shared disk).
+the endpoint must read the run directory's paths (same machine, or a shared disk). After each load,
+the served-weights check (evolvelm.backends.check) compares the endpoint's answers to probe prompts
+with this process's hf backend on the same adapter; a stale adapter stops the stage.
 
 Every response is cached in the run directory (`requests.sqlite`), keyed by the request itself, so a
 run resumed after a crash never sends a request twice. Requests go out `concurrency` at a time; the
@@ -30,7 +32,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from evolvelm.config import ConfigError
 from evolvelm.prompts import PromptFormat
-from evolvelm.store.hashing import dir_hash
+from evolvelm.backends.check import PROBES, check_served
+from evolvelm.store.hashing import adapter_version, dir_hash
 from evolvelm.types import Generation
 
 
@@ -61,7 +64,8 @@ class OpenAIBackend:
 
     def __init__(self, model_path: str, adapter: str | None = None, base_url: str = "", api_key_env: str = "",
                  served_name: str = "", concurrency: int = 8, timeout_s: float = 120.0, cache: str | None = None,
-                 chat: str = "auto", system: str = "", stop: list[str] = (), **_local):  # _local: device, dtype, ...
+                 chat: str = "auto", system: str = "", stop: list[str] = (), served_check: bool = True,
+                 served_tolerance: float = 0.05, **local):  # local: device, dtype, ... (the check's hf reference)
         try:
             import openai
         except ImportError as e:
@@ -72,6 +76,8 @@ class OpenAIBackend:
         self.client = openai.OpenAI(base_url=base_url, api_key=key, timeout=timeout_s, max_retries=5)
         self.format = PromptFormat.load(model_path, chat, system)
         self.stop, self.concurrency, self.cache = list(stop), concurrency, RequestCache(cache)
+        self.model_path, self.check, self.tolerance = model_path, served_check, served_tolerance
+        self.hf_options = {k: v for k, v in local.items() if k in ("device", "dtype")} | {"chat": chat, "system": system}
         self.base_name = served_name or self._only_model(base_url)
         self._base_version = dir_hash(model_path)
         self.name, self.adapter, self.version = self.base_name, None, self._base_version
@@ -88,7 +94,11 @@ class OpenAIBackend:
         digest = dir_hash(path)
         name = f"evolvelm-{digest}"
         self.client.post("/load_lora_adapter", body={"lora_name": name, "lora_path": str(path)}, cast_to=str)
-        self.name, self.adapter, self.version = name, path, f"{self._base_version}+{digest}"
+        self.name, self.adapter, self.version = name, path, adapter_version(self._base_version, path)
+        if self.check:  # evolvelm.backends.check: asked afresh, never from the cache
+            probes = [self._send(*self._request(p, 0, 0.0, 1)) for p in PROBES]
+            check_served([Generation(r["text"], r["logprobs"], 0) for r in probes], self.model_path, path,
+                         self.tolerance, **self.hf_options)
 
     def unload_adapter(self) -> None:
         self.name, self.adapter, self.version = self.base_name, None, self._base_version

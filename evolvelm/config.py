@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 class ModelConfig:
     path: str = "zoo:copy-reverse"   # a Hugging Face directory, a hub id in the local cache, a .gguf file, or
                                      # zoo:NAME (a shipped tiny model, or zoo:smollm2-135m-instruct)
-    backend: str = "hf"              # generation backend: hf | openai (an OpenAI-compatible endpoint) | fake
+    backend: str = "hf"              # generation backend: hf | vllm (a GPU) | openai (an OpenAI-compatible endpoint) | fake
     device: str = "auto"             # auto (CUDA when present, else cpu) | cpu | cuda | cuda:N
     dtype: str = "auto"              # auto (float32 on the CPU, bfloat16 on a GPU) | float32 | bfloat16 | float16
     chat: str = "auto"               # prompts through the model's chat template: auto (when it has one) | on | off
@@ -38,7 +38,8 @@ class ModelConfig:
     served_name: str = ""            # backend openai: the endpoint's name for model.path ("": the one it lists)
     concurrency: int = 8             # backend openai: requests in flight at once
     timeout_s: float = 120.0         # backend openai: seconds per request before it is retried (5 retries, backoff)
-    served_check: bool = True        # backend openai: after each adapter load, probe answers must match this
+    vllm_memory: float = 0.4         # backend vllm: share of GPU memory the engine takes (training uses the rest)
+    served_check: bool = True        # backends openai, vllm: after each adapter load, probe answers must match this
                                      # process's hf backend on that adapter (evolvelm.backends.check)
     served_tolerance: float = 0.05   # ... in first-token log-probability, at most
 
@@ -362,6 +363,11 @@ def validate(cfg: Config) -> None:
         from evolvelm.judges import check_config
 
         check_config(cfg)
+    if cfg.model.backend == "vllm" and _reads_weights(cfg):
+        raise ConfigError(f"model.backend: recipe {cfg.recipe!r} reads the model's weights in this process (modules "
+                          f"and router, distillation targets); it needs the hf backend")
+    if not 0 < cfg.model.vllm_memory < 1:
+        raise ConfigError(f"model.vllm_memory: must be in (0, 1), got {cfg.model.vllm_memory}")
     if cfg.model.backend == "openai":
         if not cfg.model.base_url:
             raise ConfigError("model.base_url: the openai backend needs the endpoint's URL, e.g. http://127.0.0.1:8000/v1")
@@ -424,6 +430,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"update.original_weight: must be in [0, 1 - update.new_weight], got {cfg.update.original_weight}")
 
 
+def _reads_weights(cfg: Config) -> bool:
+    """Recipes that read the model's weights in this process, beyond generating and scoring."""
+    return cfg.recipe == "modular" or (cfg.recipe == "knowledge" and cfg.knowledge.method == "distill")
+
+
 def _check_cluster(cfg: Config) -> None:
     """What a Ray fan-out needs: ray installed, a local backend, and a recipe that only generates and scores."""
     import importlib.util
@@ -435,7 +446,7 @@ def _check_cluster(cfg: Config) -> None:
                           f"(an endpoint fans out by itself: model.concurrency)")
     if cfg.model.backend == "fake" and cfg.data:
         raise ConfigError("cluster.address: the fake backend answers skills from data only in the process that read them")
-    if cfg.recipe == "modular" or (cfg.recipe == "knowledge" and cfg.knowledge.method == "distill"):
+    if _reads_weights(cfg):
         raise ConfigError(f"cluster.address: recipe {cfg.recipe!r} reads the model's weights in this process "
                           f"(modules and router, distillation targets); run it without a cluster")
     if cfg.cluster.workers < 1 or cfg.cluster.cpus <= 0 or cfg.cluster.gpus < 0:

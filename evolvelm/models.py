@@ -205,6 +205,10 @@ def backend_for(cfg: Config, run, member: State | Member):
                     "concurrency": m.concurrency, "timeout_s": m.timeout_s, "served_check": m.served_check,
                     "served_tolerance": m.served_tolerance,
                     "cache": str(run.root / "requests.sqlite") if run is not None else None}
+    if cfg.model.backend == "vllm":  # ranks vLLM supports, the smallest that holds update.lora_r
+        m = cfg.model
+        options |= {"vllm_memory": m.vllm_memory, "served_check": m.served_check, "served_tolerance": m.served_tolerance,
+                    "max_lora_rank": next(r for r in (8, 16, 32, 64, 128, 256, 512) if r >= cfg.update.lora_r)}
     name, adapter = cfg.model.backend, resolve(member.adapter, run) if member.adapter else None
     if cfg.cluster.address:  # the same backend on Ray workers (evolvelm.backends.cluster)
         c = cfg.cluster

@@ -10,6 +10,7 @@ from evolvelm.types import Generation
 BACKENDS = {
     "hf": "evolvelm.backends.hf:HFBackend",
     "openai": "evolvelm.backends.openai:OpenAIBackend",
+    "vllm": "evolvelm.backends.vllm:VLLMBackend",
     "fake": "evolvelm.backends.fake:FakeBackend",
 }
 RAY = "evolvelm.backends.cluster:RayBackend"  # `cluster.address`: another backend on Ray workers

@@ -164,7 +164,8 @@ class Pool:
                 self._replace(w)
                 queue.appendleft(t)
             else:
-                self._check([version], self.adapter)
+                if version != self.version:  # raises, naming what it serves
+                    self._check([version], self.adapter)
                 self.done += 1
             idle.append(w)
         return results

@@ -11,6 +11,9 @@
     evolvelm serve RUN_DIR|MODEL [--host H] [--port N]         an OpenAI-compatible server over it
     evolvelm env                                               versions
 
+Under `accelerate launch --num_processes N -m evolvelm run|resume ...` process 0 runs the recipe and
+the others share its update stages (evolvelm.update.parallel).
+
 Exit codes: 0 success, 1 unexpected failure, 2 bad input (config, files, run directory).
 """
 from __future__ import annotations
@@ -26,6 +29,7 @@ from evolvelm.backends.check import ServedWeightsError
 from evolvelm.config import ConfigError
 from evolvelm.store.run import Run
 from evolvelm.tasks.checkers import CheckerError
+from evolvelm.update import parallel
 
 
 def _quiet_libraries() -> None:
@@ -97,6 +101,7 @@ def _load(a) -> config.Config:
 
 def cmd_run(a) -> int:
     cfg = _load(a)
+    parallel.check(cfg)
     name = Path(a.recipe).stem
     run_dir = Path(a.run_dir) if a.run_dir else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     _recipe(cfg).preflight(cfg, Run(run_dir))  # fail on a missing model before creating anything
@@ -104,7 +109,9 @@ def cmd_run(a) -> int:
 
 
 def cmd_resume(a) -> int:
-    return _execute(Run.open(Path(a.run_dir)), a.quiet)
+    run = Run.open(Path(a.run_dir))
+    parallel.check(run.config())
+    return _execute(run, a.quiet)
 
 
 def cmd_validate(a) -> int:
@@ -324,6 +331,18 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra):
             p.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides += extra
+    if args.command in ("run", "resume") and parallel.world() > 1:  # under accelerate launch
+        if parallel.rank() > 0:  # these processes only train: evolvelm.update.parallel
+            _quiet_libraries()
+            return parallel.follow()
+        try:
+            return _main(args)
+        finally:
+            parallel.release()
+    return _main(args)
+
+
+def _main(args) -> int:
     try:
         return args.fn(args)
     except (ConfigError, FileNotFoundError) as e:

@@ -155,12 +155,15 @@ def gguf_dir(path: Path, key: str = "model.path") -> Path:
 
 
 def torch_device(name: str) -> str:
-    """`model.device` -> a torch device: auto is CUDA when present, else the CPU."""
+    """`model.device` -> a torch device: auto is CUDA when present (under `accelerate launch`, the GPU
+    of this process: LOCAL_RANK), else the CPU."""
     if name != "auto":
         return name
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{os.environ['LOCAL_RANK']}" if "LOCAL_RANK" in os.environ else "cuda"
 
 
 def torch_dtype(name: str, device: str):

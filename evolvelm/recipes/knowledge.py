@@ -54,7 +54,7 @@ from evolvelm.tasks import facts, get_task
 from evolvelm.tasks.checkers import CHECKERS
 from evolvelm.tasks.data import DRAWN, corpus, documents
 from evolvelm.types import Example, Problem, Sample, State, Verdict
-from evolvelm.update import distill, sft
+from evolvelm.update import distill, parallel, sft
 from evolvelm.update.mixture import weighted
 
 TRAINED = ("distill", "sft-qa", "sft-doc")  # the methods that change parameters
@@ -263,10 +263,10 @@ def update_stage(cfg: Config, run: Run, rnd: int, state: State, held: dict, quie
         run.commit(rnd, "update", {**info, "examples": 0, "skipped": "no experience kept", "seconds": round(time.time() - t0, 2)})
         return
     base_dir, seed = resolve(state.model, run), derive_seed(cfg.seed, rnd, "train")
-    model = sft.load_for_training(base_dir, resolve(state.adapter, run) if state.adapter else None, u.method,
-                                  u.lora_r, u.lora_alpha, seed, cfg.model.device, cfg.model.dtype)
-    losses = sft.train(model, prompt_format(cfg, base_dir), mixture, u.steps, u.batch_size, u.lr, seed=seed,
-                       warmup=u.warmup, desc=f"update round {rnd}", quiet=quiet)
+    model, losses = parallel.fit(sft.train, sft.load_args(cfg, base_dir, resolve(state.adapter, run) if state.adapter else None,
+                                                          u.method, seed),
+                                 prompt_format(cfg, base_dir), mixture, u.steps, u.batch_size, u.lr, seed=seed,
+                                 warmup=u.warmup, desc=f"update round {rnd}", quiet=quiet)
     staging, final = run.staging(rnd, "update"), run.stage_dir(rnd, "update").relative_to(run.root)
     (staging / "model").mkdir(parents=True)
     sft.save(model, base_dir, staging / "model", card={"round": rnd, "method": k.method, "base": state.model,

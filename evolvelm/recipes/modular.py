@@ -40,7 +40,7 @@ from evolvelm.store.run import Run
 from evolvelm.store.summary import write_summary
 from evolvelm.tasks import get_task
 from evolvelm.types import Example, Sample, State, Verdict
-from evolvelm.update import sft
+from evolvelm.update import parallel, sft
 from evolvelm.update.modules import ModularModel, Routed, Router, char_features, hidden_features
 
 ROUTER_INPUTS = 400  # prompts per round that the router is fitted on
@@ -131,10 +131,10 @@ def _train(cfg: Config, run: Run, model_ref: str, adapter_ref: str | None, metho
            out: Path, rnd: int, quiet: bool) -> list[float]:
     """Continue training (full weights, or a LoRA adapter: `adapter_ref`, or fresh) and save to `out`."""
     u, base_dir, seed = cfg.update, resolve(model_ref, run), derive_seed(cfg.seed, rnd, "train")
-    model = sft.load_for_training(base_dir, resolve(adapter_ref, run) if adapter_ref else None, method,
-                                  u.lora_r, u.lora_alpha, seed, cfg.model.device, cfg.model.dtype)
-    losses = sft.train(model, prompt_format(cfg, base_dir), examples, u.steps, u.batch_size, u.lr,
-                       seed=seed, warmup=u.warmup, desc=f"update round {rnd}", quiet=quiet)
+    model, losses = parallel.fit(sft.train, sft.load_args(cfg, base_dir, resolve(adapter_ref, run) if adapter_ref else None,
+                                                          method, seed),
+                                 prompt_format(cfg, base_dir), examples, u.steps, u.batch_size, u.lr,
+                                 seed=seed, warmup=u.warmup, desc=f"update round {rnd}", quiet=quiet)
     out.mkdir(parents=True)
     sft.save(model, base_dir, out, card={"round": rnd, "method": method, "base": model_ref, "parent": adapter_ref,
                                          "skill": cfg.skills[rnd - 1], "examples": len(examples),

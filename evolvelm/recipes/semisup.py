@@ -284,14 +284,14 @@ def update_stage(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> 
 
 def train_pairs(cfg: Config, run: Run, rnd: int, state: State, pairs: list, quiet: bool) -> dict:
     """DPO on `pairs`, continuing the promoted adapter (or a fresh one); saved under the stage's staging."""
-    from evolvelm.update import dpo, sft
+    from evolvelm.update import dpo, parallel, sft
 
     u, seed = cfg.update, derive_seed(cfg.seed, rnd, "dpo")
     base_dir = resolve(state.model, run)
-    model = sft.load_for_training(base_dir, resolve(state.adapter, run) if state.adapter else None, "lora",
-                                  u.lora_r, u.lora_alpha, seed, cfg.model.device, cfg.model.dtype)
-    losses = dpo.train(model, prompt_format(cfg, base_dir), pairs, u.steps, u.batch_size, u.lr, cfg.semisup.beta, seed,
-                       u.warmup, desc=f"dpo round {rnd}", quiet=quiet, rpo_alpha=cfg.semisup.rpo_alpha)
+    model, losses = parallel.fit(dpo.train, sft.load_args(cfg, base_dir, resolve(state.adapter, run) if state.adapter else None,
+                                                          "lora", seed),
+                                 prompt_format(cfg, base_dir), pairs, u.steps, u.batch_size, u.lr, cfg.semisup.beta, seed,
+                                 u.warmup, desc=f"dpo round {rnd}", quiet=quiet, rpo_alpha=cfg.semisup.rpo_alpha)
     sft.save(model, base_dir, run.staging(rnd, "update") / "model",
              card={"round": rnd, "method": "dpo", "parent": state.adapter, "pairs": len(pairs), "beta": cfg.semisup.beta,
                    "rpo_alpha": cfg.semisup.rpo_alpha,

@@ -11,7 +11,8 @@ import torch
 from tqdm import tqdm
 
 from evolvelm.types import Example
-from evolvelm.update.sft import batch, encode, optimizer, step
+from evolvelm.update import parallel
+from evolvelm.update.sft import batch, encode, optimizer, prepare, step
 
 
 def logps(model, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,26 +33,33 @@ def train(model, fmt, pairs: list[tuple[str, str, str]], steps: int, batch_size:
     chosen one up."""
     if not pairs:
         raise ValueError("no preference pairs")
+    parallel.check_batch(batch_size)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     chosen, starts = encode(fmt, [Example(p, c) for p, c, _ in pairs])
     rejected, _ = encode(fmt, [Example(p, r) for p, _, r in pairs])
-    params, opt, sched = optimizer(model, lr, steps, warmup)
+    net, acc = prepare(model)
+    params, opt, sched = optimizer(net, lr, steps, warmup)
     device = next(model.parameters()).device
     model.train()
     losses = []
-    for _ in tqdm(range(steps), desc=desc, disable=quiet, leave=False):
+    for _ in tqdm(range(steps), desc=desc, disable=quiet or parallel.rank() > 0, leave=False):
         idx = torch.randint(len(pairs), (batch_size,), generator=gen).tolist()
-        x, y, mask = (t.to(device) for t in batch(fmt.pad_id, [chosen[i] for i in idx] + [rejected[i] for i in idx],
-                                                 [starts[i] for i in idx] * 2))
-        policy, tokens = logps(model, x, y, mask)
-        with torch.no_grad(), model.disable_adapter():
-            reference, _ = logps(model, x, y, mask)
-        margin = (policy - reference)[:batch_size] - (policy - reference)[batch_size:]
-        loss = -torch.nn.functional.logsigmoid(beta * margin).mean()
+        chosen_tokens = sum(len(chosen[i]) - starts[i] for i in idx)  # the whole batch's, as in sft.train
+        mine = parallel.shard(idx)
+        x, y, mask = (t.to(device) for t in batch(fmt.pad_id, [chosen[i] for i in mine] + [rejected[i] for i in mine],
+                                                 [starts[i] for i in mine] * 2))
+        policy, _ = logps(net, x, y, mask)
+        with torch.no_grad(), model.disable_adapter():  # through the wrapper: FSDP holds the weights sharded
+            reference, _ = logps(net, x, y, mask)
+        n = len(mine)
+        margin = (policy - reference)[:n] - (policy - reference)[n:]
+        loss = -torch.nn.functional.logsigmoid(beta * margin).sum() / batch_size
         if rpo_alpha:
-            loss = loss - rpo_alpha * policy[:batch_size].sum() / tokens[:batch_size].sum()
-        step(loss, params, opt, sched)
-        losses.append(loss.item())
+            loss = loss - rpo_alpha * policy[:n].sum() / chosen_tokens
+        step(loss * parallel.world(), params, opt, sched, acc)  # DDP averages over processes; x world sums
+        losses.append(parallel.total(loss.item()))
+    if acc is not None:
+        acc.free_memory()  # drop the accelerator's hold on the wrapper, or every round's model stays
     model.eval()
     return losses

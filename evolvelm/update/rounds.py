@@ -22,18 +22,18 @@ def train_round(cfg: Config, run, rnd: int, state: Member, member: int, examples
 
         losses = fake.train(resolve(state.model, run), examples, out)
         return {"model": final, "adapter": None, "loss_first": losses[0], "loss_last": losses[-1]}
-    from evolvelm.update import sft
+    from evolvelm.update import parallel, sft
 
     u = cfg.update
     lora = u.method == "lora"
     seed = cfg.seed * 1000 + rnd if member == 0 else derive_seed(cfg.seed, rnd, "train", member)
     base_dir = resolve(state.model, run)
-    model = sft.load_for_training(base_dir, resolve(state.adapter, run) if state.adapter else None,
-                                  u.method, u.lora_r, u.lora_alpha, seed, cfg.model.device, cfg.model.dtype)
     stats: dict = {}
-    losses = sft.train(model, prompt_format(cfg, base_dir), examples, u.steps, u.batch_size, u.lr, seed=seed,
-                       warmup=u.warmup, desc=f"update round {rnd}" + (f" ({name})" if member else ""), quiet=quiet,
-                       stats=stats)
+    model, losses = parallel.fit(sft.train, sft.load_args(cfg, base_dir, resolve(state.adapter, run) if state.adapter else None,
+                                                          u.method, seed),
+                                 prompt_format(cfg, base_dir), examples, u.steps, u.batch_size, u.lr, seed=seed,
+                                 warmup=u.warmup, desc=f"update round {rnd}" + (f" ({name})" if member else ""),
+                                 quiet=quiet, stats=stats)
     sft.save(model, base_dir, out, card={"round": rnd, "member": member, "parent": asdict(state), "method": u.method,
                                          "examples": len(examples), "loss_first": losses[0], "loss_last": losses[-1]})
     return {"model": state.model if lora else final, "adapter": final if lora else None,

@@ -18,6 +18,7 @@ from transformers import AutoTokenizer
 from evolvelm.models import load_model
 from evolvelm.prompts import PromptFormat
 from evolvelm.types import Example
+from evolvelm.update import parallel
 
 
 def encode(fmt: PromptFormat, examples: list[Example]) -> tuple[list[list[int]], list[int]]:
@@ -40,25 +41,39 @@ def train(model, fmt: PromptFormat, examples: list[Example], steps: int, batch_s
     """
     if not examples:
         raise ValueError("no training examples")
+    parallel.check_batch(batch_size)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     ids, starts = encode(fmt, examples)
     weights = torch.tensor([ex.weight for ex in examples], dtype=torch.float)
-    params, opt, sched = optimizer(model, lr, steps, warmup, weight_decay)
+    net, acc = prepare(model)
+    params, opt, sched = optimizer(net, lr, steps, warmup, weight_decay)
     device = next(model.parameters()).device
     model.train()
     losses = []
-    for _ in tqdm(range(steps), desc=desc, disable=quiet, leave=False):
+    for _ in tqdm(range(steps), desc=desc, disable=quiet or parallel.rank() > 0, leave=False):
         idx = torch.multinomial(weights, batch_size, replacement=True, generator=gen).tolist()
         x, y, mask = batch(fmt.pad_id, [ids[i] for i in idx], [starts[i] for i in idx])
-        loss = _loss(model(input_ids=x.to(device), attention_mask=mask.to(device)).logits, y.to(device),
-                     [(r, starts[i], examples[i].target) for r, i in enumerate(idx) if examples[i].target is not None])
-        step(loss, params, opt, sched)
-        losses.append(loss.item())
+        answer_tokens = int((y[:, 1:] != -100).sum())  # the whole batch's: every shard divides by it
+        rows = parallel.shard(list(range(batch_size)))
+        soft = [(r, starts[idx[i]], examples[idx[i]].target) for r, i in enumerate(rows) if examples[idx[i]].target is not None]
+        loss = _loss(net(input_ids=x[rows].to(device), attention_mask=mask[rows].to(device)).logits, y[rows].to(device),
+                     soft) / answer_tokens
+        step(loss * parallel.world(), params, opt, sched, acc)  # DDP averages over processes; x world sums
+        losses.append(parallel.total(loss.item()))
         if stats is not None:
             stats["tokens"] = stats.get("tokens", 0) + int(mask.sum())
+    if acc is not None:
+        acc.free_memory()  # drop the accelerator's hold on the wrapper, or every round's model stays
     model.eval()
     return losses
+
+
+def prepare(model):
+    """`model` for training across processes (accelerate's DDP/FSDP wrapper around it; it is still
+    trained in place) and the Accelerator; the model itself and None in a single process."""
+    acc = parallel.accelerator()
+    return (acc.prepare_model(model), acc) if acc is not None else (model, None)
 
 
 def optimizer(model, lr: float, steps: int, warmup: int, weight_decay: float = 0.0):
@@ -69,11 +84,16 @@ def optimizer(model, lr: float, steps: int, warmup: int, weight_decay: float = 0
     return params, opt, sched
 
 
-def step(loss: torch.Tensor, params, opt, sched) -> None:
-    """One optimiser step on `loss`, gradients clipped to norm 1."""
+def step(loss: torch.Tensor, params, opt, sched, acc=None) -> None:
+    """One optimiser step on `loss`, gradients clipped to norm 1 (through the Accelerator `acc`, which
+    knows how FSDP shards them, when training across processes)."""
     opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    if acc is None:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+    else:
+        acc.backward(loss)
+        acc.clip_grad_norm_(params, 1.0)
     opt.step()
     sched.step()
 
@@ -91,7 +111,7 @@ def batch(pad_id: int, seqs: list[list[int]], starts: list[int]) -> tuple[torch.
 
 
 def _loss(logits: torch.Tensor, labels: torch.Tensor, soft: list[tuple[int, int, torch.Tensor]]) -> torch.Tensor:
-    """Mean over answer tokens of the cross-entropy with `labels` ([batch, width], -100 = not trained),
+    """Sum over answer tokens of the cross-entropy with `labels` ([batch, width], -100 = not trained),
     where rows (row, answer start, [T, vocab] target probabilities) in `soft` use KL(target || model)."""
     logp = logits[:, :-1].float().log_softmax(-1)
     target = labels[:, 1:]
@@ -100,7 +120,7 @@ def _loss(logits: torch.Tensor, labels: torch.Tensor, soft: list[tuple[int, int,
         p = probs.to(logp.device)
         span = slice(start - 1, start - 1 + len(p))  # positions that predict the answer's tokens
         per_token[row, span] = (torch.xlogy(p, p) - p * logp[row, span]).sum(-1)
-    return per_token[target != -100].mean()
+    return per_token[target != -100].sum()
 
 
 def load_for_training(base: str, parent_adapter: str | None, method: str, lora_r: int, lora_alpha: int, seed: int = 0,
@@ -119,6 +139,13 @@ def load_for_training(base: str, parent_adapter: str | None, method: str, lora_r
     targets = [t for t in LORA_TARGETS if t in names] or "all-linear"  # Llama-style names, else every linear layer
     return get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=lora_alpha, target_modules=targets,
                                             lora_dropout=0.0, task_type="CAUSAL_LM"))
+
+
+def load_args(cfg, base: str, parent_adapter: str | None, method: str, seed: int) -> dict:
+    """`load_for_training`'s arguments for a round under the run's `update` and `model` settings."""
+    u = cfg.update
+    return {"base": base, "parent_adapter": parent_adapter, "method": method, "lora_r": u.lora_r,
+            "lora_alpha": u.lora_alpha, "seed": seed, "device": cfg.model.device, "dtype": cfg.model.dtype}
 
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -1,9 +1,11 @@
 """Throughput of the pieces a round spends its time in: generation (hf one prompt at a time, hf
 batched, vllm where installed on a GPU), adapter sync per round, Ray fan-out of a sampling stage at
-several worker counts, and training tokens per second.
+several worker counts, and training tokens per second: in this process, and under `accelerate launch`
+at each of --train-processes (DDP over processes of 1 thread each; evolvelm.update.parallel).
 
     python benchmarks/throughput.py [--model zoo:smollm2-135m-instruct] [--prompts 64] [--max-new-tokens 24]
-                                    [--workers 1 2] [--batch-size 8] [--train-steps 10] [--out FILE]
+                                    [--workers 1 2] [--batch-size 8] [--train-steps 10] [--train-processes 2]
+                                    [--out FILE]
 
 Greedy answers must match across the ways of generating (the table counts them); the Ray rows draw
 seeded samples at temperature 1, which must match across worker counts. Each Ray worker has
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -125,18 +128,43 @@ def ray_rows(path: str, prompts: list[str], max_new: int, batch: int, counts: li
     return rows
 
 
-def training_rows(path: str, prompts: list[str], steps: int, batch: int) -> list[tuple]:
-    from evolvelm.prompts import PromptFormat
-    from evolvelm.types import Example
+def timed_train(model, *args, **kwargs) -> float:
+    """sft.train's wall time (what parallel.fit runs on every process; loading is not timed)."""
     from evolvelm.update import sft
 
-    model = sft.load_for_training(path, None, "lora", 8, 16)
+    return timed(lambda: sft.train(model, *args, **kwargs))[1]
+
+
+def train(path: str, prompts: list[str], steps: int, batch: int) -> tuple[int, float]:
+    """LoRA training through parallel.fit (on every launched process): tokens trained on (padding
+    excluded) and seconds."""
+    from evolvelm.prompts import PromptFormat
+    from evolvelm.types import Example
+    from evolvelm.update import parallel, sft
+
     fmt = PromptFormat.load(path, "auto", "", sft.tokenizer(path))
     examples = [Example(p, str(17 * i % 90 + 31 * i % 90 + 20)) for i, p in enumerate(prompts)]
+    load = {"base": path, "parent_adapter": None, "method": "lora", "lora_r": 8, "lora_alpha": 16}
     stats: dict = {}
-    _, wall = timed(lambda: sft.train(model, fmt, examples, steps, batch, 1e-4, 0, quiet=True, stats=stats))
-    n = stats["tokens"]  # trained on, padding excluded
-    return [(f"LoRA training, batches of {batch}: tokens/s", n / wall, n / wall, wall)]
+    _, wall = parallel.fit(timed_train, load, fmt, examples, steps, batch, 1e-4, 0, quiet=True, stats=stats)
+    return stats["tokens"], wall
+
+
+def training_rows(a, path: str, prompts: list[str]) -> list[tuple]:
+    n, wall = train(path, prompts, a.train_steps, a.batch_size)
+    rows = [(f"LoRA training, batches of {a.batch_size}, 1 process: tokens/s", n / wall, n / wall, wall)]
+    for p in a.train_processes:
+        launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", str(p),
+                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", __file__, "--train-only",
+                  "--model", a.model, "--prompts", str(a.prompts), "--train-steps", str(a.train_steps),
+                  "--batch-size", str(a.batch_size)]
+        out = subprocess.run(launch, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        if out.returncode:
+            sys.exit(f"accelerate launch failed:\n{out.stderr[-3000:]}")
+        got = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append((f"LoRA training, accelerate launch, {p} processes: tokens/s", got["tokens"] / got["wall"],
+                     n / wall, got["wall"]))
+    return rows
 
 
 def main() -> None:
@@ -147,18 +175,30 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8, help="hf batch size (and each Ray worker's)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--train-steps", type=int, default=10)
+    ap.add_argument("--train-processes", type=int, nargs="*", default=[2], help="accelerate launch process counts")
+    ap.add_argument("--train-only", action="store_true", help=argparse.SUPPRESS)  # what each launched process runs
     ap.add_argument("--out", help="also write the rows as JSON")
     a = ap.parse_args()
     path = resolve(a.model)
     prompts = [QUESTION.format(a=17 * i % 90 + 10, b=31 * i % 90 + 10) for i in range(a.prompts)]
     if a.model.startswith("zoo:") and "smollm" not in a.model:  # the character models read their own prompts
         prompts = [f"{'CR'[i % 2]}{'abcdefghijkl'[:4 + i % 8]}{i % 10}=" for i in range(a.prompts)]
+    if a.train_only:
+        from evolvelm.update import parallel
+
+        if parallel.rank() > 0:
+            parallel.follow()
+            return
+        n, wall = train(path, prompts, a.train_steps, a.batch_size)
+        parallel.release()
+        print(json.dumps({"tokens": n, "wall": wall}))
+        return
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         adapter = random_adapter(path, Path(tmp) / "adapter")
         rows = (generation_rows(path, prompts, a.max_new_tokens, a.batch_size) + sync_rows(path, adapter, max(a.workers))
                 + ray_rows(path, prompts, a.max_new_tokens, a.batch_size, a.workers)
-                + training_rows(path, prompts, a.train_steps, a.batch_size))
+                + training_rows(a, path, prompts))
     print(f"{a.model}, {a.prompts} prompts, {a.max_new_tokens} new tokens at most, {time.time() - t0:.0f} s in all")
     print(f"{'what':58s} {'value':>9s} {'baseline':>9s} {'ratio':>6s} {'wall s':>7s}")
     for what, value, baseline, wall in rows:

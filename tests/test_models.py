@@ -84,6 +84,28 @@ def test_chat_generation_scoring_and_seeds_agree(chat_model):
     assert all(v < 0 for x in scored for v in x)
 
 
+def test_generation_batches_on_a_gpu_hold_what_fits_in_its_free_memory(chat_model, monkeypatch):
+    import torch
+
+    from evolvelm.backends import hf
+
+    backend = HFBackend(str(chat_model), batch_size=64)
+    cache = backend.base(input_ids=torch.tensor([[5] * 30]), use_cache=True).past_key_values
+    built = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+    assert hf.kv_bytes(backend.base.config, 30, 4) == built  # the cache the model really builds
+    assert backend.rows_that_fit(1000, 200) == 64  # on the CPU: model.batch_size, whatever the lengths
+    per_row = hf.generation_bytes(backend.base.config, 12, 20, 4)
+    assert hf.generation_bytes(backend.base.config, 24, 20, 4) > per_row < hf.generation_bytes(backend.base.config, 12, 40, 4)
+    backend.device = "cuda:0"  # as a GPU process sees it: the free memory bounds the rows
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 * per_row, 100 * per_row))
+    assert backend.rows_that_fit(12, 20) == 8  # 80% of 10 rows' worth
+    assert backend.rows_that_fit(24, 40) < 8
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (per_row // 2, 100 * per_row))
+    assert backend.rows_that_fit(12, 20) == 1  # never none: a row that does not fit fails loudly in generate
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 ** 6 * per_row, 10 ** 6 * per_row))
+    assert backend.rows_that_fit(12, 20) == 64
+
+
 def test_training_through_the_chat_template_learns_the_answer_and_the_end_of_turn(chat_model):
     fmt = PromptFormat.load(str(chat_model))
     model = sft.load_for_training(str(chat_model), None, "full", 8, 16, seed=0)

@@ -53,6 +53,26 @@ def batches(lengths: list[int], size: int) -> list[list[int]]:
     return [order[i:i + size] for i in range(0, len(order), size)]
 
 
+def generation_bytes(config, prompt: int, new: int, itemsize: int) -> int:
+    """Memory one row of a generation batch takes at most: its KV cache (keys and values of every
+    layer over prompt + new tokens), one layer's activations over the prompt (prefill), and the
+    logits of every new token, kept by generate (model dtype) and made log-probs (float32, twice)."""
+    config = config.get_text_config()
+    width = getattr(config, "intermediate_size", None) or 4 * config.hidden_size
+    activations = prompt * (4 * config.hidden_size + 2 * width + config.num_attention_heads * prompt) * itemsize
+    logits = new * config.vocab_size * (itemsize + 8)
+    return kv_bytes(config, prompt + new, itemsize) + activations + logits
+
+
+def kv_bytes(config, tokens: int, itemsize: int) -> int:
+    """The KV cache of one row of `tokens` tokens: keys and values, every layer, every KV head."""
+    config = config.get_text_config()
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * tokens * itemsize
+
+
 class HFBackend:
     """Batched generation with `model.generate`; per-token log-probs from the raw logits."""
 
@@ -83,6 +103,16 @@ class HFBackend:
             self.base = self.model.unload()
             self.model, self.adapter, self.version = self.base, None, self._base_version
 
+    def rows_that_fit(self, longest: int, max_new_tokens: int) -> int:
+        """Rows per generation batch: `model.batch_size`, and on a GPU no more than fit in 80% of its
+        free memory (`generation_bytes` per row). The same for every batch of a call, so the
+        batches stay a function of the prompts' lengths."""
+        if not str(self.device).startswith("cuda"):
+            return self.batch_size
+        free, _ = torch.cuda.mem_get_info(torch.device(self.device))
+        per_row = generation_bytes(self.base.config, longest, max_new_tokens, self.base.dtype.itemsize)
+        return max(1, min(self.batch_size, int(0.8 * free) // per_row))
+
     def batches(self, prompts: list[str]) -> list[list[int]]:
         """The indices of the prompts `generate` answers together, batch by batch."""
         return batches([len(self.format.prompt_ids(p)) for p in prompts], self.batch_size)
@@ -102,7 +132,7 @@ class HFBackend:
             raise ValueError(f"{self.model_path} reads {self.context} tokens; a prompt of {longest} tokens and "
                              f"{max_new_tokens} new ones do not fit")
         out: list[Generation | None] = [None] * len(ids)
-        for rows in batches([len(r) for r in ids], self.batch_size):
+        for rows in batches([len(r) for r in ids], self.rows_that_fit(longest, max_new_tokens)):
             x, mask = left_padded([ids[r] for r in rows], fmt.pad_id)
             chunk_seeds = [seeds[r] for r in rows]
             processors = LogitsProcessorList([SeededSampling(chunk_seeds, temperature)] if temperature > 0 else [])

@@ -18,10 +18,14 @@ the labeled set alone, the baseline):
     semievol   8 scratchpads after the 2 nearest labeled examples; consistent or low-NLL answers;
                semievol-noctx: the same without the examples in context (in-weight propagation only)
     pairs      DPO (LoRA) on right-vs-wrong answers of the same problem
+    lmsi-confidence, lmsi-random
+               lmsi's samples, but instead of the vote, as many answers as the vote would keep of them,
+               the most confident (highest mean token probability) or drawn at random
 Printed per arm and round: test accuracy pooled over every held-out problem (kept model, and the
 round's candidate), pass@1, pass@k,
 distinct right rationales per problem, answer diversity, precision of the kept labels (final answer)
-and of their whole scratchpads, wall time (per seed with --seeds). Then per arm: final accuracy (the
+and of their whole scratchpads, the calibration of the model's confidence in its test answers (ECE
+and AUROC of P(greedy answer), first skill), wall time (per seed with --seeds). Then per arm: final accuracy (the
 mean over seeds, and each seed's), its error against the labeled baseline's, how many promoted rounds
 lowered test accuracy (and the largest drop); with several seeds, every two arms' paired difference
 (the same seed gives both arms the same unlabeled draws and splits); for lmsi, the precision of the
@@ -47,7 +51,9 @@ ARMS = {"labeled": ("lmsi", ["semisup.method=labeled"]), "lmsi": ("lmsi", []),
         **{f"lmsi-T{t}": ("lmsi", [f"acquire.temperature={t}"]) for t in (0.6, 0.8, 1.2, 1.4, 1.6)}, "bstar": ("bstar", []),
         "bstar-T": ("bstar", ["semisup.thresholds=[0.75]"]),
         "star": ("star", []), "rest-em": ("rest-em", []), "semievol": ("semievol", []),
-        "semievol-noctx": ("semievol", ["semisup.demos=0"]), "pairs": ("pairs", [])}
+        "semievol-noctx": ("semievol", ["semisup.demos=0"]), "pairs": ("pairs", []),
+        "lmsi-confidence": ("lmsi", ["refine.chain=[confidence,dedup]", "refine.keep_as=vote"]),
+        "lmsi-random": ("lmsi", ["refine.chain=[random,dedup]", "refine.keep_as=vote"])}
 
 
 def run_arm(arm: str, rounds: int, overrides: list[str], workdir: Path) -> dict:
@@ -71,7 +77,9 @@ def rows(summary: dict) -> list[dict]:
                     "kept": r["kept"], "label_precision": r["label_precision"],
                     "rationale_precision": r["rationale_precision"],
                     "filters": {n: f.get("precision") for n, f in r["filters"].items()}, "seconds": r["seconds"],
-                    "temperature": r["temperature"], "vote_agreement": r["vote_agreement"]})
+                    "temperature": r["temperature"], "vote_agreement": r["vote_agreement"],
+                    "ece": next(iter(r["calibration"].values()), {}).get("ece"),
+                    "auroc": next(iter(r["calibration"].values()), {}).get("auroc")})
     return out
 
 
@@ -97,12 +105,12 @@ def print_rounds(name: str, res: dict) -> None:
     fmt = lambda x: "    -" if x is None else f"{x:.3f}"
     print(f"\n{name}  (wall time {res['seconds']:.0f}s)")
     print(f"{'round':>5s} {'promoted':>8s} {'acc':>6s} {'cand':>6s} {'temp':>5s} {'agree':>5s} {'pass@1':>6s} {'pass@k':>6s} "
-          f"{'dist.ok':>7s} {'divers':>6s} {'kept':>6s} {'prec':>6s} {'ratprec':>7s} {'s':>6s}")
+          f"{'dist.ok':>7s} {'divers':>6s} {'kept':>6s} {'prec':>6s} {'ratprec':>7s} {'ece':>6s} {'auroc':>6s} {'s':>6s}")
     for r in res["rounds"]:
         print(f"{r['round']:5d} {'yes' if r['promoted'] else 'NO':>8s} {fmt(r['accuracy']):>6s} {fmt(r['candidate']):>6s} "
               f"{fmt(r['temperature']):>5s} {fmt(r['vote_agreement']):>5s} {fmt(r['pass@1']):>6s} {fmt(r['pass@k']):>6s} "
               f"{fmt(r['distinct_right']):>7s} {fmt(r['diversity']):>6s} {r['kept']:6d} {fmt(r['label_precision']):>6s} "
-              f"{fmt(r['rationale_precision']):>7s} {r['seconds']:6.1f}")
+              f"{fmt(r['rationale_precision']):>7s} {fmt(r.get('ece')):>6s} {fmt(r.get('auroc')):>6s} {r['seconds']:6.1f}")
 
 
 def arm_result(runs: dict[int, dict]) -> dict:

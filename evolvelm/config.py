@@ -72,6 +72,9 @@ class RefineConfig:
     max_per_problem: int = 0         # cap: answers kept per problem at most (0 = no cap)
     nll_quantile: float = 0.3        # consistency: inconsistent answers kept when their mean token NLL is in this
                                      # lowest quantile of the round's inconsistent answers
+    keep_share: float = 0.5          # confidence, random: share of the answers reaching them that they keep
+    keep_as: str = ""                # confidence, random: keep as many as this filter (e.g. vote) would keep of
+                                     # the same answers instead: a comparison at an equal number kept
 
 
 @dataclass
@@ -355,6 +358,9 @@ def validate(cfg: Config) -> None:
     for f in cfg.refine.chain:
         if f not in FILTERS:
             raise ConfigError(f"refine.chain: unknown filter {f!r}; valid filters: {sorted(FILTERS)}")
+    if cfg.refine.keep_as and (cfg.refine.keep_as not in FILTERS or cfg.refine.keep_as in ("confidence", "random")):
+        raise ConfigError(f"refine.keep_as: a filter whose number kept confidence and random match; got "
+                          f"{cfg.refine.keep_as!r}; valid: {sorted(set(FILTERS) - {'confidence', 'random'})}")
     if "verify" in cfg.refine.chain:
         blind = [s for s in cfg.skills if TASKS[s].judge is None]
         if blind:
@@ -394,7 +400,7 @@ def validate(cfg: Config) -> None:
         if _value(cfg, key) < 0:
             raise ConfigError(f"{key}: must be >= 0, got {_value(cfg, key)}")
     for key in ("refine.vote_agreement", "refine.min_agreement", "refine.min_diversity", "refine.nll_quantile",
-                "acquire.adaptive_agreement", "eval.threshold"):
+                "refine.keep_share", "acquire.adaptive_agreement", "eval.threshold"):
         if not 0 <= _value(cfg, key) <= 1:
             raise ConfigError(f"{key}: must be in [0, 1], got {_value(cfg, key)}")
     if cfg.acquire.variants:

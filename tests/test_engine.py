@@ -172,7 +172,7 @@ def test_cli_run_then_report_inspect_export_ls(tmp_path, fake_recipe, capsys, mo
     assert main(["run", str(fake_recipe), "--run-dir", str(run_dir)]) == 2  # never overwrite a run
     assert main(["report", str(run_dir)]) == 0
     page = (run_dir / "report.html").read_text()
-    assert page.count("data:image/png;base64") == 3 and "Frontier per round" in page
+    assert page.count("data:image/png;base64") == 4 and "Frontier per round" in page
     assert main(["inspect", str(run_dir), "--dropped", "--limit", "3"]) == 0
     out = capsys.readouterr().out
     sample_id = out.strip().splitlines()[-1].split()[0]

@@ -1,7 +1,7 @@
 from dataclasses import replace
 
-from evolvelm.refine.filters import (FilterContext, agreement, dedup, length, model_vote, oracle, run_chain,
-                                     unanimous_share, vote)
+from evolvelm.refine.filters import (FilterContext, agreement, confidence, dedup, length, model_vote, oracle,
+                                     random_pick, run_chain, unanimous_share, vote)
 from evolvelm.types import Sample
 
 
@@ -107,3 +107,19 @@ def test_unanimous_share():
     assert unanimous_share([s("abc", 0), s("abc", 1, member=1), s("x", prompt="Cx=", truth="x"),
                             s("y", 1, prompt="Cx=", truth="x")]) == 0.5
     assert unanimous_share([]) == 0.0
+
+
+def test_confidence_keeps_the_most_confident_answers_and_random_draws_as_many():
+    five = [replace(s(c, k), mean_logprob=lp) for k, (c, lp) in enumerate(
+        [("abc", -0.1), ("abd", -2.0), ("abc", -0.3), ("abx", -1.0), ("abc", -0.2)])]
+    ctx = replace(CTX, keep_share=0.6)
+    verdicts = confidence(five, ctx)
+    assert [v.kept for v in verdicts] == [True, False, True, False, True]
+    assert verdicts[0].reason.startswith("confidence 0.905, rank 1") and "3 of 5" in verdicts[0].reason
+    drawn = random_pick(five, replace(ctx, seed=3))
+    assert sum(v.kept for v in drawn) == 3 and [v.kept for v in drawn] == [v.kept for v in random_pick(five, replace(ctx, seed=3))]
+    assert any([v.kept for v in random_pick(five, replace(ctx, seed=k))] != [v.kept for v in drawn] for k in range(4, 9))
+    # keep_as: as many as the vote keeps of the same answers (3 agree on abc: 3 kept), chosen by confidence
+    matched = confidence(five, replace(CTX, keep_as="vote", keep_share=0.0))
+    assert sum(v.kept for v in matched) == 3 and "as many as vote keeps: 3 of 5" in matched[0].reason
+    assert sum(v.kept for v in random_pick(five, replace(CTX, keep_as="vote"))) == 3

@@ -47,13 +47,13 @@ def test_soft_one_hot_targets_give_the_cross_entropy():
     torch.manual_seed(0)
     logits = torch.randn(2, 5, 7)
     labels = torch.tensor([[-100, -100, 3, 4, 1], [-100, 2, 6, 0, 5]])
-    hard = sft._loss(logits, labels, [])
+    hard = sft._loss(logits, labels, []) / 7  # the sum over the 7 answer tokens
     expected = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 7), labels[:, 1:].reshape(-1))
     assert hard.item() == pytest.approx(expected.item(), rel=1e-5)
     one_hot = torch.nn.functional.one_hot(torch.tensor([4, 1]), 7).float()  # row 0's answer tokens 4, 1
-    assert sft._loss(logits, labels, [(0, 3, one_hot)]).item() == pytest.approx(hard.item(), rel=1e-5)
+    assert sft._loss(logits, labels, [(0, 3, one_hot)]).item() / 7 == pytest.approx(hard.item(), rel=1e-5)
     uniform = torch.full((2, 7), 1 / 7)  # a different target changes the loss
-    assert sft._loss(logits, labels, [(0, 3, uniform)]).item() != pytest.approx(hard.item(), rel=1e-3)
+    assert sft._loss(logits, labels, [(0, 3, uniform)]).item() / 7 != pytest.approx(hard.item(), rel=1e-3)
 
 
 def test_distillation_changes_the_parameters_and_lowers_the_kl():

@@ -10,6 +10,7 @@ from functools import lru_cache
 
 from tqdm import tqdm
 
+from evolvelm.evaluate.calibration import calibration, confidences
 from evolvelm.tasks import Task, get_task
 from evolvelm.types import Problem, content_id
 
@@ -43,29 +44,40 @@ def held_out_prompts(task: Task, max_difficulty: int, test_n: int, dev_n: int, s
 
 
 def right_answers(backend, skills: list[str], difficulties: dict[str, range], split: str, test_n: int, dev_n: int,
-                  seed: int, quiet: bool = False, avoid: frozenset[str] = frozenset()) -> dict[str, dict[int, list[bool]]]:
+                  seed: int, quiet: bool = False, avoid: frozenset[str] = frozenset(),
+                  confidence: dict | None = None) -> dict[str, dict[int, list[bool]]]:
     """Per skill and difficulty, whether the greedy answer to each problem of one fixed split ("test" or
-    "dev") is right, in the split's order."""
+    "dev") is right, in the split's order; `confidence`, when given, receives each answer's
+    confidences in the same shape (evolvelm.evaluate.calibration)."""
     groups = {(s, d): splits(get_task(s), d, test_n, dev_n, seed, avoid)[split] for s in skills for d in difficulties[s]}
     bar = tqdm(total=sum(map(len, groups.values())), desc=f"eval {split}", disable=quiet, leave=False)
     out: dict[str, dict[int, list[bool]]] = {s: {} for s in skills}
     # one backend call per (skill, difficulty) and chunk, so max_new_tokens fits the task
     for (skill, d), probs in groups.items():
-        task, right = get_task(skill), []
+        task, right, conf = get_task(skill), [], []
         for i in range(0, len(probs), CHUNK):
             chunk = probs[i:i + CHUNK]
             gens = backend.generate([p.prompt for p in chunk], [0] * len(chunk), 0.0, task.max_new_tokens(d))
             right += task.check_many(list(chunk), [g.text for g in gens])
+            conf += [confidences(g.logprobs) for g in gens]
             bar.update(len(chunk))
         out[skill][d] = right
+        if confidence is not None:
+            confidence.setdefault(skill, {})[d] = conf
     bar.close()
     return out
 
 
 def accuracy(backend, skills: list[str], difficulties: dict[str, range], split: str, test_n: int, dev_n: int,
-             seed: int, quiet: bool = False, avoid: frozenset[str] = frozenset()) -> dict[str, dict[int, float]]:
-    """Greedy exact-match accuracy per skill per difficulty on one fixed split ("test" or "dev")."""
-    return rates(right_answers(backend, skills, difficulties, split, test_n, dev_n, seed, quiet, avoid))
+             seed: int, quiet: bool = False, avoid: frozenset[str] = frozenset(),
+             calibrated: dict | None = None) -> dict[str, dict[int, float]]:
+    """Greedy exact-match accuracy per skill per difficulty on one fixed split ("test" or "dev");
+    `calibrated`, when given, receives the calibration of the answers' confidences per skill."""
+    conf: dict = {}
+    right = right_answers(backend, skills, difficulties, split, test_n, dev_n, seed, quiet, avoid, conf)
+    if calibrated is not None:
+        calibrated.update(calibration(right, conf))
+    return rates(right)
 
 
 def rates(right: dict[str, dict[int, list[bool]]]) -> dict[str, dict[int, float]]:

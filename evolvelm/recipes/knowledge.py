@@ -293,7 +293,9 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> dict
     version = get_task(name).version if corpus(cfg) else facts.VERSION
     model = backend_for(cfg, run, state)
     ranges = {s: range(1, e.max_difficulty + 1) for s in skills}
-    acc = {split: accuracy(model, skills, ranges, split, e.problems, e.dev_problems, e.seed, quiet) for split in ("test", "dev")}
+    cal: dict = {}
+    acc = {split: accuracy(model, skills, ranges, split, e.problems, e.dev_problems, e.seed, quiet,
+                           calibrated=cal if split == "test" else None) for split in ("test", "dev")}
     rows = [(split, s, d, a, len(splits(get_task(s), d, e.problems, e.dev_problems, e.seed)[split]), model.version,
              get_task(s).version) for split in acc for s in skills for d, a in acc[split][s].items()]
     for split in ("test", "dev") if corpus(cfg) is None else ():
@@ -320,7 +322,7 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> dict
         rows.append(("test", f"{name}-icl", rnd, facts_accuracy(cfg, model, qs, docs), len(qs), model.version, version))
         model.close()
     info = {"frontier": {s: frontier(acc["test"][s], e.threshold) for s in skills}, "dev": acc["dev"],
-            "model_version": model_version, "seconds": round(time.time() - t0, 2)}
+            "calibration": cal, "model_version": model_version, "seconds": round(time.time() - t0, 2)}
     run.commit(rnd, "eval", info, evals=rows)
     return info
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from evolvelm import sandbox
-from evolvelm.acquire.sampling import draw_problems, retry_with_feedback, sample
+from evolvelm.acquire.sampling import derive_seed, draw_problems, retry_with_feedback, sample
 from evolvelm.config import Config, ConfigError
 from evolvelm.evaluate.suite import accuracy, frontier, gate, held_out_prompts, splits
 from evolvelm.models import backend_for, resolve
@@ -70,19 +70,20 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> dict
     e = cfg.eval
     ranges = {"test": {s: range(1, e.max_difficulty + 1) for s in cfg.skills},
               "dev": {s: range(1, min(e.max_difficulty, state.levels[s] + cfg.acquire.step) + 1) for s in cfg.skills}}
-    rows, acc = [], {}
+    rows, acc, cal = [], {}, {}
     for i, member in enumerate(state.members):
         backend = backend_for(cfg, run, member)
         for split in (["test", "dev"] if i == 0 else ["dev"]):
             name = split if i == 0 else f"dev:voter{i}"  # voters' dev scores are stored beside the model's
-            acc[name] = accuracy(backend, cfg.skills, ranges[split], split, e.problems, e.dev_problems, e.seed, quiet)
+            acc[name] = accuracy(backend, cfg.skills, ranges[split], split, e.problems, e.dev_problems, e.seed, quiet,
+                                 calibrated=cal if name == "test" else None)
             rows += [(name, s, d, a, len(splits(get_task(s), d, e.problems, e.dev_problems, e.seed)[split]),
                       backend.version, get_task(s).version) for s in cfg.skills for d, a in acc[name][s].items()]
         if i == 0:
             version = backend.version
         backend.close()
     info = {"frontier": {s: frontier(acc["test"][s], e.threshold) for s in cfg.skills}, "dev": acc["dev"],
-            "voters_dev": [acc[f"dev:voter{i}"] for i in range(1, len(state.members))],
+            "voters_dev": [acc[f"dev:voter{i}"] for i in range(1, len(state.members))], "calibration": cal,
             "model_version": version, "seconds": round(time.time() - t0, 2), **sandbox.info(cfg.skills)}
     run.commit(rnd, "eval", info, evals=rows)
     return info
@@ -137,7 +138,8 @@ def refine(cfg: Config, run: Run, rnd: int, state: State) -> None:
                         cfg.refine.min_agreement, members=len(state.members),
                         problems=Counter((sk, d) for sk, d, _ in {(s.skill, s.difficulty, s.prompt) for s in samples}),
                         model_vote_min=strict.get("model_vote_min", cfg.refine.model_vote_min),
-                        min_diversity=cfg.refine.min_diversity)
+                        min_diversity=cfg.refine.min_diversity, keep_share=cfg.refine.keep_share,
+                        keep_as=cfg.refine.keep_as, seed=derive_seed(cfg.seed, rnd, "refine"))
     counts = run_chain(cfg.refine.chain, samples, ctx)
     right = [ok for ok, _ in judged(samples)]  # judged once: expr answers run in the sandbox
 

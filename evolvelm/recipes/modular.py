@@ -167,11 +167,13 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> dict
     model = model_for(cfg, run, state)
     answerer = Routed(model) if isinstance(model, ModularModel) else model
     rng = {s: range(1, e.max_difficulty + 1) for s in skills}
-    acc = {split: accuracy(answerer, skills, rng, split, e.problems, e.dev_problems, e.seed, quiet) for split in ("test", "dev")}
+    cal: dict = {}
+    acc = {split: accuracy(answerer, skills, rng, split, e.problems, e.dev_problems, e.seed, quiet,
+                           calibrated=cal if split == "test" else None) for split in ("test", "dev")}
     rows = [(split, s, d, a, len(splits(get_task(s), d, e.problems, e.dev_problems, e.seed)[split]),
              answerer.version, get_task(s).version) for split in acc for s in skills for d, a in acc[split][s].items()]
     info = {"frontier": {s: frontier(acc["test"][s], e.threshold) for s in skills}, "dev": acc["dev"],
-            "model_version": answerer.version, **sandbox.info(skills)}
+            "calibration": cal, "model_version": answerer.version, **sandbox.info(skills)}
     if isinstance(model, ModularModel):
         learned = run.promoted_rounds(rnd) + ([rnd] if rnd else [])  # the rounds this state was trained on
         owner = {cfg.skills[r - 1]: run.done(r, "refine")["module"] for r in learned}

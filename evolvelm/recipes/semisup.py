@@ -46,6 +46,7 @@ from tqdm import tqdm
 from evolvelm import judges, sandbox
 from evolvelm.acquire.sampling import CHUNK, derive_seed, sample
 from evolvelm.config import Config, ConfigError
+from evolvelm.evaluate.calibration import calibration
 from evolvelm.evaluate.suite import frontier, held_out_prompts, paired_gate, rates, right_answers, splits
 from evolvelm.models import ZOO, backend_for, base_state, prompt_format, resolve
 from evolvelm.refine.filters import FilterContext, final, judged, majority, run_chain
@@ -216,7 +217,9 @@ def refine(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> None:
     judge, judging = (judges.for_round(cfg, run, state, quiet) if "judge" in cfg.refine.chain else (None, {}))
     ctx = FilterContext(cfg.acquire.samples, agreement, max_per_problem=cfg.refine.max_per_problem,
                         nll_quantile=cfg.refine.nll_quantile, judge=judge, judge_mode=cfg.judge.mode,
-                        judge_threshold=cfg.judge.threshold, judge_note=judging.get("reason", ""))
+                        judge_threshold=cfg.judge.threshold, judge_note=judging.get("reason", ""),
+                        keep_share=cfg.refine.keep_share, keep_as=cfg.refine.keep_as,
+                        seed=derive_seed(cfg.seed, rnd, "refine"))
     counts = run_chain(cfg.refine.chain, samples, ctx)
     if judge is not None:
         judge.close()
@@ -306,15 +309,17 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> dict
     t0, e, avoid = time.time(), cfg.eval, labeled_prompts(cfg, run)
     model = backend_for(cfg, run, state)
     ranges = {s: range(1, e.max_difficulty + 1) for s in cfg.skills}
-    right = {split: right_answers(model, cfg.skills, ranges, split, e.problems, e.dev_problems, e.seed, quiet, avoid)
-             for split in ("test", "dev")}
+    conf: dict = {}  # the test answers' confidences
+    right = {split: right_answers(model, cfg.skills, ranges, split, e.problems, e.dev_problems, e.seed, quiet, avoid,
+                                  conf if split == "test" else None) for split in ("test", "dev")}
     acc = {split: rates(r) for split, r in right.items()}
     rows = [(split, s, d, a, len(right[split][s][d]), model.version, get_task(s).version)
             for split in acc for s in cfg.skills for d, a in acc[split][s].items()]
     model.close()
     info = {"frontier": {s: frontier(acc["test"][s], e.threshold) for s in cfg.skills}, "dev": acc["dev"],
             "dev_right": {s: {d: "".join("01"[x] for x in r) for d, r in by_d.items()} for s, by_d in right["dev"].items()},
-            "model_version": rows[0][5], "seconds": round(time.time() - t0, 2), **sandbox.info(cfg.skills)}
+            "calibration": calibration(right["test"], conf), "model_version": rows[0][5],
+            "seconds": round(time.time() - t0, 2), **sandbox.info(cfg.skills)}
     run.commit(rnd, "eval", info, evals=rows)
     return info
 

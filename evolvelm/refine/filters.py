@@ -5,6 +5,8 @@ Only `oracle` reads the true answer: it is the comparison arm, never an unsuperv
 """
 from __future__ import annotations
 
+import math
+import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Callable
@@ -31,6 +33,10 @@ class FilterContext:
                                 # | reference (pairwise against the problem's reference answer)
     judge_threshold: float = 4.0  # `judge`, score: the lowest rating kept
     judge_note: str = ""        # `judge`: why there is no judge this round (its failed audit)
+    keep_share: float = 0.5     # `confidence`, `random`: share of the samples reaching them that they keep
+    keep_as: str = ""           # `confidence`, `random`: keep as many as this filter would keep of the same
+                                # samples instead (comparisons at an equal number kept)
+    seed: int = 0               # `random`: the seed of its draw (the recipe derives it from the round)
 
 
 def judged(samples: list[Sample]) -> list[tuple[bool, str]]:
@@ -252,9 +258,38 @@ def judge(samples: list[Sample], ctx: FilterContext) -> list[Verdict]:
     return out
 
 
+def quota(samples: list[Sample], ctx: FilterContext) -> tuple[int, str]:
+    """How many samples `confidence` and `random` keep, and how that was decided."""
+    if ctx.keep_as:
+        n = sum(v.kept for v in FILTERS[ctx.keep_as](samples, ctx))
+        return n, f"as many as {ctx.keep_as} keeps: {n} of {len(samples)}"
+    n = round(ctx.keep_share * len(samples))
+    return n, f"share {ctx.keep_share}: {n} of {len(samples)}"
+
+
+def confidence(samples: list[Sample], ctx: FilterContext) -> list[Verdict]:
+    """Keep the answers the model is most confident in: the highest geometric mean token probability,
+    exp(mean token log-prob), `quota` of them (ties broken by acquisition order). Unsupervised: the
+    model's own probabilities, the confidence whose calibration every eval reports."""
+    n, how = quota(samples, ctx)
+    order = sorted(range(len(samples)), key=lambda i: -samples[i].mean_logprob)
+    rank = {i: r for r, i in enumerate(order)}
+    return [Verdict("confidence", "1", rank[i] < n, f"confidence {math.exp(s.mean_logprob):.3f}, rank {rank[i] + 1} "
+                                                    f"({how})") for i, s in enumerate(samples)]
+
+
+def random_pick(samples: list[Sample], ctx: FilterContext) -> list[Verdict]:
+    """Keep `quota` samples drawn at random (seeded by `ctx.seed`): the baseline a selection must beat."""
+    n, how = quota(samples, ctx)
+    chosen = set(random.Random(ctx.seed).sample(range(len(samples)), n))
+    return [Verdict("random", "1", i in chosen, f"{'drawn' if i in chosen else 'not drawn'} ({how})")
+            for i in range(len(samples))]
+
+
 FILTERS: dict[str, Callable[[list[Sample], FilterContext], list[Verdict]]] = {
     "oracle": oracle, "length": length, "vote": vote, "model_vote": model_vote, "dedup": dedup,
     "agreement": agreement, "verify": verify, "cap": cap, "consistency": consistency, "judge": judge,
+    "confidence": confidence, "random": random_pick,
 }
 
 

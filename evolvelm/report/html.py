@@ -67,6 +67,10 @@ def plots(summary: dict) -> list[tuple[str, str]]:
         out.append(("Accuracy on every skill after every round", _png(fig)))
         plt.close(fig)
 
+    calibrated = [r for r in rounds if r.get("calibration")]
+    if calibrated:
+        out.append(("Reliability of the test answers' confidence", _reliability([calibrated[0], calibrated[-1]], plt)))
+
     refined = [r for r in rounds if r["filters"]]
     if refined:
         names = list(refined[-1]["filters"])
@@ -82,6 +86,26 @@ def plots(summary: dict) -> list[tuple[str, str]]:
         out.append(("Kept and dropped per filter", _png(fig)))
         plt.close(fig)
     return out
+
+
+def _reliability(rounds: list[dict], plt) -> str:
+    """Reliability diagrams (accuracy against mean confidence per bin) of the first and last
+    evaluated rounds, one panel per skill; marker area by the bin's answers."""
+    skills = list(rounds[-1]["calibration"])
+    fig, axes = plt.subplots(1, len(skills), figsize=(4.2 * len(skills), 3.8), squeeze=False)
+    for ax, skill in zip(axes[0], skills):
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8)
+        for r, marker in zip(rounds, "os"):
+            c = r["calibration"].get(skill)
+            if c and c["bins"]:
+                ax.scatter([b[2] for b in c["bins"]], [b[3] for b in c["bins"]], s=[10 + 200 * b[1] / c["n"] for b in c["bins"]],
+                           marker=marker, alpha=0.6, label=f"round {r['round']}: ECE {_fmt(c['ece'])}, AUROC {_fmt(c['auroc'])}")
+        ax.set(title=f"{skill}: confidence = P(greedy answer)", xlabel="mean confidence of the bin", ylabel="accuracy",
+               xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
+        ax.legend(fontsize=7)
+    img = _png(fig)
+    plt.close(fig)
+    return img
 
 
 def _knowledge_plots(k: dict, plt) -> list[tuple[str, str]]:
@@ -179,6 +203,16 @@ def _tables(summary: dict) -> str:
                 "of the kept labels' final answers and of their whole scratchpads (true answers, benchmark only).</p>"
                 + _html_table(["round", "promoted", "accuracy (kept)", "accuracy (candidate)", "pass@1", "diversity",
                                "distinct right / problem", "label precision", "rationale precision"], rows))
+    calibrated = [(r["round"], skill, c) for r in summary["rounds"] for skill, c in (r.get("calibration") or {}).items()]
+    if calibrated:
+        rows = [[rnd, skill, c["n"], _fmt(c["accuracy"]), _fmt(c["confidence"]), _fmt(c["ece"]), _fmt(c["brier"]),
+                 _fmt(c["auroc"]), _fmt(c["token_ece"]), _fmt(c["token_auroc"])] for rnd, skill, c in calibrated]
+        out += ("<h2>Calibration</h2><p>How well the model's confidence in its greedy test answers tracks whether "
+                "they are right, per round's model: the probability of the whole answer (sequence) and the geometric "
+                "mean of its tokens' probabilities (token). ECE over 10 bins; Brier score; AUROC of right vs wrong "
+                "answers (0.5: no better than chance).</p>"
+                + _html_table(["round", "skill", "answers", "accuracy", "mean confidence", "ECE", "Brier", "AUROC",
+                               "token ECE", "token AUROC"], rows))
     audited = [r for r in summary["rounds"] if r.get("judge")]
     if audited:
         rows = [[r["round"], r["judge"]["name"], r["judge"]["version"], "yes" if r["judge"]["passed"] else "FAILED",

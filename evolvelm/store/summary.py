@@ -30,6 +30,7 @@ def summarize(run: Run, cfg: Config) -> dict:
             "rationale_precision": refine.get("rationale_precision"), "monitor": refine.get("monitor"),
             "temperature": acquire.get("temperature"), "vote_agreement": refine.get("vote_agreement"),
             "decision": gate.get("decision", ""), "module": refine.get("module"), "router": ev.get("router"),
+            "calibration": brief(ev.get("calibration", {})),
             "model_version": ev["model_version"], "seconds": round(seconds.get(rnd, 0.0), 1),
             **({"judge": judge_line(refine["judge"])} if refine.get("judge") else {}),
         })
@@ -44,6 +45,13 @@ def summarize(run: Run, cfg: Config) -> dict:
     return {**extra, "rounds": rounds, "final_frontier": promoted[-1]["frontier"] if promoted else {},
             "sandbox": (run.done(0, "eval") or {}).get("sandbox"),
             "skills": cfg.skills, "wall_seconds": round(sum(seconds.values()), 1)}
+
+
+def brief(calibration: dict) -> dict:
+    """A round's calibration per skill for summary.json: the sequence confidence's metrics and
+    reliability bins, and the token confidence's ECE and AUROC (the eval manifest keeps all of both)."""
+    return {skill: kinds["sequence"] | {"token_ece": kinds["token"]["ece"], "token_auroc": kinds["token"]["auroc"]}
+            for skill, kinds in calibration.items()}
 
 
 def judge_line(judging: dict) -> dict:

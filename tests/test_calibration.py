@@ -1,0 +1,56 @@
+"""Calibration of the held-out answers' confidence: the metrics on literal inputs, and every round's
+numbers in summary.json and the report."""
+import json
+import math
+
+import pytest
+
+from evolvelm.cli import main
+from evolvelm.evaluate.calibration import auroc, calibration, confidences, metrics
+
+
+def test_confidences_of_an_answer():
+    c = confidences([math.log(0.5), math.log(0.5)])
+    assert c["sequence"] == pytest.approx(0.25) and c["token"] == pytest.approx(0.5)
+    assert confidences([]) == {"sequence": 0.0, "token": 0.0}
+
+
+def test_metrics_on_literal_inputs():
+    sharp = metrics([1.0, 1.0, 0.0, 0.0], [True, True, False, False])
+    assert (sharp["ece"], sharp["brier"], sharp["auroc"]) == (0.0, 0.0, 1.0)
+    assert [b[0] for b in sharp["bins"]] == [0.0, 0.9]  # a confidence of 1 falls in the last bin
+    flat = metrics([0.8] * 10, [True] * 8 + [False] * 2)  # honest on average, no ranking at all
+    assert flat["ece"] == 0.0 and flat["brier"] == pytest.approx(0.16) and flat["auroc"] == 0.5
+    backwards = metrics([0.9, 0.9, 0.1, 0.1], [False, False, True, True])
+    assert backwards["ece"] == pytest.approx(0.9) and backwards["auroc"] == 0.0
+    assert backwards["bins"] == [[0.1, 2, 0.1, 1.0], [0.9, 2, 0.9, 0.0]]
+    assert metrics([0.3, 0.6], [True, True])["auroc"] is None  # no wrong answer to rank against
+    assert metrics([], [])["n"] == 0
+
+
+def test_auroc_counts_ties_half():
+    # right at 0.5 and 0.7; wrong at 0.5 and 0.2: pairs (0.5,0.5) half, (0.5,0.2) 1, (0.7,0.5) 1, (0.7,0.2) 1
+    assert auroc([0.5, 0.7, 0.5, 0.2], [True, True, False, False]) == pytest.approx(3.5 / 4)
+
+
+def test_calibration_pools_difficulties_per_skill():
+    right = {"copy": {1: [True, True], 2: [False]}}
+    conf = {"copy": {1: [{"sequence": 0.9, "token": 0.95}] * 2, 2: [{"sequence": 0.2, "token": 0.6}]}}
+    out = calibration(right, conf)["copy"]
+    assert out["sequence"]["n"] == 3 and out["sequence"]["auroc"] == 1.0
+    assert out["token"]["confidence"] == pytest.approx((0.95 * 2 + 0.6) / 3, abs=1e-4)
+
+
+def test_every_round_reports_calibration_in_the_summary_and_the_report(tmp_path, fake_recipe):
+    run_dir = tmp_path / "run"
+    assert main(["run", str(fake_recipe), "rounds=1", "--run-dir", str(run_dir), "-q"]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for r in summary["rounds"]:
+        for skill, c in r["calibration"].items():
+            assert c["n"] > 0 and sum(b[1] for b in c["bins"]) == c["n"]
+            # the fake backend is surer of its right answers (-0.1 per token) than of its wrong ones (-1.0)
+            assert c["auroc"] in (None, 1.0) and c["token_auroc"] in (None, 1.0)
+    assert any(c["auroc"] == 1.0 for r in summary["rounds"] for c in r["calibration"].values())
+    assert main(["report", str(run_dir)]) == 0
+    page = (run_dir / "report.html").read_text()
+    assert "Calibration" in page and "Reliability of the test answers" in page

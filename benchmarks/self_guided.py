@@ -1,0 +1,119 @@
+"""Self-prediction against cross-prediction (evolvelm.introspect; Binder et al. 2024, "Looking Inward").
+
+    python benchmarks/self_guided.py                           # the zoo's copy/reverse models, both orders
+    python benchmarks/self_guided.py --pairs copy-reverse:copy-reverse-seed1 --steps 800 --out self.json
+
+For each pair A:B of zoo models (same architecture and data, different seeds): A answers training
+and held-out prompts (copy and reverse at --lengths, where A is partly right); its behaviour gives
+the targets of four properties (right, first character, length, whether two samples agree). A is
+fine-tuned on its own behaviour (self), B on A's behaviour (cross), with the same introspection
+examples, steps, batch size, learning rate and seed. Each also replays its own greedy answers to
+the training prompts (as many examples; --no-replay: none), so that neither forgets its skill: B
+learns nothing of A's answers beyond the introspection targets. Printed per pair and property, on the held-out prompts:
+    majority   always the most common training value (knows nothing of the prompt)
+    by group   the most common training value of the prompt's skill and length (the surface a
+               predictor can learn without knowing the model)
+    cross      B's predictions against A's behaviour
+    self       A's predictions against A's behaviour before its introspection training
+    self-now   A's predictions against its own behaviour after that training (it may have changed)
+    changed    share of held-out prompts whose property value the introspection training changed
+Then self minus cross per property, pooled over pairs, with its standard error (paired by prompt).
+Other parts of issue 27 (controller, predict-the-update) are not here yet.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from evolvelm import introspect  # noqa: E402
+from evolvelm.backends.hf import HFBackend  # noqa: E402
+from evolvelm.models import resolve  # noqa: E402
+from evolvelm.prompts import PromptFormat  # noqa: E402
+from evolvelm.tasks import get_task  # noqa: E402
+from evolvelm.update import sft  # noqa: E402
+
+
+def draw(skills: list[str], lengths: list[int], n: int, seed: int, exclude: frozenset = frozenset()):
+    return [p for s in skills for d in lengths for p in get_task(s).problems(d, n, seed + 31 * d, exclude=exclude)]
+
+
+def trained(path: str, data, a, out: Path) -> HFBackend:
+    """`path` fully fine-tuned on the introspection examples, served from `out`."""
+    model = sft.load_for_training(path, None, "full", 8, 16, seed=a.seed)
+    sft.train(model, PromptFormat.load(path, "off"), data, a.steps, a.batch_size, a.lr, seed=a.seed, warmup=50, quiet=True)
+    sft.save(model, path, out, card={"introspection": len(data)})
+    return HFBackend(str(out), batch_size=512)
+
+
+def pair(a, first: str, second: str, tmp: Path) -> dict:
+    t0 = time.time()
+    props = list(introspect.PROPERTIES)
+    train = draw(a.skills, a.lengths, a.train, a.seed)
+    held = draw(a.skills, a.lengths, a.held, a.seed + 1, frozenset(p.prompt for p in train))
+    pa, pb = resolve(f"zoo:{first}"), resolve(f"zoo:{second}")
+    model_a = HFBackend(pa, batch_size=512)
+    seen_train, seen_held = introspect.behaviour(model_a, train, props), introspect.behaviour(model_a, held, props)
+    data = introspect.examples(train, seen_train, chat=False)
+    keep = (lambda path: introspect.replay(HFBackend(path, batch_size=512), train)) if a.replay else (lambda path: [])
+    me = trained(pa, data + keep(pa), a, tmp / f"{first}-self")
+    other = trained(pb, data + keep(pb), a, tmp / f"{second}-on-{first}")
+    pred_self, pred_cross = (introspect.predictions(m, held, props, chat=False) for m in (me, other))
+    now = introspect.behaviour(me, held, props)
+    changed = {p: round(sum(x != y for x, y in zip(seen_held.values[p], now.values[p])) / len(held), 4) for p in props}
+    hits = {arm: {p: [int(x == y) for x, y in zip(pred[p], seen_held.values[p])] for p in props}
+            for arm, pred in (("self", pred_self), ("cross", pred_cross))}
+    group = lambda ps: [(p.skill, p.difficulty) for p in ps]
+    return {"pair": f"{first}:{second}", "held": len(held), "examples": len(data),
+            "majority": introspect.majority(seen_train, seen_held),
+            "by group": introspect.majority(seen_train, seen_held, group(train), group(held)), "cross": introspect.accuracy(pred_cross, seen_held),
+            "self": introspect.accuracy(pred_self, seen_held), "self-now": introspect.accuracy(pred_self, now),
+            "changed": changed, "hits": hits, "seconds": round(time.time() - t0, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pairs", nargs="+", default=["copy-reverse:copy-reverse-seed1", "copy-reverse-seed1:copy-reverse",
+                                                   "copy-reverse:copy-reverse-seed2", "copy-reverse-seed2:copy-reverse"])
+    ap.add_argument("--skills", nargs="+", default=["copy", "reverse"])
+    ap.add_argument("--lengths", type=int, nargs="+", default=[7, 8, 9])
+    ap.add_argument("--train", type=int, default=400, help="training prompts per skill and length")
+    ap.add_argument("--held", type=int, default=150, help="held-out prompts per skill and length")
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-replay", dest="replay", action="store_false", help="introspection examples alone")
+    ap.add_argument("--out")
+    a = ap.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec in a.pairs:
+            first, second = spec.split(":")
+            results.append(pair(a, first, second, Path(tmp)))
+            r = results[-1]
+            print(f"\n{r['pair']}: {r['examples']} training examples, {r['held']} held-out prompts, {r['seconds']:.0f}s")
+            print(f"{'property':10s} {'majority':>9s} {'by group':>9s} {'cross':>7s} {'self':>7s} {'self-now':>9s} {'changed':>8s}")
+            for p in r["self"]:
+                print(f"{p:10s} {r['majority'][p]:9.3f} {r['by group'][p]:9.3f} {r['cross'][p]:7.3f} {r['self'][p]:7.3f} {r['self-now'][p]:9.3f} "
+                      f"{r['changed'][p]:8.3f}")
+    print("\nself minus cross, pooled over pairs (held-out prompts; standard error of the paired difference)")
+    for p in introspect.PROPERTIES:
+        d = [s - c for r in results for s, c in zip(r["hits"]["self"][p], r["hits"]["cross"][p])]
+        mean = sum(d) / len(d)
+        se = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d)) if len(d) > 1 else float("nan")
+        print(f"{p:10s} {mean:+.3f} (SE {se:.3f})")
+    if a.out:
+        Path(a.out).write_text(json.dumps({"args": vars(a), "pairs": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -17,7 +17,10 @@ learns nothing of A's answers beyond the introspection targets. Printed per pair
     self       A's predictions against A's behaviour before its introspection training
     self-now   A's predictions against its own behaviour after that training (it may have changed)
     changed    share of held-out prompts whose property value the introspection training changed
-Then self minus cross per property, pooled over pairs, with its standard error (paired by prompt).
+Then calibration on the held-out prompts, per skill: the confidence that A's greedy answer is right,
+as A's probability of that answer before any introspection training (sequence), and as the trained
+models' probability of replying "1" to the `right` question (self, cross): ECE, Brier, AUROC.
+Last, self minus cross per property, pooled over pairs, with its standard error (paired by prompt).
 Other parts of issue 27 (controller, predict-the-update) are not here yet.
 """
 from __future__ import annotations
@@ -36,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from evolvelm import introspect  # noqa: E402
 from evolvelm.backends.hf import HFBackend  # noqa: E402
+from evolvelm.evaluate import calibration  # noqa: E402
 from evolvelm.models import resolve  # noqa: E402
 from evolvelm.prompts import PromptFormat  # noqa: E402
 from evolvelm.tasks import get_task  # noqa: E402
@@ -71,12 +75,23 @@ def pair(a, first: str, second: str, tmp: Path) -> dict:
     changed = {p: round(sum(x != y for x, y in zip(seen_held.values[p], now.values[p])) / len(held), 4) for p in props}
     hits = {arm: {p: [int(x == y) for x, y in zip(pred[p], seen_held.values[p])] for p in props}
             for arm, pred in (("self", pred_self), ("cross", pred_cross))}
+    right = [v == "1" for v in seen_held.values["right"]]
+    base = [calibration.confidences(g.logprobs)["sequence"] for g in model_a.generate(
+        [p.prompt for p in held], [0] * len(held), 0.0, max(get_task(p.skill).max_new_tokens(p.difficulty) for p in held))]
+    conf = {"sequence": base, "self": introspect.confidence(me, held, False), "cross": introspect.confidence(other, held, False)}
+    calibrated = {kind: {s: calibration.metrics([c for c, p in zip(values, held) if p.skill == s],
+                                                [r for r, p in zip(right, held) if p.skill == s]) for s in a.skills}
+                  for kind, values in conf.items()}
     group = lambda ps: [(p.skill, p.difficulty) for p in ps]
     return {"pair": f"{first}:{second}", "held": len(held), "examples": len(data),
             "majority": introspect.majority(seen_train, seen_held),
             "by group": introspect.majority(seen_train, seen_held, group(train), group(held)), "cross": introspect.accuracy(pred_cross, seen_held),
             "self": introspect.accuracy(pred_self, seen_held), "self-now": introspect.accuracy(pred_self, now),
-            "changed": changed, "hits": hits, "seconds": round(time.time() - t0, 1)}
+            "changed": changed, "calibration": calibrated, "hits": hits, "seconds": round(time.time() - t0, 1)}
+
+
+def fmt(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 def main() -> None:
@@ -103,8 +118,12 @@ def main() -> None:
             print(f"\n{r['pair']}: {r['examples']} training examples, {r['held']} held-out prompts, {r['seconds']:.0f}s")
             print(f"{'property':10s} {'majority':>9s} {'by group':>9s} {'cross':>7s} {'self':>7s} {'self-now':>9s} {'changed':>8s}")
             for p in r["self"]:
-                print(f"{p:10s} {r['majority'][p]:9.3f} {r['by group'][p]:9.3f} {r['cross'][p]:7.3f} {r['self'][p]:7.3f} {r['self-now'][p]:9.3f} "
-                      f"{r['changed'][p]:8.3f}")
+                print(f"{p:10s} {r['majority'][p]:9.3f} {r['by group'][p]:9.3f} {r['cross'][p]:7.3f} {r['self'][p]:7.3f} "
+                      f"{r['self-now'][p]:9.3f} {r['changed'][p]:8.3f}")
+            print(f"{'confidence':10s} {'skill':8s} {'ECE':>6s} {'Brier':>6s} {'AUROC':>6s}")
+            for kind, by_skill in r["calibration"].items():
+                for skill, c in by_skill.items():
+                    print(f"{kind:10s} {skill:8s} {c['ece']:6.3f} {c['brier']:6.3f} {fmt(c['auroc']):>6s}")
     print("\nself minus cross, pooled over pairs (held-out prompts; standard error of the paired difference)")
     for p in introspect.PROPERTIES:
         d = [s - c for r in results for s, c in zip(r["hits"]["self"][p], r["hits"]["cross"][p])]

@@ -18,6 +18,7 @@ afterwards, since training on introspection prompts may change what it does.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from evolvelm.tasks import get_task
@@ -95,6 +96,14 @@ def predictions(backend, problems: list[Problem], props: list[str], chat: bool) 
         gens = backend.generate([ask(prop, p.prompt, chat) for p in problems], [0] * len(problems), 0.0, 6)
         out[prop] = [g.text.strip() for g in gens]
     return out
+
+
+def confidence(backend, problems: list[Problem], chat: bool) -> list[float]:
+    """The model's introspective confidence that its answer to each problem is right: its probability
+    of replying "1" to the `right` question, against "1" or "0" (evolvelm.evaluate.calibration scores it)."""
+    asked = [ask("right", p.prompt, chat) for p in problems]
+    yes, no = (backend.logprobs(asked, [v] * len(asked)) for v in ("1", "0"))
+    return [1 / (1 + math.exp(n[0] - y[0])) for y, n in zip(yes, no)]
 
 
 def accuracy(predicted: dict[str, list[str]], actual: Behaviour) -> dict[str, float]:

@@ -5,6 +5,7 @@ A recipe is a YAML file of these sections; `key=value` overrides use dotted name
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -168,6 +169,14 @@ class SemisupConfig:
 
 
 @dataclass
+class ControllerConfig:
+    arms: list[str] = field(default_factory=list)  # semisup: strategies a bandit chooses among each round, by
+                                     # measured dev gain per unit of compute (evolvelm.controller): lmsi | star |
+                                     # rest-em | semievol | pairs; empty: the recipe's own strategy every round
+    explore: float = 1.0             # UCB's exploration weight (x the largest value seen)
+
+
+@dataclass
 class JudgeConfig:
     model: str = "self"              # the `judge` filter's judge: self (each round's own model, audited again every
                                      # round) | first | random (baselines) | a model reference
@@ -219,6 +228,7 @@ class Config:
     semisup: SemisupConfig = field(default_factory=SemisupConfig)  # recipe semisup
     judge: JudgeConfig = field(default_factory=JudgeConfig)  # the `judge` filter (recipe semisup) and its audit
     cluster: ClusterConfig = field(default_factory=ClusterConfig)  # Ray workers for acquisition, evaluation, scoring
+    controller: ControllerConfig = field(default_factory=ControllerConfig)  # semisup: a bandit chooses each round's strategy
 
 
 CHOICES = {"model.backend": sorted(BACKENDS), "model.dtype": ["auto", "float32", "bfloat16", "float16"],
@@ -228,6 +238,13 @@ CHOICES = {"model.backend": sorted(BACKENDS), "model.dtype": ["auto", "float32",
            "modules.method": ["modular", "shared", "replay", "full"], "modules.router": ["hidden", "chars"],
            "acquire.schedule": ["fixed", "adaptive"], "judge.backend": ["hf", "openai"],
            "judge.method": ["generate", "logprobs"], "judge.mode": ["score", "samples", "reference"]}
+
+
+def overridden(cfg: Config, data: dict) -> Config:
+    """A copy of `cfg` with the nested settings in `data` applied (and checked) on top."""
+    out = copy.deepcopy(cfg)
+    _apply(out, copy.deepcopy(data))
+    return out
 
 
 def _check_type(key: str, value, typ):
@@ -358,6 +375,16 @@ def validate(cfg: Config) -> None:
     for f in cfg.refine.chain:
         if f not in FILTERS:
             raise ConfigError(f"refine.chain: unknown filter {f!r}; valid filters: {sorted(FILTERS)}")
+    if cfg.controller.arms:
+        from evolvelm.controller import ARMS
+
+        unknown = [a for a in cfg.controller.arms if a not in ARMS]
+        if unknown or cfg.recipe != "semisup" or len(set(cfg.controller.arms)) != len(cfg.controller.arms):
+            raise ConfigError(f"controller.arms: distinct strategies for recipe semisup, among {sorted(ARMS)}; got "
+                              f"{cfg.controller.arms} for recipe {cfg.recipe!r}")
+        if cfg.semisup.temperatures or cfg.semisup.thresholds or "judge" in cfg.refine.chain:
+            raise ConfigError("controller.arms: the controller chooses each round's strategy; B-STaR's choices "
+                              "(semisup.temperatures, thresholds) and the judge filter are strategies of their own")
     if cfg.refine.keep_as and (cfg.refine.keep_as not in FILTERS or cfg.refine.keep_as in ("confidence", "random")):
         raise ConfigError(f"refine.keep_as: a filter whose number kept confidence and random match; got "
                           f"{cfg.refine.keep_as!r}; valid: {sorted(set(FILTERS) - {'confidence', 'random'})}")

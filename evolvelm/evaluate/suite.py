@@ -126,3 +126,10 @@ def paired_gate(before: list[bool], after: list[bool], z: float, tolerance: floa
     ok = b - c >= need - 1e-9  # 1e-9: float noise
     return (ok, f"{'gain' if ok else 'too little gain'} on {len(before)} dev problems: {b} newly right, {c} newly wrong "
             f"(net {b - c:+d}; needed {need:+.1f} = {z} x sqrt({b + c}) - {tolerance} x {len(before)})")
+
+
+def dev_right(run, rnd: int) -> list[bool]:
+    """Which dev problems round `rnd`'s model got right, pooled over skills and difficulties in a fixed
+    order (recipes whose eval stores `dev_right`: semisup)."""
+    marks = run.done(rnd, "eval")["dev_right"]
+    return [c == "1" for s in sorted(marks) for d in sorted(marks[s], key=int) for c in marks[s][d]]

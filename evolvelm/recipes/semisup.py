@@ -43,11 +43,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from evolvelm import judges, sandbox
+from evolvelm import controller, judges, sandbox
 from evolvelm.acquire.sampling import CHUNK, derive_seed, sample
 from evolvelm.config import Config, ConfigError
 from evolvelm.evaluate.calibration import calibration
-from evolvelm.evaluate.suite import frontier, held_out_prompts, paired_gate, rates, right_answers, splits
+from evolvelm.evaluate.suite import dev_right, frontier, held_out_prompts, paired_gate, rates, right_answers, splits
 from evolvelm.models import ZOO, backend_for, base_state, prompt_format, resolve
 from evolvelm.refine.filters import FilterContext, final, judged, majority, run_chain
 from evolvelm.store.run import Run
@@ -165,9 +165,10 @@ def choose(cfg: Config, run: Run, model, rnd: int, quiet: bool) -> dict:
     return {"temperature": t, "vote_agreement": a, "balance": {f"T={t} agreement={a}": v for (t, a), v in scores.items()}}
 
 
-def acquire(cfg: Config, run: Run, rnd: int, state: State, exclude: dict, quiet: bool) -> None:
+def acquire(cfg: Config, run: Run, rnd: int, state: State, exclude: dict, quiet: bool, decision: dict | None = None) -> None:
     """k answers per unlabeled problem (semievol: after its nearest labeled examples; star: and
-    rationalisations), at the temperature B-STaR chose when `semisup.temperatures` is set."""
+    rationalisations), at the temperature B-STaR chose when `semisup.temperatures` is set; the
+    controller's `decision`, if any, is stored with them."""
     t0, a, method = time.time(), cfg.acquire, cfg.semisup.method
     model = backend_for(cfg, run, state)
     chosen = choose(cfg, run, model, rnd, quiet) if cfg.semisup.temperatures or cfg.semisup.thresholds else {}
@@ -184,7 +185,8 @@ def acquire(cfg: Config, run: Run, rnd: int, state: State, exclude: dict, quiet:
     model.close()
     run.commit(rnd, "acquire", {"acquired": len(samples) + len(hinted), "rationalised": len(hinted),
                                 "problems": len({(s.skill, s.prompt) for s in samples}), "temperature": temperature, **chosen,
-                                "model_version": samples[0].model_version, "seconds": round(time.time() - t0, 2)},
+                                "model_version": samples[0].model_version, "seconds": round(time.time() - t0, 2),
+                                **({"controller": decision} if decision else {})},
                samples=samples + hinted)
 
 
@@ -324,12 +326,6 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> dict
     return info
 
 
-def dev_right(run: Run, rnd: int) -> list[bool]:
-    """Which dev problems round `rnd`'s model got right, pooled over skills and difficulties in a fixed order."""
-    marks = run.done(rnd, "eval")["dev_right"]
-    return [c == "1" for s in sorted(marks) for d in sorted(marks[s], key=int) for c in marks[s][d]]
-
-
 def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
     """Run (or resume) every round in `run`; returns the summary."""
     sandbox.configure_from(cfg.sandbox)  # for skills whose checker runs the answers (`code`)
@@ -346,23 +342,28 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
 
     for rnd in range(1, cfg.rounds + 1):
         state = State.read(run.done(rnd - 1, "gate"))
+        rcfg, decision = cfg, None  # with controller.arms, this round's strategy (evolvelm.controller)
+        if cfg.controller.arms:
+            arm, decision = controller.choose(cfg, run, rnd)
+            rcfg = controller.config_for(cfg, arm)
         if not run.done(rnd, "acquire"):
-            acquire(cfg, run, rnd, state, exclude, quiet)
+            acquire(rcfg, run, rnd, state, exclude, quiet, decision)
         if not run.done(rnd, "refine"):
-            refine(cfg, run, rnd, state, quiet)
+            refine(rcfg, run, rnd, state, quiet)
         if not run.done(rnd, "update"):
-            update_stage(cfg, run, rnd, state, quiet)
+            update_stage(rcfg, run, rnd, state, quiet)
         update = run.done(rnd, "update")
         candidate = state.after(update, round=rnd)
         if not run.done(rnd, "eval"):
-            evaluate(cfg, run, rnd, candidate, quiet)
+            evaluate(rcfg, run, rnd, candidate, quiet)
         if not run.done(rnd, "gate"):
             ok, reason = paired_gate(dev_right(run, state.round), dev_right(run, rnd), cfg.gate.z, cfg.gate.tolerance)
             run.commit(rnd, "gate", {**(candidate if ok else state).info(), "promoted": ok, "reason": reason, "decision": "", "seconds": 0.0})
         summary = write_summary(run, cfg)
         if not quiet:
             r = summary["rounds"][-1]
-            tqdm.write(f"round {rnd}: {'promoted' if r['promoted'] else 'ROLLED BACK'}  test accuracy "
+            tqdm.write(("" if decision is None else f"round {rnd} chose {decision['reason']}\n") +
+                       f"round {rnd}: {'promoted' if r['promoted'] else 'ROLLED BACK'}  test accuracy "
                        f"{summary['semisup']['accuracy'][-1]}  kept {r['kept']}/{r['acquired']}  "
                        f"label precision {r['label_precision']}")
     return json.loads((run.root / "summary.json").read_text())

@@ -203,6 +203,13 @@ def _tables(summary: dict) -> str:
                 "of the kept labels' final answers and of their whole scratchpads (true answers, benchmark only).</p>"
                 + _html_table(["round", "promoted", "accuracy (kept)", "accuracy (candidate)", "pass@1", "diversity",
                                "distinct right / problem", "label precision", "rationale precision"], rows))
+    chosen = [r for r in summary["rounds"] if r.get("controller")]
+    if chosen:
+        rows = [[r["round"], r["controller"]["arm"], "yes" if r["promoted"] else "ROLLED BACK", r["controller"]["reason"]]
+                for r in chosen]
+        out += ("<h2>Strategy per round</h2><p>The controller's choice among <code>controller.arms</code>, by "
+                "measured dev gain per 1,000 sequences processed (UCB1), and why.</p>"
+                + _html_table(["round", "strategy", "promoted", "why"], rows))
     calibrated = [(r["round"], skill, c) for r in summary["rounds"] for skill, c in (r.get("calibration") or {}).items()]
     if calibrated:
         rows = [[rnd, skill, c["n"], _fmt(c["accuracy"]), _fmt(c["confidence"]), _fmt(c["ece"]), _fmt(c["brier"]),

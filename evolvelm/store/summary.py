@@ -29,7 +29,7 @@ def summarize(run: Run, cfg: Config) -> dict:
             "label_precision": refine.get("label_precision"), "filters": refine.get("filters", {}),
             "rationale_precision": refine.get("rationale_precision"), "monitor": refine.get("monitor"),
             "temperature": acquire.get("temperature"), "vote_agreement": refine.get("vote_agreement"),
-            "decision": gate.get("decision", ""), "module": refine.get("module"), "router": ev.get("router"),
+            "decision": gate.get("decision", ""), "controller": acquire.get("controller"), "module": refine.get("module"), "router": ev.get("router"),
             "calibration": brief(ev.get("calibration", {})),
             "model_version": ev["model_version"], "seconds": round(seconds.get(rnd, 0.0), 1),
             **({"judge": judge_line(refine["judge"])} if refine.get("judge") else {}),

@@ -129,10 +129,12 @@ def load_for_training(base: str, parent_adapter: str | None, method: str, lora_r
     random initialisation is drawn from `seed` (not from whatever the process drew before)."""
     torch.manual_seed(seed)
     model = load_model(base, device, dtype)
-    if method == "full":
-        return model
     from peft import LoraConfig, PeftModel, get_peft_model
 
+    if method == "full":  # continuing from an adapter (a LoRA round before this one): merged into the weights
+        if parent_adapter:  # (PEFT froze them; every weight trains again)
+            model = PeftModel.from_pretrained(model, parent_adapter).merge_and_unload().requires_grad_(True)
+        return model
     if parent_adapter:
         return PeftModel.from_pretrained(model, parent_adapter, is_trainable=True)
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}

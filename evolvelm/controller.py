@@ -1,0 +1,90 @@
+"""The core controller: each round of a semisup run, a bandit chooses how experience becomes training
+(`controller.arms`), instead of the one strategy the recipe fixes.
+
+An arm is a whole strategy, as the shipped recipe of that name sets it (ARMS): how answers are kept
+(votes, the checker, consistency) and how they train the model (SFT on answers and rationales,
+retraining from the base, DPO on preference pairs). Acquisition and evaluation stay the run's own.
+
+Each arm's value is its measured dev gain per unit of compute: the share of dev problems the round's
+candidate gets right minus the share the model it started from gets right (the gate's paired
+comparison, whether or not the round was promoted), per 1,000 sequences processed (answers generated
+plus sequences trained on: update.steps x update.batch_size, twice that for preference pairs). Both
+come from the store, never from the clock, so a resumed run makes the same decisions. The choice is
+UCB1: arms never tried go first, in the order listed; then the highest mean value plus
+`controller.explore` x the largest value seen x sqrt(2 ln(rounds) / plays). An arm whose last two
+rounds were both rolled back is benched while any other is not, and the reason says so. Every
+decision, its estimates and a one-line reason go to the acquire manifest, summary.json
+(`rounds[].controller`) and the report.
+"""
+from __future__ import annotations
+
+import math
+
+from evolvelm.config import Config, overridden
+from evolvelm.evaluate.suite import dev_right
+from evolvelm.types import State
+
+ARMS = {  # the strategy each shipped semisup recipe fixes (evolvelm/recipes/<arm>.yaml)
+    "lmsi": {"semisup": {"method": "lmsi"}, "refine": {"chain": ["vote", "dedup"]}},
+    "star": {"semisup": {"method": "star"}, "refine": {"chain": ["oracle", "dedup"]}},
+    "rest-em": {"semisup": {"method": "rest-em"}, "refine": {"chain": ["oracle", "dedup", "cap"], "max_per_problem": 4}},
+    "semievol": {"semisup": {"method": "semievol"}, "refine": {"chain": ["consistency", "dedup"]}},
+    "pairs": {"semisup": {"method": "pairs", "beta": 0.1, "pairs_per_problem": 2, "rpo_alpha": 1.0},
+              "refine": {"chain": ["oracle"]}, "update": {"method": "lora", "lr": 1.0e-4}},
+}
+
+
+def config_for(cfg: Config, arm: str) -> Config:
+    """The run's config with one arm's strategy in place of the recipe's."""
+    return overridden(cfg, ARMS[arm])
+
+
+def played(cfg: Config, run, before: int) -> list[dict]:
+    """Every finished round before `before` that an arm played: its arm, value, gain, cost, promotion."""
+    out = []
+    for rnd in range(1, before):
+        acquired, update, gate = (run.done(rnd, s) for s in ("acquire", "update", "gate"))
+        if not (acquired and gate and acquired.get("controller")):
+            continue
+        arm = acquired["controller"]["arm"]
+        start = State.read(run.done(rnd - 1, "gate")).round
+        old, new = dev_right(run, start), dev_right(run, rnd)
+        gain = (sum(new) - sum(old)) / len(new)
+        u = config_for(cfg, arm).update
+        trained = 0 if update.get("skipped") else u.steps * u.batch_size * (2 if arm == "pairs" else 1)
+        cost = (acquired["acquired"] + trained) / 1000
+        out.append({"round": rnd, "arm": arm, "gain": round(gain, 4), "cost": round(cost, 3),
+                    "value": gain / cost, "promoted": gate["promoted"]})
+    return out
+
+
+def choose(cfg: Config, run, rnd: int) -> tuple[str, dict]:
+    """The arm round `rnd` plays, and the decision as stored: arm, reason, estimates per arm."""
+    arms, history = cfg.controller.arms, played(cfg, run, rnd)
+    plays = {a: [h for h in history if h["arm"] == a] for a in arms}
+    scale = max((abs(h["value"]) for h in history), default=0.0) or 1.0
+    total = len(history)
+    estimates = {}
+    for a in arms:
+        values = [h["value"] for h in plays[a]]
+        mean = sum(values) / len(values) if values else None
+        bonus = cfg.controller.explore * scale * math.sqrt(2 * math.log(max(total, 1)) / len(values)) if values else None
+        benched = len(plays[a]) >= 2 and not any(h["promoted"] for h in plays[a][-2:])
+        estimates[a] = {"plays": len(values), "mean_value": None if mean is None else round(mean, 5),
+                        "ucb": None if mean is None else round(mean + bonus, 5), "benched": benched}
+    untried = [a for a in arms if not plays[a]]
+    if untried:
+        arm = untried[0]
+        reason = f"{arm}: not tried yet (each arm is tried once, in the order listed)"
+        return arm, {"arm": arm, "reason": reason, "estimates": estimates}
+    open_arms = [a for a in arms if not estimates[a]["benched"]] or arms
+    arm = max(open_arms, key=lambda a: (estimates[a]["ucb"], -arms.index(a)))
+    e = estimates[arm]
+    reason = (f"{arm}: highest UCB {e['ucb']:.4f} (mean dev gain {e['mean_value']:.4f} per 1k sequences over "
+              f"{e['plays']} round{'s' * (e['plays'] > 1)}, plus exploration)")
+    benched = [a for a in arms if estimates[a]["benched"]]
+    if benched and len(open_arms) < len(arms):
+        reason += f"; benched after two rollbacks in a row: {', '.join(benched)}"
+    elif benched:
+        reason += f"; every arm was rolled back twice in a row ({', '.join(benched)}): chosen among all"
+    return arm, {"arm": arm, "reason": reason, "estimates": estimates}

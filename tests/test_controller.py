@@ -1,0 +1,119 @@
+"""The core controller (evolvelm.controller): which arm a round plays and why, on a literal history;
+a semisup run whose strategy a bandit chooses, stored and reported, killed and resumed identically;
+a full fine-tuning round after a LoRA round continues from the adapter's weights."""
+import json
+import signal
+
+import pytest
+
+from evolvelm import config, controller
+from evolvelm.config import ConfigError
+from evolvelm.store.run import Run
+from test_resume import evolvelm, outcome
+from test_semisup import SMALL
+
+
+class History:
+    """A run's manifest as the controller reads it: rounds of (arm, dev right answers, promoted)."""
+
+    def __init__(self, rounds, dev=10):
+        self.info = {(0, "gate"): {"model": "m", "round": 0, "promoted": True},
+                     (0, "eval"): {"dev_right": {"s": {"1": "0" * dev}}}}
+        kept = 0
+        for rnd, (arm, right, promoted) in enumerate(rounds, 1):
+            self.info[(rnd, "acquire")] = {"acquired": 1000, "controller": {"arm": arm}}
+            self.info[(rnd, "update")] = {}
+            self.info[(rnd, "eval")] = {"dev_right": {"s": {"1": "1" * right + "0" * (dev - right)}}}
+            kept = rnd if promoted else kept
+            self.info[(rnd, "gate")] = {"model": "m", "round": kept, "promoted": promoted}
+
+    def done(self, rnd, stage):
+        return self.info.get((rnd, stage))
+
+
+def test_untried_arms_first_then_the_best_value_and_no_arm_rolled_back_twice_in_a_row():
+    cfg = config.load("lmsi", ["controller.arms=[lmsi,star,semievol]", "update.steps=10", "update.batch_size=10"])
+    arm, d = controller.choose(cfg, History([]), 1)
+    assert arm == "lmsi" and d["reason"].startswith("lmsi: not tried yet")
+    arm, d = controller.choose(cfg, History([("lmsi", 3, True)]), 2)
+    assert arm == "star"
+    # lmsi gained 3 of 10 dev problems for 1.1k sequences; star 1 from the same start; semievol lost one
+    history = History([("lmsi", 3, True), ("star", 4, True), ("semievol", 2, False)])
+    arm, d = controller.choose(cfg, history, 4)
+    e = d["estimates"]
+    assert e["lmsi"]["mean_value"] == pytest.approx(0.3 / 1.1, abs=1e-4) and e["star"]["mean_value"] == pytest.approx(0.1 / 1.1, abs=1e-4)
+    assert e["semievol"]["mean_value"] < 0 and arm == "lmsi" and "highest UCB" in d["reason"]
+    # lmsi rolled back twice in a row: benched, though its value is still the highest, and the reason says so
+    history = History([("lmsi", 8, True), ("star", 4, False), ("semievol", 4, False), ("lmsi", 8, False), ("lmsi", 8, False)])
+    arm, d = controller.choose(cfg, history, 6)
+    e = d["estimates"]
+    assert e["lmsi"]["ucb"] > max(e["star"]["ucb"], e["semievol"]["ucb"])  # it would win...
+    assert e["lmsi"]["benched"] and arm == "star" and "benched after two rollbacks in a row: lmsi" in d["reason"]
+
+
+def test_controller_settings_are_checked():
+    with pytest.raises(ConfigError, match="controller.arms: .* among"):
+        config.load("lmsi", ["controller.arms=[lmsi,magic]"])
+    with pytest.raises(ConfigError, match="recipe 'ladder'"):
+        config.load("copy-ladder", ["controller.arms=[lmsi]"])
+    with pytest.raises(ConfigError, match="B-STaR"):
+        config.load("bstar", ["controller.arms=[lmsi,star]"])
+
+
+ARMS = ["controller.arms=[pairs,lmsi,star]", "rounds=4", "gate.z=0", "gate.tolerance=1.0"]  # every round promoted
+
+
+@pytest.fixture(scope="module")
+def controlled(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("controlled") / "run"
+    out = evolvelm("run", "lmsi", *SMALL, *ARMS, "--run-dir", str(run_dir), timeout=600)
+    assert out.returncode == 0, out.stderr
+    return run_dir
+
+
+def test_a_controlled_run_plays_each_arm_then_chooses_and_says_why(controlled):
+    run = Run.open(controlled)
+    decisions = [run.done(r, "acquire")["controller"] for r in range(1, 5)]
+    assert [d["arm"] for d in decisions[:3]] == ["pairs", "lmsi", "star"]  # each tried once, in order
+    assert decisions[3]["arm"] in ("pairs", "lmsi", "star") and "highest UCB" in decisions[3]["reason"]
+    assert all(d["estimates"][d["arm"]]["plays"] == 1 for d in decisions[3:])
+    # each round ran its arm's strategy: DPO on an adapter, votes, the checker with rationalisation
+    assert run.done(1, "update")["adapter"] and run.done(1, "update")["pairs"] > 0
+    filters = [{r["filter"] for r in run.query("SELECT DISTINCT filter FROM verdicts WHERE round=?", (rnd,))} for rnd in (1, 2, 3)]
+    assert filters == [{"oracle"}, {"vote", "dedup"}, {"oracle", "dedup"}]
+    assert run.done(3, "acquire")["rationalised"] > 0 and run.done(2, "acquire")["rationalised"] == 0
+    # round 2 fine-tunes all weights on top of round 1's adapter: merged, a full model, no adapter
+    assert run.done(2, "update")["adapter"] is None and run.done(2, "update")["model"].endswith("update/model")
+    summary = json.loads((controlled / "summary.json").read_text())
+    assert [r["controller"]["arm"] for r in summary["rounds"][1:]] == [d["arm"] for d in decisions]
+    assert summary["rounds"][0]["controller"] is None
+    assert evolvelm("report", str(controlled)).returncode == 0
+    page = (controlled / "report.html").read_text()
+    assert "Strategy per round" in page and decisions[3]["reason"].split(" (")[0] in page
+
+
+def test_a_controlled_run_killed_and_resumed_decides_the_same(controlled, tmp_path):
+    run_dir = tmp_path / "run"
+    killed = evolvelm("run", "lmsi", *SMALL, *ARMS, "--run-dir", str(run_dir),
+                      env={"EVOLVELM_KILL_AT": "3:update:before-manifest"}, timeout=600)
+    assert killed.returncode == -signal.SIGKILL
+    assert evolvelm("resume", str(run_dir), timeout=600).returncode == 0
+    assert outcome(run_dir) == outcome(controlled)
+
+
+def test_full_fine_tuning_from_an_adapter_starts_from_its_merged_weights(tmp_path):
+    import torch
+    from peft import PeftModel
+
+    from evolvelm.models import load_model, resolve
+    from evolvelm.update import sft
+    from test_serve import random_adapter
+
+    base = resolve("zoo:copy-reverse")
+    adapter = str(random_adapter(base, tmp_path / "adapter"))
+    x = torch.tensor([[1, 5, 6, 7, 8]])
+    with torch.no_grad():
+        want = PeftModel.from_pretrained(load_model(base), adapter)(input_ids=x).logits
+        got = sft.load_for_training(base, adapter, "full", 8, 16)(input_ids=x).logits
+        plain = load_model(base)(input_ids=x).logits
+    assert (got - want).abs().max() < 1e-4 < (plain - want).abs().max()

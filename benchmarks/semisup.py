@@ -21,6 +21,8 @@ the labeled set alone, the baseline):
     lmsi-confidence, lmsi-random
                lmsi's samples, but instead of the vote, as many answers as the vote would keep of them,
                the most confident (highest mean token probability) or drawn at random
+    controller each round a UCB1 bandit chooses among lmsi, star, semievol and pairs by measured dev gain
+               per 1k sequences (evolvelm.controller); controller-random: the arm drawn at random
 Printed per arm and round: test accuracy pooled over every held-out problem (kept model, and the
 round's candidate), pass@1, pass@k,
 distinct right rationales per problem, answer diversity, precision of the kept labels (final answer)
@@ -53,7 +55,9 @@ ARMS = {"labeled": ("lmsi", ["semisup.method=labeled"]), "lmsi": ("lmsi", []),
         "star": ("star", []), "rest-em": ("rest-em", []), "semievol": ("semievol", []),
         "semievol-noctx": ("semievol", ["semisup.demos=0"]), "pairs": ("pairs", []),
         "lmsi-confidence": ("lmsi", ["refine.chain=[confidence,dedup]", "refine.keep_as=vote"]),
-        "lmsi-random": ("lmsi", ["refine.chain=[random,dedup]", "refine.keep_as=vote"])}
+        "lmsi-random": ("lmsi", ["refine.chain=[random,dedup]", "refine.keep_as=vote"]),
+        "controller": ("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]"]),
+        "controller-random": ("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "controller.policy=random"])}
 
 
 def run_arm(arm: str, rounds: int, overrides: list[str], workdir: Path) -> dict:
@@ -79,7 +83,8 @@ def rows(summary: dict) -> list[dict]:
                     "filters": {n: f.get("precision") for n, f in r["filters"].items()}, "seconds": r["seconds"],
                     "temperature": r["temperature"], "vote_agreement": r["vote_agreement"],
                     "ece": next(iter(r["calibration"].values()), {}).get("ece"),
-                    "auroc": next(iter(r["calibration"].values()), {}).get("auroc")})
+                    "auroc": next(iter(r["calibration"].values()), {}).get("auroc"),
+                    "arm": (r.get("controller") or {}).get("arm")})
     return out
 
 
@@ -105,12 +110,12 @@ def print_rounds(name: str, res: dict) -> None:
     fmt = lambda x: "    -" if x is None else f"{x:.3f}"
     print(f"\n{name}  (wall time {res['seconds']:.0f}s)")
     print(f"{'round':>5s} {'promoted':>8s} {'acc':>6s} {'cand':>6s} {'temp':>5s} {'agree':>5s} {'pass@1':>6s} {'pass@k':>6s} "
-          f"{'dist.ok':>7s} {'divers':>6s} {'kept':>6s} {'prec':>6s} {'ratprec':>7s} {'ece':>6s} {'auroc':>6s} {'s':>6s}")
+          f"{'dist.ok':>7s} {'divers':>6s} {'kept':>6s} {'prec':>6s} {'ratprec':>7s} {'ece':>6s} {'auroc':>6s} {'s':>6s}  arm")
     for r in res["rounds"]:
         print(f"{r['round']:5d} {'yes' if r['promoted'] else 'NO':>8s} {fmt(r['accuracy']):>6s} {fmt(r['candidate']):>6s} "
               f"{fmt(r['temperature']):>5s} {fmt(r['vote_agreement']):>5s} {fmt(r['pass@1']):>6s} {fmt(r['pass@k']):>6s} "
               f"{fmt(r['distinct_right']):>7s} {fmt(r['diversity']):>6s} {r['kept']:6d} {fmt(r['label_precision']):>6s} "
-              f"{fmt(r['rationale_precision']):>7s} {fmt(r.get('ece')):>6s} {fmt(r.get('auroc')):>6s} {r['seconds']:6.1f}")
+              f"{fmt(r['rationale_precision']):>7s} {fmt(r.get('ece')):>6s} {fmt(r.get('auroc')):>6s} {r['seconds']:6.1f}  {r.get('arm') or ''}")
 
 
 def arm_result(runs: dict[int, dict]) -> dict:

@@ -11,7 +11,8 @@ comparison, whether or not the round was promoted), per 1,000 sequences processe
 plus sequences trained on: update.steps x update.batch_size, twice that for preference pairs). Both
 come from the store, never from the clock, so a resumed run makes the same decisions. The choice is
 UCB1: arms never tried go first, in the order listed; then the highest mean value plus
-`controller.explore` x the largest value seen x sqrt(2 ln(rounds) / plays). An arm whose last two
+`controller.explore` x the largest value seen x sqrt(2 ln(rounds) / plays); `controller.policy:
+random` draws the arm by the round's seed instead (the baseline a choice must beat). An arm whose last two
 rounds were both rolled back is benched while any other is not, and the reason says so. Every
 decision, its estimates and a one-line reason go to the acquire manifest, summary.json
 (`rounds[].controller`) and the report.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import math
 
+from evolvelm.acquire.sampling import derive_seed
 from evolvelm.config import Config, overridden
 from evolvelm.evaluate.suite import dev_right
 from evolvelm.types import State
@@ -72,6 +74,10 @@ def choose(cfg: Config, run, rnd: int) -> tuple[str, dict]:
         benched = len(plays[a]) >= 2 and not any(h["promoted"] for h in plays[a][-2:])
         estimates[a] = {"plays": len(values), "mean_value": None if mean is None else round(mean, 5),
                         "ucb": None if mean is None else round(mean + bonus, 5), "benched": benched}
+    if cfg.controller.policy == "random":
+        arm = arms[derive_seed(cfg.seed, rnd, "arm") % len(arms)]
+        return arm, {"arm": arm, "reason": f"{arm}: drawn at random (controller.policy random, the baseline)",
+                     "estimates": estimates}
     untried = [a for a in arms if not plays[a]]
     if untried:
         arm = untried[0]

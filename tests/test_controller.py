@@ -58,6 +58,15 @@ def test_controller_settings_are_checked():
         config.load("copy-ladder", ["controller.arms=[lmsi]"])
     with pytest.raises(ConfigError, match="B-STaR"):
         config.load("bstar", ["controller.arms=[lmsi,star]"])
+    with pytest.raises(ConfigError, match="controller.policy"):
+        config.load("lmsi", ["controller.arms=[lmsi,star]", "controller.policy=greedy"])
+
+
+def test_the_random_policy_draws_by_the_rounds_seed():
+    cfg = config.load("lmsi", ["controller.arms=[lmsi,star,semievol]", "controller.policy=random"])
+    picks = [controller.choose(cfg, History([]), rnd) for rnd in range(1, 13)]
+    assert {arm for arm, _ in picks} == {"lmsi", "star", "semievol"} and all("drawn at random" in d["reason"] for _, d in picks)
+    assert picks == [controller.choose(cfg, History([]), rnd) for rnd in range(1, 13)]
 
 
 ARMS = ["controller.arms=[pairs,lmsi,star]", "rounds=4", "gate.z=0", "gate.tolerance=1.0"]  # every round promoted

@@ -16,6 +16,11 @@ random` draws the arm by the round's seed instead (the baseline a choice must be
 rounds were both rolled back is benched while any other is not, and the reason says so. Every
 decision, its estimates and a one-line reason go to the acquire manifest, summary.json
 (`rounds[].controller`) and the report.
+
+Predict-the-update: before the update, the chosen arm's mean dev gain so far (`mean_gain`; none for
+an arm not tried yet: no change) predicts how much the round's candidate will gain on the held-out
+test split; `summary.json` scores it against "no change" and "the same change as last round"
+(`store.summary.predictions`).
 """
 from __future__ import annotations
 
@@ -72,8 +77,10 @@ def choose(cfg: Config, run, rnd: int) -> tuple[str, dict]:
         mean = sum(values) / len(values) if values else None
         bonus = cfg.controller.explore * scale * math.sqrt(2 * math.log(max(total, 1)) / len(values)) if values else None
         benched = len(plays[a]) >= 2 and not any(h["promoted"] for h in plays[a][-2:])
+        gains = [h["gain"] for h in plays[a]]
         estimates[a] = {"plays": len(values), "mean_value": None if mean is None else round(mean, 5),
-                        "ucb": None if mean is None else round(mean + bonus, 5), "benched": benched}
+                        "ucb": None if mean is None else round(mean + bonus, 5), "benched": benched,
+                        "mean_gain": round(sum(gains) / len(gains), 4) if gains else None}
     if cfg.controller.policy == "random":
         arm = arms[derive_seed(cfg.seed, rnd, "arm") % len(arms)]
         return arm, {"arm": arm, "reason": f"{arm}: drawn at random (controller.policy random, the baseline)",

@@ -96,9 +96,17 @@ def test_a_controlled_run_plays_each_arm_then_chooses_and_says_why(controlled):
     summary = json.loads((controlled / "summary.json").read_text())
     assert [r["controller"]["arm"] for r in summary["rounds"][1:]] == [d["arm"] for d in decisions]
     assert summary["rounds"][0]["controller"] is None
+    # predict-the-update: untried arms predict no change; round 4 its arm's mean dev gain over the kept model
+    p, kept = summary["semisup"]["prediction"], summary["semisup"]["accuracy"]
+    assert [r["controller"] == r["no_change"] for r in p["rounds"]] == [True, True, True, decisions[3]["estimates"][
+        decisions[3]["arm"]]["mean_gain"] == 0]
+    assert p["rounds"][3]["controller"] == pytest.approx(kept[3] + decisions[3]["estimates"][decisions[3]["arm"]]["mean_gain"])
+    assert p["rounds"][0]["last_change"] is None and p["rounds"][3]["actual"] == summary["semisup"]["candidate"][4]
+    assert set(p["mae"]) == {"controller", "no_change", "last_change"} and all(v >= 0 for v in p["mae"].values())
     assert evolvelm("report", str(controlled)).returncode == 0
     page = (controlled / "report.html").read_text()
     assert "Strategy per round" in page and decisions[3]["reason"].split(" (")[0] in page
+    assert "Predict-the-update" in page
 
 
 def test_a_controlled_run_killed_and_resumed_decides_the_same(controlled, tmp_path):

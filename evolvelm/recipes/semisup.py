@@ -343,9 +343,10 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
     for rnd in range(1, cfg.rounds + 1):
         state = State.read(run.done(rnd - 1, "gate"))
         rcfg, decision = cfg, None  # with controller.arms, this round's strategy (evolvelm.controller)
-        if cfg.controller.arms:
-            arm, decision = controller.choose(cfg, run, rnd)
-            rcfg = controller.config_for(cfg, arm)
+        if cfg.controller.arms:  # decided once: a resumed round reads the decision its acquisition stored
+            acquired = run.done(rnd, "acquire")
+            decision = acquired["controller"] if acquired else controller.choose(cfg, run, rnd)[1]
+            rcfg = controller.config_for(cfg, decision["arm"])
         if not run.done(rnd, "acquire"):
             acquire(rcfg, run, rnd, state, exclude, quiet, decision)
         if not run.done(rnd, "refine"):

@@ -210,6 +210,15 @@ def _tables(summary: dict) -> str:
         out += ("<h2>Strategy per round</h2><p>The controller's choice among <code>controller.arms</code>, by "
                 "measured dev gain per 1,000 sequences processed (UCB1), and why.</p>"
                 + _html_table(["round", "strategy", "promoted", "why"], rows))
+    prediction = summary.get("semisup", {}).get("prediction")
+    if prediction:
+        rows = [[r["round"], _fmt(r["actual"]), _fmt(r["controller"]), _fmt(r["no_change"]), _fmt(r["last_change"])]
+                for r in prediction["rounds"]]
+        rows.append(["mean abs. error", ""] + [_fmt(prediction["mae"][k]) for k in ("controller", "no_change", "last_change")])
+        out += ("<h2>Predict-the-update</h2><p>Each round's candidate test accuracy (pooled), as predicted before "
+                "its update by the controller (the starting model plus the chosen strategy's mean dev gain so far) "
+                "and by the naive predictors.</p>"
+                + _html_table(["round", "actual", "controller", "no change", "same change as last round"], rows))
     calibrated = [(r["round"], skill, c) for r in summary["rounds"] for skill, c in (r.get("calibration") or {}).items()]
     if calibrated:
         rows = [[rnd, skill, c["n"], _fmt(c["accuracy"]), _fmt(c["confidence"]), _fmt(c["ece"]), _fmt(c["brier"]),

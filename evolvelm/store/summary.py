@@ -127,7 +127,30 @@ def semisup(run: Run, rounds: list[dict]) -> dict:
     kept = []
     for r, acc in zip(rounds, candidate):
         kept.append(acc if r["promoted"] or not kept else kept[-1])
-    return {"accuracy": kept, "candidate": candidate, "base": kept[0] if kept else None}
+    out = {"accuracy": kept, "candidate": candidate, "base": kept[0] if kept else None}
+    if any(r.get("controller") for r in rounds):
+        out["prediction"] = predictions(rounds, kept, candidate)
+    return out
+
+
+def predictions(rounds: list[dict], kept: list[float], candidate: list[float]) -> dict:
+    """Predict-the-update: each round's candidate test accuracy (pooled) as predicted before its update
+    by the controller (the model it starts from plus the chosen arm's mean dev gain so far), by "no
+    change" (the model it starts from) and by "the same change as last round"; per round, and the mean
+    absolute error of each over the rounds all three predict."""
+    rows = []
+    for i in range(1, len(rounds)):
+        d = rounds[i].get("controller") or {}
+        gain = (d.get("estimates", {}).get(d.get("arm"), {}) or {}).get("mean_gain")
+        start = kept[i - 1]
+        last = candidate[i - 1] - kept[i - 2] if i >= 2 else None
+        rows.append({"round": rounds[i]["round"], "actual": candidate[i], "no_change": start,
+                     "last_change": None if last is None else round(start + last, 4),
+                     "controller": round(start + (gain or 0.0), 4)})
+    scored = [r for r in rows if r["last_change"] is not None]
+    mae = {k: round(sum(abs(r[k] - r["actual"]) for r in scored) / len(scored), 4) if scored else None
+           for k in ("controller", "no_change", "last_change")}
+    return {"rounds": rows, "mae": mae}
 
 
 def write_summary(run: Run, cfg: Config) -> dict:

@@ -335,10 +335,9 @@ def main(argv: list[str] | None = None) -> int:
         if parallel.rank() > 0:  # these processes only train: evolvelm.update.parallel
             _quiet_libraries()
             return parallel.follow()
-        try:
-            return _main(args)
-        finally:
-            parallel.release()
+        code = _main(args)
+        parallel.release()  # not after an exception: it may have left the others inside a collective, and
+        return code         # the launcher stops them when this process dies
     return _main(args)
 
 

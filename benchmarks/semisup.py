@@ -27,11 +27,13 @@ Printed per arm and round: test accuracy pooled over every held-out problem (kep
 round's candidate), pass@1, pass@k,
 distinct right rationales per problem, answer diversity, precision of the kept labels (final answer)
 and of their whole scratchpads, the calibration of the model's confidence in its test answers (ECE
-and AUROC of P(greedy answer), first skill), wall time (per seed with --seeds). Then per arm: final accuracy (the
+and AUROC of P(greedy answer), first skill), the controller's arm, wall time (per seed with --seeds).
+Then per arm: final accuracy (the
 mean over seeds, and each seed's), its error against the labeled baseline's, how many promoted rounds
 lowered test accuracy (and the largest drop); with several seeds, every two arms' paired difference
 (the same seed gives both arms the same unlabeled draws and splits); for lmsi, the precision of the
-majority answer by its number of votes (all rounds).
+majority answer by its number of votes (all rounds); for the controller arms, predict-the-update's
+mean absolute error against no change and the same change as last round.
 """
 from __future__ import annotations
 
@@ -98,7 +100,7 @@ def measure(arm: str, seed: int, rounds: int, overrides: list[str], workdir: Pat
             margin[int(m)][1] += v["problems"] * v["precision"]
     return {"rounds": rows(s), "base": s["semisup"]["base"], "final": s["semisup"]["accuracy"][-1],
             "precision_by_margin": {m: round(c / n, 4) for m, (n, c) in sorted(margin.items())},
-            "seconds": s["bench_seconds"]}
+            "prediction": s["semisup"].get("prediction"), "seconds": s["bench_seconds"]}
 
 
 def drops(rounds: list[dict]) -> list[float]:
@@ -204,6 +206,12 @@ def main() -> None:
         seeds = results["lmsi"]["seeds"]
         print("\nlmsi: precision of the majority answer by its votes (of k), all rounds" + (", first seed" if len(seeds) > 1 else ""))
         print("  ".join(f"{m}: {p:.3f}" for m, p in next(iter(seeds.values()))["precision_by_margin"].items()))
+    for arm, res in results.items():  # the controller's arms: predict-the-update, mean absolute error over seeds
+        scored = [run["prediction"]["mae"] for run in res["seeds"].values() if run.get("prediction")]
+        if scored and all(m["controller"] is not None for m in scored):
+            print(f"\n{arm}: predict-the-update, mean absolute error of the candidate's test accuracy (mean of "
+                  f"{len(scored)} seeds): " + ", ".join(f"{k} {sum(m[k] for m in scored) / len(scored):.4f}"
+                                                   for k in ("controller", "no_change", "last_change")))
 
 
 if __name__ == "__main__":

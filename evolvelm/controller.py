@@ -17,9 +17,11 @@ rounds were both rolled back is benched while any other is not, and the reason s
 decision, its estimates and a one-line reason go to the acquire manifest, summary.json
 (`rounds[].controller`) and the report.
 
-Predict-the-update: before the update, the chosen arm's mean dev gain so far (`mean_gain`; none for
-an arm not tried yet: no change) predicts how much the round's candidate will gain on the held-out
-test split; `summary.json` scores it against "no change" and "the same change as last round"
+Predict-the-update: before the update, the share of its remaining dev errors that the chosen arm
+fixed on average when it played (`predict`; for an arm not tried yet, the mean over every arm played;
+none before any round: no change) predicts the round's candidate's held-out test accuracy, the
+starting model's plus that share of its errors. Relative, because a strategy fixes fewer problems
+as fewer are left. `summary.json` scores it against "no change" and "the same change as last round"
 (`store.summary.predictions`).
 """
 from __future__ import annotations
@@ -57,16 +59,25 @@ def played(cfg: Config, run, before: int) -> list[dict]:
         start = State.read(run.done(rnd - 1, "gate")).round
         old, new = dev_right(run, start), dev_right(run, rnd)
         gain = (sum(new) - sum(old)) / len(new)
+        errors = 1 - sum(old) / len(old)  # what was left to gain: relative gains shrink less as the model improves
         u = config_for(cfg, arm).update
         trained = 0 if update.get("skipped") else u.steps * u.batch_size * (2 if arm == "pairs" else 1)
         cost = (acquired["acquired"] + trained) / 1000
-        out.append({"round": rnd, "arm": arm, "gain": round(gain, 4), "cost": round(cost, 3),
-                    "value": gain / cost, "promoted": gate["promoted"]})
+        out.append({"round": rnd, "arm": arm, "gain": round(gain, 4), "cost": round(cost, 3), "value": gain / cost,
+                    "relative": gain / errors if errors else 0.0, "promoted": gate["promoted"]})
     return out
 
 
 def choose(cfg: Config, run, rnd: int) -> tuple[str, dict]:
-    """The arm round `rnd` plays, and the decision as stored: arm, reason, estimates per arm."""
+    """The arm round `rnd` plays, and the decision as stored: arm, reason, estimates per arm, and the
+    predicted share of the remaining dev errors the round will fix (`predict`)."""
+    arm, decision = _choose(cfg, run, rnd)
+    history = played(cfg, run, rnd)
+    mine = [h["relative"] for h in history if h["arm"] == arm] or [h["relative"] for h in history]
+    return arm, {**decision, "predict": round(sum(mine) / len(mine), 4) if mine else None}
+
+
+def _choose(cfg: Config, run, rnd: int) -> tuple[str, dict]:
     arms, history = cfg.controller.arms, played(cfg, run, rnd)
     plays = {a: [h for h in history if h["arm"] == a] for a in arms}
     scale = max((abs(h["value"]) for h in history), default=0.0) or 1.0
@@ -77,10 +88,10 @@ def choose(cfg: Config, run, rnd: int) -> tuple[str, dict]:
         mean = sum(values) / len(values) if values else None
         bonus = cfg.controller.explore * scale * math.sqrt(2 * math.log(max(total, 1)) / len(values)) if values else None
         benched = len(plays[a]) >= 2 and not any(h["promoted"] for h in plays[a][-2:])
-        gains = [h["gain"] for h in plays[a]]
+        relative = [h["relative"] for h in plays[a]]
         estimates[a] = {"plays": len(values), "mean_value": None if mean is None else round(mean, 5),
                         "ucb": None if mean is None else round(mean + bonus, 5), "benched": benched,
-                        "mean_gain": round(sum(gains) / len(gains), 4) if gains else None}
+                        "relative_gain": round(sum(relative) / len(relative), 4) if relative else None}
     if cfg.controller.policy == "random":
         arm = arms[derive_seed(cfg.seed, rnd, "arm") % len(arms)]
         return arm, {"arm": arm, "reason": f"{arm}: drawn at random (controller.policy random, the baseline)",

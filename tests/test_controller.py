@@ -96,11 +96,14 @@ def test_a_controlled_run_plays_each_arm_then_chooses_and_says_why(controlled):
     summary = json.loads((controlled / "summary.json").read_text())
     assert [r["controller"]["arm"] for r in summary["rounds"][1:]] == [d["arm"] for d in decisions]
     assert summary["rounds"][0]["controller"] is None
-    # predict-the-update: untried arms predict no change; round 4 its arm's mean dev gain over the kept model
+    # predict-the-update: nothing played before round 1 (no change); then the share of errors its arm fixed
+    # on average (an arm not tried yet: every arm's), applied to the model the round starts from
     p, kept = summary["semisup"]["prediction"], summary["semisup"]["accuracy"]
-    assert [r["controller"] == r["no_change"] for r in p["rounds"]] == [True, True, True, decisions[3]["estimates"][
-        decisions[3]["arm"]]["mean_gain"] == 0]
-    assert p["rounds"][3]["controller"] == pytest.approx(kept[3] + decisions[3]["estimates"][decisions[3]["arm"]]["mean_gain"])
+    assert decisions[0]["predict"] is None and p["rounds"][0]["controller"] == p["rounds"][0]["no_change"]
+    relative = [decisions[3]["estimates"][a]["relative_gain"] for a in ("pairs", "lmsi", "star")]
+    assert decisions[2]["predict"] == pytest.approx(sum(relative[:2]) / 2, abs=1e-3)  # star untried: the mean
+    assert decisions[3]["predict"] == relative[("pairs", "lmsi", "star").index(decisions[3]["arm"])]
+    assert p["rounds"][3]["controller"] == pytest.approx(kept[3] + (1 - kept[3]) * decisions[3]["predict"], abs=1e-4)
     assert p["rounds"][0]["last_change"] is None and p["rounds"][3]["actual"] == summary["semisup"]["candidate"][4]
     assert set(p["mae"]) == {"controller", "no_change", "last_change"} and all(v >= 0 for v in p["mae"].values())
     assert evolvelm("report", str(controlled)).returncode == 0

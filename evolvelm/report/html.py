@@ -216,7 +216,8 @@ def _tables(summary: dict) -> str:
                 for r in prediction["rounds"]]
         rows.append(["mean abs. error", ""] + [_fmt(prediction["mae"][k]) for k in ("controller", "no_change", "last_change")])
         out += ("<h2>Predict-the-update</h2><p>Each round's candidate test accuracy (pooled), as predicted before "
-                "its update by the controller (the starting model plus the chosen strategy's mean dev gain so far) "
+                "its update by the controller (the starting model plus the share of its errors the chosen strategy "
+                "fixed on average so far) "
                 "and by the naive predictors.</p>"
                 + _html_table(["round", "actual", "controller", "no change", "same change as last round"], rows))
     calibrated = [(r["round"], skill, c) for r in summary["rounds"] for skill, c in (r.get("calibration") or {}).items()]

@@ -135,18 +135,18 @@ def semisup(run: Run, rounds: list[dict]) -> dict:
 
 def predictions(rounds: list[dict], kept: list[float], candidate: list[float]) -> dict:
     """Predict-the-update: each round's candidate test accuracy (pooled) as predicted before its update
-    by the controller (the model it starts from plus the chosen arm's mean dev gain so far), by "no
-    change" (the model it starts from) and by "the same change as last round"; per round, and the mean
-    absolute error of each over the rounds all three predict."""
+    by the controller (the model it starts from, plus the share of its errors the controller predicted
+    the round would fix: evolvelm.controller), by "no change" (the model it starts from) and by "the
+    same change as last round"; per round, and the mean absolute error of each over the rounds all
+    three predict."""
     rows = []
     for i in range(1, len(rounds)):
-        d = rounds[i].get("controller") or {}
-        gain = (d.get("estimates", {}).get(d.get("arm"), {}) or {}).get("mean_gain")
+        share = (rounds[i].get("controller") or {}).get("predict")
         start = kept[i - 1]
         last = candidate[i - 1] - kept[i - 2] if i >= 2 else None
         rows.append({"round": rounds[i]["round"], "actual": candidate[i], "no_change": start,
                      "last_change": None if last is None else round(start + last, 4),
-                     "controller": round(start + (gain or 0.0), 4)})
+                     "controller": round(start + (1 - start) * (share or 0.0), 4)})
     scored = [r for r in rows if r["last_change"] is not None]
     mae = {k: round(sum(abs(r[k] - r["actual"]) for r in scored) / len(scored), 4) if scored else None
            for k in ("controller", "no_change", "last_change")}

@@ -144,9 +144,10 @@ def predictions(rounds: list[dict], kept: list[float], candidate: list[float]) -
         share = (rounds[i].get("controller") or {}).get("predict")
         start = kept[i - 1]
         last = candidate[i - 1] - kept[i - 2] if i >= 2 else None
+        clip = lambda x: round(min(1.0, max(0.0, x)), 4)  # an accuracy, whatever a predictor extrapolates
         rows.append({"round": rounds[i]["round"], "actual": candidate[i], "no_change": start,
-                     "last_change": None if last is None else round(start + last, 4),
-                     "controller": round(start + (1 - start) * (share or 0.0), 4)})
+                     "last_change": None if last is None else clip(start + last),
+                     "controller": clip(start + (1 - start) * (share or 0.0))})
     scored = [r for r in rows if r["last_change"] is not None]
     mae = {k: round(sum(abs(r[k] - r["actual"]) for r in scored) / len(scored), 4) if scored else None
            for k in ("controller", "no_change", "last_change")}

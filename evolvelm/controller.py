@@ -12,8 +12,8 @@ plus sequences trained on: update.steps x update.batch_size, twice that for pref
 come from the store, never from the clock, so a resumed run makes the same decisions. The choice is
 UCB1: arms never tried go first, in the order listed; then the highest mean value plus
 `controller.explore` x the largest value seen x sqrt(2 ln(rounds) / plays); `controller.policy:
-random` draws the arm by the round's seed instead (the baseline a choice must beat). An arm whose last two
-rounds were both rolled back is benched while any other is not, and the reason says so. Every
+random` draws the arm by the round's seed instead (the baseline a choice must beat). An arm whose
+last two rounds were both rolled back is benched while any other is not, and the reason says so. Every
 decision, its estimates and a one-line reason go to the acquire manifest, summary.json
 (`rounds[].controller`) and the report.
 
@@ -71,14 +71,14 @@ def played(cfg: Config, run, before: int) -> list[dict]:
 def choose(cfg: Config, run, rnd: int) -> tuple[str, dict]:
     """The arm round `rnd` plays, and the decision as stored: arm, reason, estimates per arm, and the
     predicted share of the remaining dev errors the round will fix (`predict`)."""
-    arm, decision = _choose(cfg, run, rnd)
     history = played(cfg, run, rnd)
+    arm, decision = _choose(cfg, history, rnd)
     mine = [h["relative"] for h in history if h["arm"] == arm] or [h["relative"] for h in history]
     return arm, {**decision, "predict": round(sum(mine) / len(mine), 4) if mine else None}
 
 
-def _choose(cfg: Config, run, rnd: int) -> tuple[str, dict]:
-    arms, history = cfg.controller.arms, played(cfg, run, rnd)
+def _choose(cfg: Config, history: list[dict], rnd: int) -> tuple[str, dict]:
+    arms = cfg.controller.arms
     plays = {a: [h for h in history if h["arm"] == a] for a in arms}
     scale = max((abs(h["value"]) for h in history), default=0.0) or 1.0
     total = len(history)

@@ -77,6 +77,7 @@ def follow() -> int:
     while (job := _receive()) is not None:
         fn, args, kwargs = job
         fn(*args, **kwargs)
+    _leave()
     return 0
 
 
@@ -84,6 +85,16 @@ def release() -> None:
     """Process 0, at the end of a run (or when it fails): tell the others to exit."""
     if world() > 1:
         _send(None)
+        _leave()
+
+
+def _leave() -> None:
+    """Take this process out of the group before it exits: a process group still up at interpreter
+    exit can abort it (SIGABRT, "terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def check(cfg) -> None:

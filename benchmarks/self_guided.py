@@ -67,9 +67,9 @@ def pair(a, first: str, second: str, tmp: Path) -> dict:
     model_a = HFBackend(pa, batch_size=512)
     seen_train, seen_held = introspect.behaviour(model_a, train, props), introspect.behaviour(model_a, held, props)
     data = introspect.examples(train, seen_train, chat=False)
-    keep = (lambda path: introspect.replay(HFBackend(path, batch_size=512), train)) if a.replay else (lambda path: [])
-    me = trained(pa, data + keep(pa), a, tmp / f"{first}-self")
-    other = trained(pb, data + keep(pb), a, tmp / f"{second}-on-{first}")
+    keep = (lambda backend: introspect.replay(backend, train)) if a.replay else (lambda backend: [])
+    me = trained(pa, data + keep(model_a), a, tmp / f"{first}-self")  # A's own answers: its loaded backend
+    other = trained(pb, data + keep(HFBackend(pb, batch_size=512)), a, tmp / f"{second}-on-{first}")
     pred_self, pred_cross = (introspect.predictions(m, held, props, chat=False) for m in (me, other))
     now = introspect.behaviour(me, held, props)
     changed = {p: round(sum(x != y for x, y in zip(seen_held.values[p], now.values[p])) / len(held), 4) for p in props}

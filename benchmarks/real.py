@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import random
 import sys
 import tempfile
 import time
@@ -41,22 +40,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from evolvelm import config  # noqa: E402
 from evolvelm.recipes import semisup  # noqa: E402
 from evolvelm.store.run import Run  # noqa: E402
+from evolvelm.zoo.train import JUST, sums_rows  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-JUST = " Answer with just the number."
 
 
-def addition_file(folder: Path, per_level: int, seed: int) -> Path:
-    """n-digit + n-digit problems, n = 1..3, distinct; difficulty = n (1-digit: all 100 of them)."""
-    rng, rows = random.Random(seed), []
-    for n in (1, 2, 3):
-        lo, hi = (0 if n == 1 else 10 ** (n - 1)), 10 ** n - 1
-        pairs = {(a, b) for a in range(lo, hi + 1) for b in range(lo, hi + 1)} if n == 1 else set()
-        while len(pairs) < per_level and n > 1:
-            pairs.add((rng.randint(lo, hi), rng.randint(lo, hi)))
-        rows += [{"question": f"What is {a} + {b}?{JUST}", "answer": a + b, "digits": n} for a, b in sorted(pairs)]
+def addition_file(folder: Path, per_level: int, seed: int, exclude: frozenset[str] = frozenset()) -> Path:
+    """n-digit + n-digit problems, n = 1..3, distinct, none in `exclude`; difficulty = n (1-digit: all 100)."""
     path = folder / "addition.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path.write_text("".join(json.dumps(r) + "\n" for r in sums_rows({1: per_level, 2: per_level, 3: per_level}, seed, exclude)))
     return path
 
 
@@ -72,12 +64,21 @@ def mbpp_file(folder: Path) -> Path:
     return path
 
 
+def trained(model: str) -> frozenset[str]:
+    """The sums a zoo model learned from (zoo:sums-chat's trained.jsonl), held out of the generated file."""
+    from evolvelm.models import resolve
+
+    path = Path(resolve(model, convert=False)) / "trained.jsonl"
+    return frozenset(json.loads(line)["question"] for line in path.read_text().splitlines()) if path.is_file() else frozenset()
+
+
 def skill(task: str, folder: Path, args) -> tuple[dict, int]:
     """The task's skills entry and its number of difficulty levels."""
     splits = {"test": args.test, "dev": args.dev, "labeled": args.labeled}
     common = {"name": task, "checker": "number", "splits": splits, "max_new_tokens": args.max_new_tokens}
     if task == "addition":
-        return {**common, "name": "sums", "data": str(addition_file(folder, args.per_level, args.seed)), "prompt": "question",
+        return {**common, "name": "sums", "data": str(addition_file(folder, args.per_level, args.seed, trained(args.model))),
+                "prompt": "question",
                 "answer": "answer", "difficulty": "digits"}, 3
     if task == "mbpp":
         return {**common, "data": str(mbpp_file(folder)), "prompt": "question", "answer": "code", "checker": "code",

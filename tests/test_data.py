@@ -397,20 +397,43 @@ def test_knowledge_distill_injects_the_documents_of_a_user_file(tmp_path, chat_m
                                       for ds in ({d.completion for d in docs}, round2)]
 
 
-def test_the_readme_quickstart_runs_on_the_fake_backend(tmp_path, monkeypatch):
-    """The quickstart's dataset script and recipe, as the README prints them, with the fake as the model."""
+def quickstart(folder: Path, monkeypatch) -> None:
+    """The quickstart's dataset script and recipe as the README prints them, run and written in `folder`."""
     import subprocess
-
-    from evolvelm.cli import main
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     script = re.search(r"python3 - <<'PY'[^\n]*\n(.*?)\nPY\n", readme, re.S).group(1)
     recipe = re.search(r"cat > sums.yaml <<'YAML'\n(.*?)\nYAML\n", readme, re.S).group(1)
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(folder)
     subprocess.run([sys.executable, "-c", script], check=True)
-    (tmp_path / "sums.yaml").write_text(recipe)
+    (folder / "sums.yaml").write_text(recipe)
+
+
+def test_the_readme_quickstart_runs_on_the_fake_backend(tmp_path, monkeypatch):
+    """The quickstart's dataset script and recipe, as the README prints them, with the fake as the model."""
+    from evolvelm.cli import main
+
+    quickstart(tmp_path, monkeypatch)
     (tmp_path / "fake").mkdir()
     (tmp_path / "fake" / "fake.json").write_text('{"levels": {}}')
     assert main(["run", "sums.yaml", "model.backend=fake", "model.path=fake", "--run-dir", "runs/sums", "-q"]) == 0
     summary = json.loads((tmp_path / "runs" / "sums" / "summary.json").read_text())
     assert len(summary["rounds"]) == 4 and summary["semisup"]["accuracy"][-1] > summary["semisup"]["base"]
+
+
+@pytest.mark.integration
+def test_the_readme_quickstart_runs_on_the_zoo_sized_chat_model(tmp_path, monkeypatch):
+    """The quickstart's recipe, unchanged but for model.path and sizes, on zoo:sums-chat: a BPE tokenizer
+    and a chat template like SmolLM2's, trained on a few sums; partly right before any round."""
+    from evolvelm.cli import main
+    from evolvelm.store.run import Run
+
+    quickstart(tmp_path, monkeypatch)
+    assert main(["run", "sums.yaml", "model.path=zoo:sums-chat", "rounds=1", "acquire.problems=20", "update.steps=5",
+                 "--run-dir", "runs/zoo", "-q"]) == 0
+    run = Run.open(tmp_path / "runs" / "zoo")
+    samples = run.samples(1)
+    assert samples and all(s.rendered.startswith("<|im_start|>user\n") and s.rendered.endswith("<|im_start|>assistant\n")
+                           for s in samples)
+    base = json.loads((tmp_path / "runs" / "zoo" / "summary.json").read_text())["rounds"][0]["accuracy"]["sums"]
+    assert base["2"] > 0.5 and 0 < base["3"] < 0.5  # right on most 2-digit sums, on some 3-digit ones

@@ -227,16 +227,17 @@ def refine(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> None:
         judge.close()
     right = [ok for ok, _ in judged(samples)]
     valid = {sk: get_task(sk).rationale for sk in cfg.skills}  # the whole scratchpad right, not just the answer
-    gold = [bool(valid[s.skill]) and valid[s.skill](s.prompt, s.completion) for s in samples]
+    gold = [valid[s.skill](s.prompt, s.completion) if valid[s.skill] else None for s in samples]  # None: no scratchpad check
     for pos, name in enumerate(cfg.refine.chain):
         alive = [i for i, s in enumerate(samples) if all(v.kept for v in s.verdicts[:pos + 1])]
         counts[name]["precision"] = round(sum(right[i] for i in alive) / len(alive), 4) if alive else None
     kept = [i for i, s in enumerate(samples) if s.kept]
+    checked = [gold[i] for i in kept if gold[i] is not None]
     run.commit(rnd, "refine", {
         "chain": cfg.refine.chain, "filters": counts, "kept": len(kept), "vote_agreement": agreement,
         "kept_rationalised": sum(1 for i in kept if samples[i].k >= cfg.acquire.samples),
         "label_precision": round(sum(right[i] for i in kept) / len(kept), 4) if kept else None,
-        "rationale_precision": round(sum(gold[i] for i in kept) / len(kept), 4) if kept else None,
+        "rationale_precision": round(sum(checked) / len(checked), 4) if checked else None,
         "monitor": monitor(samples, right, cfg.acquire.samples), **({"judge": judging} if judging else {}),
         "seconds": round(time.time() - t0, 2)}, samples=samples, verdicts=True)
 

@@ -243,7 +243,12 @@ def task(spec: DataSkill, drawn: dict[str, list[Row]]) -> Task:
     return Task(spec.name, make, answer_lengths=lambda d: (1, 10**6), space=lambda d: len(pool.get(d, [])),
                 version=f"{spec.name}:{checker.version}", final=checker.extract, checker=check_problems,
                 max_tokens=lambda d: spec.max_new_tokens, fixed=fixed, executes=spec.checker == "code",
-                hint=lambda prompt, answer: f"{prompt}\n(The answer is {answer}. Explain how to reach it.)")
+                hint=hint)
+
+
+def hint(prompt: str, answer: str) -> str:
+    """STaR's rationalisation prompt for a skill from data: the question, then its answer as a hint."""
+    return f"{prompt}\n(The answer is {answer}. Explain how to reach it.)"
 
 
 def register(spec: DataSkill, seed: int, drawn: dict[str, list[Row]] | None = None) -> Task:

@@ -52,4 +52,9 @@ def written(problems: list[Problem]) -> str:
     in SemiEvol's demonstrations and in the base model's training (`zoo.train`). Character-level
     built-ins run on (prompt + answer); a skill from data's are natural language, so each example is
     its prompt, its answer on the next line, and a blank line."""
-    return "".join(f"{p.prompt}\n{p.answer}\n\n" if get_task(p.skill).fixed else p.prompt + p.answer for p in problems)
+    return "".join(example_text(p.prompt, p.answer) if get_task(p.skill).fixed else p.prompt + p.answer for p in problems)
+
+
+def example_text(prompt: str, answer: str) -> str:
+    """One example in natural language, as it goes before a prompt: the prompt, its answer, a blank line."""
+    return f"{prompt}\n{answer}\n\n"

@@ -28,6 +28,9 @@ the labeled set alone, the baseline):
     lmsi-confidence, lmsi-random
                lmsi's samples, but instead of the vote, as many answers as the vote would keep of them,
                the most confident (highest mean token probability) or drawn at random
+    lmsi-curriculum, star-curriculum
+               lmsi and star on as many problems, chosen from 4x as many: those whose greedy answer's
+               probability (the predicted success) lies in [0.2, 0.8], the nearest to it when too few do
     controller each round a UCB1 bandit chooses among lmsi, star, semievol and pairs by measured dev gain
                per 1k sequences (evolvelm.controller); controller-random: the arm drawn at random
 Printed per arm and round: test accuracy pooled over every held-out problem (kept model, and the
@@ -65,6 +68,7 @@ ARMS = {"labeled": ("lmsi", ["semisup.method=labeled"]), "lmsi": ("lmsi", []),
         "semievol-noctx": ("semievol", ["semisup.demos=0"]), "pairs": ("pairs", []),
         "lmsi-confidence": ("lmsi", ["refine.chain=[confidence,dedup]", "refine.keep_as=vote"]),
         "lmsi-random": ("lmsi", ["refine.chain=[random,dedup]", "refine.keep_as=vote"]),
+        "lmsi-curriculum": ("lmsi", ["acquire.curriculum=[0.2,0.8]"]), "star-curriculum": ("star", ["acquire.curriculum=[0.2,0.8]"]),
         "controller": ("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]"]),
         "controller-random": ("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "controller.policy=random"])}
 

@@ -61,6 +61,10 @@ class AcquireConfig:
     consolidate: int = 0             # also label again the newest self-taught difficulties, up to this many
     feedback: bool = False           # skills with an executor: retry each rejected answer with its feedback in context
     start_level: int = 0             # trained level to start from; 0 = read from the model's evolvelm.json
+    curriculum: list[float] = field(default_factory=list)  # semisup: [lo, hi] = of curriculum_pool times as many
+                                     # unlabeled problems, those whose predicted success (the probability of the
+                                     # model's greedy answer) lies in the band, nearest first; [] = a random draw
+    curriculum_pool: int = 4         # candidates per problem acquired when `curriculum` is set
 
 
 @dataclass
@@ -388,6 +392,12 @@ def validate(cfg: Config) -> None:
         if cfg.semisup.temperatures or cfg.semisup.thresholds or "judge" in cfg.refine.chain:
             raise ConfigError("controller.arms: the controller chooses each round's strategy; B-STaR's choices "
                               "(semisup.temperatures, thresholds) and the judge filter are strategies of their own")
+    if cfg.acquire.curriculum:
+        band = cfg.acquire.curriculum
+        if cfg.recipe != "semisup" or len(band) != 2 or not 0 <= band[0] < band[1] <= 1 or cfg.acquire.curriculum_pool < 2:
+            raise ConfigError(f"acquire.curriculum: a band [lo, hi] of predicted success with 0 <= lo < hi <= 1, for recipe "
+                              f"semisup, with acquire.curriculum_pool >= 2; got {band} for recipe {cfg.recipe!r}, "
+                              f"curriculum_pool {cfg.acquire.curriculum_pool}")
     if cfg.refine.keep_as and (cfg.refine.keep_as not in FILTERS or cfg.refine.keep_as in ("confidence", "random")):
         raise ConfigError(f"refine.keep_as: a filter whose number kept confidence and random match; got "
                           f"{cfg.refine.keep_as!r}; valid: {sorted(set(FILTERS) - {'confidence', 'random'})}")

@@ -137,3 +137,35 @@ def test_full_fine_tuning_from_an_adapter_starts_from_its_merged_weights(tmp_pat
         got = sft.load_for_training(base, adapter, "full", 8, 16)(input_ids=x).logits
         plain = load_model(base)(input_ids=x).logits
     assert (got - want).abs().max() < 1e-4 < (plain - want).abs().max()
+
+
+@pytest.mark.integration
+def test_the_curriculum_acquires_the_problems_whose_predicted_success_lies_in_the_band(tmp_path):
+    """zoo:chain: of 4x the problems, the 15 per difficulty whose greedy answer is likeliest (band [0.7, 1])
+    or least likely ([0, 0.3]); the model is then right more often on the first than on the second."""
+    small = ["rounds=1", "acquire.problems=15", "acquire.samples=4", "update.steps=5", "eval.problems=20", "eval.dev_problems=10"]
+    got = {}
+    for name, band in (("easy", "[0.7,1.0]"), ("hard", "[0.0,0.3]")):
+        out = evolvelm("run", "lmsi", *small, f"acquire.curriculum={band}", "--run-dir", str(tmp_path / name), timeout=600)
+        assert out.returncode == 0, out.stderr
+        run = Run.open(tmp_path / name)
+        got[name] = (run.done(1, "acquire"), run.done(1, "refine")["monitor"]["pass@1"], run.samples(1))
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        assert summary["rounds"][1]["curriculum"] == got[name][0]["curriculum"]
+    for name, (acq, _, samples) in got.items():
+        c = acq["curriculum"]
+        # 4 x 15 candidates per difficulty (one operation has fewer distinct problems left), 15 chosen of each
+        assert 2 * 60 < c["candidates"] <= 4 * 60 and c["chosen"] == 60 == acq["problems"]
+        assert len({s.prompt for s in samples}) == 60
+    easy, hard = got["easy"][0]["curriculum"], got["hard"][0]["curriculum"]
+    assert easy["predicted"] > easy["predicted_candidates"] == hard["predicted_candidates"] > hard["predicted"]
+    assert got["easy"][1] > got["hard"][1] + 0.08  # predicted success is success: pass@1 0.89 vs 0.73 when written
+
+
+def test_curriculum_settings_are_checked():
+    with pytest.raises(ConfigError, match="acquire.curriculum: a band"):
+        config.load("lmsi", ["acquire.curriculum=[0.8,0.2]"])
+    with pytest.raises(ConfigError, match="for recipe semisup"):
+        config.load("copy-ladder", ["acquire.curriculum=[0.2,0.8]"])
+    with pytest.raises(ConfigError, match="curriculum_pool 1"):
+        config.load("lmsi", ["acquire.curriculum=[0.2,0.8]", "acquire.curriculum_pool=1"])

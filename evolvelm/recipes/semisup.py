@@ -46,7 +46,7 @@ from tqdm import tqdm
 from evolvelm import controller, judges, sandbox
 from evolvelm.acquire.sampling import CHUNK, derive_seed, sample
 from evolvelm.config import Config, ConfigError
-from evolvelm.evaluate.calibration import calibration
+from evolvelm.evaluate.calibration import calibration, confidences
 from evolvelm.evaluate.suite import dev_right, frontier, held_out_prompts, paired_gate, rates, right_answers, splits
 from evolvelm.models import ZOO, backend_for, base_state, prompt_format, resolve
 from evolvelm.refine.filters import FilterContext, final, judged, majority, run_chain
@@ -99,11 +99,34 @@ def labeled_path(cfg: Config, run: Run) -> Path:
     return beside if beside.is_file() or not shipped else shipped[0]
 
 
-def unlabeled(cfg: Config, rnd: int, exclude: dict) -> list[Problem]:
-    """This round's draw from the unlabeled pool: none held out, none labeled."""
+def unlabeled(cfg: Config, rnd: int, exclude: dict, per: int = 0) -> list[Problem]:
+    """This round's draw from the unlabeled pool, `per` (default acquire.problems) per skill and
+    difficulty: none held out, none labeled."""
     return [p for s in cfg.skills for d in range(1, cfg.eval.max_difficulty + 1)
-            for p in get_task(s).problems(d, cfg.acquire.problems, derive_seed(cfg.seed, rnd, "unlabeled", s, d),
+            for p in get_task(s).problems(d, per or cfg.acquire.problems, derive_seed(cfg.seed, rnd, "unlabeled", s, d),
                                           exclude=exclude[s][d])]
+
+
+def curriculum(cfg: Config, model, rnd: int, exclude: dict, quiet: bool) -> tuple[list[Problem], dict]:
+    """The curriculum option: `acquire.curriculum_pool` times as many unlabeled problems as a round
+    uses, each answered once greedily; per skill and difficulty, the `acquire.problems` whose predicted
+    success (the probability of that answer) lies in the band `acquire.curriculum`, then the nearest to
+    it, in draw order among equals. Returns them and what the manifest records of the choice."""
+    (lo, hi), n = cfg.acquire.curriculum, cfg.acquire.problems
+    pool, predicted = unlabeled(cfg, rnd, exclude, n * cfg.acquire.curriculum_pool), []
+    for i in tqdm(range(0, len(pool), CHUNK), desc=f"curriculum round {rnd}", disable=quiet, leave=False):
+        chunk = pool[i:i + CHUNK]
+        gens = model.generate([p.prompt for p in chunk], [derive_seed(cfg.seed, rnd, "curriculum")] * len(chunk), 0.0,
+                              max(get_task(p.skill).max_new_tokens(p.difficulty) for p in chunk))
+        predicted += [confidences(g.logprobs)["sequence"] for g in gens]
+    groups: dict[tuple[str, int], list[int]] = defaultdict(list)
+    for i, p in enumerate(pool):
+        groups[(p.skill, p.difficulty)].append(i)
+    chosen = sorted(i for idx in groups.values() for i in sorted(idx, key=lambda i: max(lo - predicted[i], predicted[i] - hi, 0.0))[:n])
+    mean = lambda idx: round(sum(predicted[i] for i in idx) / len(idx), 4) if idx else None
+    return [pool[i] for i in chosen], {"band": [lo, hi], "candidates": len(pool), "chosen": len(chosen),
+                                       "in_band": sum(lo <= predicted[i] <= hi for i in chosen),
+                                       "predicted": mean(chosen), "predicted_candidates": mean(range(len(pool)))}
 
 
 def rationalize(backend, samples: list[Sample], rnd: int, run_seed: int, quiet: bool) -> list[Sample]:
@@ -172,7 +195,7 @@ def acquire(cfg: Config, run: Run, rnd: int, state: State, exclude: dict, quiet:
     t0, a, method = time.time(), cfg.acquire, cfg.semisup.method
     model = backend_for(cfg, run, state)
     chosen = choose(cfg, run, model, rnd, quiet) if cfg.semisup.temperatures or cfg.semisup.thresholds else {}
-    problems = unlabeled(cfg, rnd, exclude)
+    problems, chosen_by = curriculum(cfg, model, rnd, exclude, quiet) if a.curriculum else (unlabeled(cfg, rnd, exclude), None)
     if method == "semievol":  # answered with demonstrations in context, stored under the plain prompt
         labeled = labeled_set(cfg, run)
         plain = {demonstrations(p.prompt, labeled, cfg.semisup.demos) + p.prompt: p.prompt for p in problems}
@@ -186,7 +209,7 @@ def acquire(cfg: Config, run: Run, rnd: int, state: State, exclude: dict, quiet:
     run.commit(rnd, "acquire", {"acquired": len(samples) + len(hinted), "rationalised": len(hinted),
                                 "problems": len({(s.skill, s.prompt) for s in samples}), "temperature": temperature, **chosen,
                                 "model_version": samples[0].model_version, "seconds": round(time.time() - t0, 2),
-                                **({"controller": decision} if decision else {})},
+                                **({"controller": decision} if decision else {}), **({"curriculum": chosen_by} if chosen_by else {})},
                samples=samples + hinted)
 
 

@@ -437,3 +437,17 @@ def test_the_readme_quickstart_runs_on_the_zoo_sized_chat_model(tmp_path, monkey
                            for s in samples)
     base = json.loads((tmp_path / "runs" / "zoo" / "summary.json").read_text())["rounds"][0]["accuracy"]["sums"]
     assert base["2"] > 0.5 and 0 < base["3"] < 0.5  # right on most 2-digit sums, on some 3-digit ones
+
+
+def test_generated_sums_are_distinct_and_leave_out_what_the_zoo_model_learned():
+    from evolvelm.models import resolve
+    from evolvelm.zoo.train import sums_rows
+
+    trained = [json.loads(line) for line in (Path(resolve("zoo:sums-chat")) / "trained.jsonl").read_text().splitlines()]
+    seen = frozenset(r["question"] for r in trained)
+    rows = sums_rows({1: 500, 2: 300, 3: 300}, 0, seen)
+    by = {d: [r for r in rows if r["digits"] == d] for d in (1, 2, 3)}
+    assert len(by[1]) == 100 - sum(r["digits"] == 1 for r in trained) and len(by[2]) == len(by[3]) == 300  # 1 digit: all left
+    assert len({r["question"] for r in rows}) == len(rows) and not seen & {r["question"] for r in rows}
+    assert all(r["answer"] == sum(map(int, re.findall(r"\d+", r["question"]))) for r in rows)
+    assert sums_rows({1: 500, 2: 300, 3: 300}, 0, seen) == rows != sums_rows({1: 500, 2: 300, 3: 300}, 1, seen)

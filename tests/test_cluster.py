@@ -106,3 +106,28 @@ def test_validate_refuses_what_ray_workers_cannot_do():
         config.load("modular-skills", ["cluster.address=local"])
     with pytest.raises(RuntimeError, match="need"):
         cluster.RayBackend(resolve("zoo:copy-reverse"), workers=64, cpus=1)
+
+
+def test_a_code_checker_runs_on_the_cluster_with_the_verdicts_and_errors_of_one_process():
+    """A run with a cluster checks programs on it (`cluster.fan_out_checks`): the same verdicts as this
+    process, from other processes; a checker's errors from every share are merged as one process names them."""
+    from evolvelm.tasks import data
+    from evolvelm.tasks.checkers import CheckerError, get_checker
+
+    rows = [data.Row(f"add {i}", "", None, {"test_list": [f"assert add({i}, 1) == {i + 1}"]}) for i in range(6)]
+    programs = ["def add(a, b):\n    return a - b" if i % 3 == 0 else "def add(a, b):\n    return a + b" for i in range(6)]
+    untested = [data.Row(r.prompt, "", None, {"other": 1}) for r in rows]
+    code = get_checker("code")
+    here = data.check(code, rows, programs)
+    with pytest.raises(CheckerError) as one:
+        data.check(code, untested, programs)
+    cluster.fan_out_checks(config.load("lmsi", ["cluster.address=local", "cluster.workers=2"]))
+    try:
+        assert data.check(code, rows, programs) == here == [i % 3 != 0 for i in range(6)]
+        assert data.FAN_OUT.pids and os.getpid() not in data.FAN_OUT.pids
+        with pytest.raises(CheckerError) as both:
+            data.check(code, untested, programs)
+    finally:
+        cluster.fan_out_checks(config.load("lmsi"))
+    assert str(both.value) == str(one.value) and both.value.failures == one.value.failures and len(one.value.failures) == 6
+    assert data.FAN_OUT is None

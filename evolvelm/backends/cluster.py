@@ -14,6 +14,11 @@ mid-stage is replaced by a fresh one serving the current adapter, checked the sa
 batch is run again: nothing is lost, and since only the calling process writes the store, nothing
 is stored twice.
 
+Checking fans out too: while a run has a cluster, a skill from data whose checker runs programs or
+a user's function (`code`, `python:`) has each batch of completions checked in `cluster.workers`
+shares by Ray tasks, each in a sandbox configured as the run's; a task whose worker dies is run again
+by Ray (`max_retries`), and the verdicts are the ones one process gives.
+
 Workers stay up between stages: a pool (one per base checkpoint and backend settings) is kept
 after `close` and reused by the next stage on that checkpoint, which then only changes adapters.
 `import evolvelm` never imports ray; this module does when a backend is built.
@@ -215,9 +220,64 @@ def pool(backend: str, model_path: str, options: dict, address: str, workers: in
 
 
 def shutdown() -> None:
-    """Stop every pool's workers (the end of a run)."""
+    """Stop every pool's workers (the end of a run); checks run in this process again."""
+    from evolvelm.tasks import data
+
     for p in list(POOLS):
         p.shutdown()
+    data.FAN_OUT = None
+
+
+def _check_share(spec: str, sandbox_cfg, prompts: list[str], completions: list[str], references: list[str],
+                 columns: dict[str, list]) -> tuple[int, list[bool] | Exception]:
+    """A Ray task: checker `spec` over one share of a batch, in a sandbox configured as the run's. A
+    checker's own error comes back as a value, so that the caller can merge every share's failures."""
+    from evolvelm import sandbox
+    from evolvelm.tasks.checkers import CheckerError, get_checker
+
+    sandbox.configure_from(sandbox_cfg)
+    try:
+        return os.getpid(), get_checker(spec).check_many(prompts, completions, references, columns)
+    except (CheckerError, sandbox.SandboxUnavailable) as e:
+        return os.getpid(), e
+
+
+class CheckFanOut:
+    """`evolvelm.tasks.data.FAN_OUT` for a run with a cluster: a batch of checks split into `workers`
+    contiguous shares, each a Ray task of `cpus` cores; verdicts in order, as one process gives them."""
+
+    def __init__(self, cfg):
+        connect(cfg.cluster.address)
+        self.shares, self.cpus, self.sandbox = cfg.cluster.workers, cfg.cluster.cpus, cfg.sandbox
+        self.pids: set[int] = set()  # the processes that checked (what the tests look at)
+
+    def __call__(self, spec: str, prompts: list[str], completions: list[str], references: list[str],
+                 columns: dict[str, list]) -> list[bool]:
+        import ray
+
+        from evolvelm.tasks.checkers import CheckerError
+
+        task = ray.remote(num_cpus=self.cpus, max_retries=RETRIES)(_check_share)
+        size = -(-len(prompts) // self.shares)
+        cuts = [(i, i + size) for i in range(0, len(prompts), size)]
+        results = ray.get([task.remote(spec, self.sandbox, prompts[a:b], completions[a:b], references[a:b],
+                                       {k: v[a:b] for k, v in columns.items()}) for a, b in cuts])
+        self.pids |= {pid for pid, _ in results}
+        errors = [r for _, r in results if isinstance(r, Exception)]
+        if any(not isinstance(e, CheckerError) for e in errors):
+            raise next(e for e in errors if not isinstance(e, CheckerError))
+        if errors:  # every share's failures, as one process names them
+            failures = [f for e in errors for f in e.failures]
+            raise CheckerError(f"{failures[0]['error'] if failures else errors[0]} (on {len(failures)} of "
+                               f"{len(completions)} completions)", failures)
+        return [ok for _, r in results for ok in r]
+
+
+def fan_out_checks(cfg) -> None:
+    """Check on the run's cluster (`CheckFanOut`) when it has one; else in this process."""
+    from evolvelm.tasks import data
+
+    data.FAN_OUT = CheckFanOut(cfg) if cfg.cluster.address else None
 
 
 class RayBackend:

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from evolvelm import sandbox
 from evolvelm.acquire.sampling import derive_seed, draw_problems, retry_with_feedback, sample
+from evolvelm.backends.cluster import fan_out_checks
 from evolvelm.config import Config, ConfigError
 from evolvelm.evaluate.suite import accuracy, frontier, gate, held_out_prompts, splits
 from evolvelm.models import backend_for, resolve
@@ -202,6 +203,7 @@ def next_attempt(cfg: Config, state: State, promoted: bool) -> tuple[int, int, s
 def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
     """Run (or resume) every round of the ladder in `run`; returns the summary."""
     sandbox.configure_from(cfg.sandbox)
+    fan_out_checks(cfg)
     held = {s: held_out_prompts(get_task(s), cfg.eval.max_difficulty, cfg.eval.problems, cfg.eval.dev_problems,
                                 cfg.eval.seed) for s in cfg.skills}
 

@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 from evolvelm import controller, judges, sandbox
 from evolvelm.acquire.sampling import CHUNK, derive_seed, sample
+from evolvelm.backends.cluster import fan_out_checks
 from evolvelm.config import Config, ConfigError
 from evolvelm.evaluate.calibration import calibration, confidences
 from evolvelm.evaluate.suite import dev_right, frontier, held_out_prompts, paired_gate, rates, right_answers, splits
@@ -353,6 +354,7 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> dict
 def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
     """Run (or resume) every round in `run`; returns the summary."""
     sandbox.configure_from(cfg.sandbox)  # for skills whose checker runs the answers (`code`)
+    fan_out_checks(cfg)
     exclude, labeled = held(cfg, run), labeled_set(cfg, run)
     for p in labeled:
         if p.difficulty in exclude[p.skill]:

@@ -167,11 +167,16 @@ def rows(spec: DataSkill) -> list[Row]:
     return out
 
 
+FAN_OUT = None  # while a run has a Ray cluster: evolvelm.backends.cluster.CheckFanOut
+
+
 def check(checker: Checker, problems: list[Row], completions: list[str]) -> list[bool]:
-    """A checker over completions to `problems`, with every field of their rows (for `code`, `python:`)."""
+    """A checker over completions to `problems`, with every field of their rows (for `code`, `python:`);
+    a checker that runs programs or a user's function runs on the cluster when the run has one."""
     names = list(dict.fromkeys(k for r in problems for k in r.columns))
     columns = {k: [r.columns.get(k) for r in problems] for k in names}
-    return checker.check_many([r.prompt for r in problems], completions, [r.answer for r in problems], columns)
+    args = ([r.prompt for r in problems], completions, [r.answer for r in problems], columns)
+    return FAN_OUT(checker.name, *args) if FAN_OUT is not None and checker.batch is not None else checker.check_many(*args)
 
 
 def _has(record: dict, name: str) -> bool:

@@ -247,8 +247,11 @@ class CheckFanOut:
     contiguous shares, each a Ray task of `cpus` cores; verdicts in order, as one process gives them."""
 
     def __init__(self, cfg):
+        import ray
+
         connect(cfg.cluster.address)
-        self.shares, self.cpus, self.sandbox = cfg.cluster.workers, cfg.cluster.cpus, cfg.sandbox
+        self.shares, self.sandbox = cfg.cluster.workers, cfg.sandbox
+        self.task = ray.remote(num_cpus=cfg.cluster.cpus, max_retries=RETRIES)(_check_share)
         self.pids: set[int] = set()  # the processes that checked (what the tests look at)
 
     def __call__(self, spec: str, prompts: list[str], completions: list[str], references: list[str],
@@ -257,10 +260,9 @@ class CheckFanOut:
 
         from evolvelm.tasks.checkers import CheckerError
 
-        task = ray.remote(num_cpus=self.cpus, max_retries=RETRIES)(_check_share)
         size = -(-len(prompts) // self.shares)
         cuts = [(i, i + size) for i in range(0, len(prompts), size)]
-        results = ray.get([task.remote(spec, self.sandbox, prompts[a:b], completions[a:b], references[a:b],
+        results = ray.get([self.task.remote(spec, self.sandbox, prompts[a:b], completions[a:b], references[a:b],
                                        {k: v[a:b] for k, v in columns.items()}) for a, b in cuts])
         self.pids |= {pid for pid, _ in results}
         errors = [r for _, r in results if isinstance(r, Exception)]

@@ -129,6 +129,23 @@ def test_splits_are_disjoint_by_prompt_fixed_by_seed_and_stored(tmp_path):
     assert load_splits(tmp_path / "splits.jsonl") == drawn
 
 
+
+
+def test_a_split_given_as_a_file_is_that_file_and_leaves_the_skills_own_data(tmp_path):
+    records = [{"q": f"q{i}", "a": str(i)} for i in range(50)]
+    own = write(tmp_path / "d.jsonl", records)
+    test = write(tmp_path / "test.jsonl", records[:5] + [{"q": "only in test", "a": "x"}])  # 5 prompts also in d.jsonl
+    spec = DataSkill.parse({"name": "s", "data": str(own), "prompt": "q", "answer": "a",
+                            "splits": {"test": str(test), "dev": 10}})
+    drawn = split(spec, rows(spec), seed=0)
+    assert [r.prompt for r in drawn["test"]] == [f"q{i}" for i in range(5)] + ["only in test"]
+    assert drawn["test"][-1].where == f"{test}:6"
+    assert len(drawn["dev"]) == 10 and len(drawn["unlabeled"]) == 35  # 45 of d.jsonl's prompts are left
+    assert not {r.prompt for r in drawn["test"]} & {r.prompt for part in ("dev", "unlabeled") for r in drawn[part]}
+    dev = write(tmp_path / "dev.jsonl", records[4:8])
+    with pytest.raises(ConfigError, match="dev.jsonl \\(dev\\) and .*test.jsonl \\(test\\) share 1 prompts, e.g. 'q4'"):
+        split(DataSkill.parse({"name": "s", "data": str(own), "prompt": "q", "answer": "a",
+                               "splits": {"test": str(test), "dev": str(dev)}}), rows(spec), seed=0)
 @NEEDS_DATA
 def test_the_code_checker_runs_each_rows_unit_tests_in_the_sandbox():
     code = get_checker("code")

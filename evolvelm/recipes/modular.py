@@ -67,13 +67,15 @@ def model_for(cfg: Config, run: Run, state: State):
 
 
 def acquire(cfg: Config, run: Run, rnd: int, held: dict) -> None:
-    """The round's experience: labelled problems of its skill, spread over the difficulties."""
-    t0, skill, top = time.time(), cfg.skills[rnd - 1], cfg.eval.max_difficulty
+    """The round's experience: labelled problems of its skill, spread over the difficulties it has (a
+    skill from data may have fewer than eval.max_difficulty, or none: all at difficulty 1)."""
+    t0, skill = time.time(), cfg.skills[rnd - 1]
     fmt = prompt_format(cfg, resolve(cfg.model.path, run))  # stored: how training will render each prompt
+    levels = [d for d in range(1, cfg.eval.max_difficulty + 1) if get_task(skill).space(d)]
     samples = [Sample(rnd, skill, p.difficulty, p.prompt, p.answer, "labelled", 0, 0, 0.0, 0.0, p.answer,
                       rendered=fmt.render(p.prompt))
-               for d in range(1, top + 1)
-               for p in draw_problems(skill, d, max(1, cfg.modules.examples // top), cfg.seed, rnd, held[skill][d])]
+               for d in levels
+               for p in draw_problems(skill, d, max(1, cfg.modules.examples // len(levels)), cfg.seed, rnd, held[skill][d])]
     run.commit(rnd, "acquire", {"skill": skill, "acquired": len(samples), "seconds": round(time.time() - t0, 2)},
                samples=samples)
 

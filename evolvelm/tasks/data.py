@@ -24,7 +24,7 @@ import hashlib
 import json
 import re
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from evolvelm.config import ConfigError
@@ -189,11 +189,24 @@ def _has(record: dict, name: str) -> bool:
 
 def split(spec: DataSkill, problems: list[Row], seed: int) -> dict[str, list[Row]]:
     """test, dev, labeled and unlabeled: disjoint by prompt (a prompt that occurs twice goes to one split
-    only), drawn by `seed`; a split larger than what is left names both numbers."""
-    unique = list({r.prompt: r for r in problems}.values())
+    only), drawn by `seed`; a split larger than what is left names both numbers. A split given as a file
+    (`test: other.jsonl`, read with the skill's fields) is that file's problems, and its prompts leave
+    the skill's own data; two such files sharing a prompt are refused."""
+    given: dict[str, list[Row]] = {}
+    for name, path in spec.splits.items():
+        if isinstance(path, str):
+            part = list({r.prompt: r for r in rows(replace(spec, data=path))}.values())
+            for other, earlier in given.items():
+                shared = {r.prompt for r in part} & {r.prompt for r in earlier}
+                if shared:
+                    raise ConfigError(f"skills[{spec.name}].splits: {path} ({name}) and {spec.splits[other]} ({other}) "
+                                      f"share {len(shared)} prompts, e.g. {sorted(shared)[0]!r}; splits never overlap")
+            given[name] = part
+    taken = {r.prompt for part in given.values() for r in part}
+    unique = [r for r in {r.prompt: r for r in problems}.values() if r.prompt not in taken]
     order = sorted(unique, key=lambda r: hashlib.sha256(f"{seed}:{r.id}".encode()).hexdigest())  # a shuffle by seed
-    out, start = {}, 0
-    for name in SPLITS:
+    out, start = dict(given), 0
+    for name in (n for n in SPLITS if n not in given):
         want = spec.splits.get(name, 0)
         n = round(want * len(unique)) if isinstance(want, float) and want < 1 else int(want)
         if n < 0 or start + n > len(unique):

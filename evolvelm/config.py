@@ -178,7 +178,8 @@ class ControllerConfig:
                                      # measured dev gain per unit of compute (evolvelm.controller): lmsi | star |
                                      # rest-em | semievol | pairs; empty: the recipe's own strategy every round
     explore: float = 1.0             # UCB's exploration weight (x the largest value seen)
-    policy: str = "ucb"              # ucb | random (an arm drawn by the round's seed: the baseline a choice must beat)
+    policy: str = "ucb"              # ucb | stay (the last arm again while its rounds are promoted with a dev gain,
+                                     # else ucb) | random (an arm drawn by the round's seed: the baseline to beat)
 
 
 @dataclass
@@ -387,8 +388,8 @@ def validate(cfg: Config) -> None:
         if unknown or cfg.recipe != "semisup" or len(set(cfg.controller.arms)) != len(cfg.controller.arms):
             raise ConfigError(f"controller.arms: distinct strategies for recipe semisup, among {sorted(ARMS)}; got "
                               f"{cfg.controller.arms} for recipe {cfg.recipe!r}")
-        if cfg.controller.policy not in ("ucb", "random"):
-            raise ConfigError(f"controller.policy: ucb or random, got {cfg.controller.policy!r}")
+        if cfg.controller.policy not in ("ucb", "stay", "random"):
+            raise ConfigError(f"controller.policy: ucb, stay or random, got {cfg.controller.policy!r}")
         if cfg.semisup.temperatures or cfg.semisup.thresholds or "judge" in cfg.refine.chain:
             raise ConfigError("controller.arms: the controller chooses each round's strategy; B-STaR's choices "
                               "(semisup.temperatures, thresholds) and the judge filter are strategies of their own")

@@ -51,6 +51,20 @@ def test_untried_arms_first_then_the_best_value_and_no_arm_rolled_back_twice_in_
     assert e["lmsi"]["benched"] and arm == "star" and "benched after two rollbacks in a row: lmsi" in d["reason"]
 
 
+def test_win_stay_plays_an_arm_again_while_it_gains_and_shifts_when_it_does_not():
+    cfg = config.load("lmsi", ["controller.arms=[lmsi,star,semievol]", "controller.policy=stay"])
+    arm, d = controller.choose(cfg, History([("lmsi", 3, True)]), 2)
+    assert arm == "lmsi" and "promoted with a dev gain of +0.3000 (win-stay" in d["reason"]
+    arm, d = controller.choose(cfg, History([("lmsi", 3, True), ("lmsi", 5, True)]), 3)
+    assert arm == "lmsi"
+    arm, d = controller.choose(cfg, History([("lmsi", 3, True), ("lmsi", 3, True)]), 3)  # promoted, no gain: shift
+    assert arm == "star" and d["reason"].startswith("star: not tried yet")
+    arm, d = controller.choose(cfg, History([("lmsi", 3, False)]), 2)  # rolled back: shift
+    assert arm == "star"
+    ucb = config.load("lmsi", ["controller.arms=[lmsi,star,semievol]"])
+    assert controller.choose(ucb, History([("lmsi", 3, True)]), 2)[0] == "star"  # plain UCB1 tries every arm first
+
+
 def test_controller_settings_are_checked():
     with pytest.raises(ConfigError, match="controller.arms: .* among"):
         config.load("lmsi", ["controller.arms=[lmsi,magic]"])

@@ -4,6 +4,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -82,8 +83,11 @@ def test_a_worker_serving_other_weights_stops_the_stage(tmp_path):
     ray.get(remote.pool.workers[0].serve.remote(None))  # its adapter lost behind the pool's back (a failed sync)
     with pytest.raises(ServedWeightsError, match="Ray workers serve .* not .*adapter"):
         remote.generate(PROMPTS, SEEDS, 0.0, 12)
+    received = [w["adapters"] for w in remote.pool.info()]
+    assert all(Path(d).is_dir() for d in received)
     remote.close()
     cluster.shutdown()
+    assert not any(Path(d).exists() for d in received)  # the adapters the workers received go with them
 
 
 def test_a_run_on_two_workers_stores_what_one_process_stores_even_when_a_worker_dies(tmp_path):

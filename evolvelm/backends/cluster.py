@@ -82,7 +82,11 @@ class Worker:
         return self.backend.version, self.backend.logprobs(prompts, completions)
 
     def info(self) -> dict:
-        return {"pid": os.getpid(), "context": getattr(self.backend, "context", None)}
+        return {"pid": os.getpid(), "context": getattr(self.backend, "context", None), "adapters": self.dir}
+
+    def close(self) -> None:
+        """Remove the adapters received (ray.kill gives the process no chance to)."""
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def adapter_files(path: str) -> dict[str, bytes]:
@@ -183,6 +187,10 @@ class Pool:
     def shutdown(self) -> None:
         import ray
 
+        try:
+            ray.get([w.close.remote() for w in self.workers], timeout=30)
+        except Exception:  # a dead or stuck worker: its files are left, the pool still goes
+            pass
         for w in self.workers:
             ray.kill(w)
         POOLS.remove(self)

@@ -45,13 +45,16 @@ def hidden_features(model, fmt, prompts: list[str], batch_size: int = 512) -> to
     from evolvelm.backends.hf import left_padded
 
     device = next(model.parameters()).device
+    # the decoder alone: the LM head's logits over a large vocabulary (SmolLM2: 49k) for every position
+    # of 512 prompts would take gigabytes, and only the last hidden state is read
+    body = (model.get_base_model() if hasattr(model, "get_base_model") else model).get_decoder()
     rows = []
     ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
     with ctx:
         for i in range(0, len(prompts), batch_size):
             chunk = prompts[i:i + batch_size]
             x, attention = left_padded([fmt.prompt_ids(p) for p in chunk], fmt.pad_id)
-            h = model(input_ids=x.to(device), attention_mask=attention.to(device), output_hidden_states=True).hidden_states[-1].float()
+            h = body(input_ids=x.to(device), attention_mask=attention.to(device)).last_hidden_state.float()
             mask = attention.to(device)[..., None].float()
             first = attention.argmax(1) + torch.tensor([fmt.content_start(p) for p in chunk])  # after left padding
             opening = h[torch.arange(len(h)), first.clamp_max(h.shape[1] - 1).to(device)]

@@ -316,14 +316,16 @@ def test_the_ladder_climbs_a_skill_from_data_by_its_difficulty_field(tmp_path, f
     spec = skill(digit_sums(tmp_path / "sums.jsonl"), difficulty="digits", max_new_tokens=8,
                  splits={"test": 30, "dev": 30})
     assert main(["run", "copy-ladder", f"model.path={fake_model}", "model.backend=fake", "model.voters=[]", spec,
-                 "rounds=3", "eval.max_difficulty=3", "acquire.problems=20", "acquire.samples=5", "acquire.step=1",
+                 "rounds=4", "eval.max_difficulty=3", "acquire.problems=20", "acquire.samples=5", "acquire.step=1",
                  "acquire.schedule=fixed", "refine.chain=[vote, dedup]", "--run-dir", str(tmp_path / "r"), "-q"]) == 0
     run = Run.open(tmp_path / "r")
     assert run.done(0, "gate")["levels"] == {"add": 0}  # never trained on: the ladder starts below difficulty 1
-    levels = [run.done(r, "gate")["levels"]["add"] for r in range(4)]
-    assert levels[-1] >= 2 and levels == sorted(levels)
-    for r in range(1, 4):  # each round labels one difficulty above the level it started from
-        assert {s.difficulty for s in run.samples(r)} == {levels[r - 1] + 1}
+    levels = [run.done(r, "gate")["levels"]["add"] for r in range(5)]
+    assert levels[-1] == 3 and levels == sorted(levels)
+    for r in range(1, 5):  # each round labels one difficulty above the level it started from, while the data has it
+        assert {s.difficulty for s in run.samples(r)} == ({levels[r - 1] + 1} if levels[r - 1] < 3 else set())
+    top = levels.index(3) + 1  # the first round that starts at the data's last difficulty: nothing to climb to
+    assert run.done(top, "gate")["reason"] == "no samples kept; add has no unlabeled problem of difficulty 4 in its data"
     held = {p for (p,) in run.query("SELECT DISTINCT prompt FROM samples")} & {
         json.loads(line)["prompt"] for line in (tmp_path / "r" / "data" / "add.jsonl").read_text().splitlines()
         if json.loads(line)["split"] != "unlabeled"}

@@ -102,13 +102,15 @@ def acquire(cfg: Config, run: Run, rnd: int, state: State, held: dict, quiet: bo
     t0 = time.time()
     a = cfg.acquire
     backends = [backend_for(cfg, run, m) for m in state.members]
-    samples, unanimity, feedback = [], {}, {}
+    samples, unanimity, feedback, empty = [], {}, {}, {}
     base_levels = run.done(0, "gate")["levels"]
     for skill in cfg.skills:
         level = state.levels[skill]
         again = range(max(base_levels[skill], level - a.consolidate) + 1, level + 1)
         for d in [*again, *range(level + 1, level + step_of(cfg, state) + 1)]:
             problems = draw_problems(skill, d, a.problems, cfg.seed, rnd, held[skill].get(d, frozenset()))
+            if not problems:  # a skill from data whose file has no (unlabeled) problem of this difficulty
+                empty.setdefault(skill, []).append(d)
             got = [smp for i, b in enumerate(backends)
                    for smp in sample(b, problems, rnd, cfg.seed, a.samples, a.temperature, a.greedy_first, quiet,
                                      member=i, variants=a.variants)]
@@ -126,7 +128,7 @@ def acquire(cfg: Config, run: Run, rnd: int, state: State, held: dict, quiet: bo
     for b in backends:
         b.close()
     run.commit(rnd, "acquire", {"acquired": len(samples), "problems": len({(s.skill, s.prompt) for s in samples}),
-                                "unanimity": unanimity, "feedback": feedback, "model_version": samples[0].model_version if samples else None,
+                                "unanimity": unanimity, "feedback": feedback, "no_problems": empty, "model_version": samples[0].model_version if samples else None,
                                 "seconds": round(time.time() - t0, 2)}, samples=samples)
 
 
@@ -162,8 +164,10 @@ def update_stage(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> 
     t0 = time.time()
     examples, n_new = mixture(cfg, run, rnd)
     if n_new == 0:
-        kept = state.info()
-        info = {"skipped": "no samples kept", **{k: kept[k] for k in ("model", "adapter", "voters")}}
+        kept, empty = state.info(), run.done(rnd, "acquire").get("no_problems")
+        why = "no samples kept" + ("".join(f"; {s} has no unlabeled problem of difficulty {', '.join(map(str, ds))} in its data"
+                                           for s, ds in sorted(empty.items())) if empty else "")
+        info = {"skipped": why, **{k: kept[k] for k in ("model", "adapter", "voters")}}
     else:
         staging = run.staging(rnd, "update")
         trained = [train_round(cfg, run, rnd, m, i, examples, staging, quiet) for i, m in enumerate(state.members)]

@@ -154,14 +154,17 @@ class SemisupConfig:
     method: str = "lmsi"             # lmsi: vote on the final answers | star: checked answers and rationalised
                                      # failures | rest-em: checked answers, retrained from the base each round |
                                      # semievol: nearest labeled examples in context, consistent or confident
-                                     # answers | pairs: DPO on right vs wrong answers | labeled: SFT on the
+                                     # answers | pairs: DPO on right vs wrong answers | memory: the answers the
+                                     # vote keeps go to an in-context memory, no weight changes (semisup.demos
+                                     # nearest memory examples before every later prompt) | labeled: SFT on the
                                      # labeled set alone (the baseline)
     labeled_file: str = ""           # the labeled set, JSON lines of skill, difficulty, prompt, answer; empty: the
                                      # labeled.jsonl beside the model (what zoo:chain was trained on), or for a
                                      # model without one the zoo's labeled set of the skills
     labeled_weight: float = 0.3      # share of the training mixture on the labeled set
     demos: int = 2                   # semievol: nearest labeled examples put before each unlabeled problem (and
-                                     # before each labeled one, in a second copy the update trains on too)
+                                     # before each labeled one, in a second copy the update trains on too);
+                                     # memory: nearest memory examples put before every prompt
     beta: float = 0.1                # pairs: DPO temperature
     pairs_per_problem: int = 2       # pairs: (right, wrong) pairs formed per problem at most
     rpo_alpha: float = 0.0           # pairs: weight of the chosen answers' NLL per token beside DPO (RPO); 0: DPO alone
@@ -176,7 +179,7 @@ class SemisupConfig:
 class ControllerConfig:
     arms: list[str] = field(default_factory=list)  # semisup: strategies a bandit chooses among each round, by
                                      # measured dev gain per unit of compute (evolvelm.controller): lmsi | star |
-                                     # rest-em | semievol | pairs; empty: the recipe's own strategy every round
+                                     # rest-em | semievol | pairs | memory; empty: the recipe's own every round
     explore: float = 1.0             # UCB's exploration weight (x the largest value seen)
     policy: str = "ucb"              # ucb | stay (the last arm again while its rounds are promoted with a dev gain,
                                      # else ucb) | random (an arm drawn by the round's seed: the baseline to beat)
@@ -239,7 +242,7 @@ class Config:
 
 CHOICES = {"model.backend": sorted(BACKENDS), "model.dtype": ["auto", "float32", "bfloat16", "float16"],
            "model.chat": ["auto", "on", "off"], "update.method": ["full", "lora"], "recipe": ["ladder", "modular", "knowledge", "semisup"],
-           "semisup.method": ["lmsi", "star", "rest-em", "semievol", "pairs", "labeled"],
+           "semisup.method": ["lmsi", "star", "rest-em", "semievol", "pairs", "memory", "labeled"],
            "knowledge.method": ["distill", "sft-qa", "sft-doc", "icl", "retrieval"],
            "modules.method": ["modular", "shared", "replay", "full"], "modules.router": ["hidden", "chars"],
            "acquire.schedule": ["fixed", "adaptive"], "judge.backend": ["hf", "openai"],

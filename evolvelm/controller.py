@@ -42,6 +42,7 @@ ARMS = {  # the strategy each shipped semisup recipe fixes (evolvelm/recipes/<ar
     "semievol": {"semisup": {"method": "semievol"}, "refine": {"chain": ["consistency", "dedup"]}},
     "pairs": {"semisup": {"method": "pairs", "beta": 0.1, "pairs_per_problem": 2, "rpo_alpha": 1.0},
               "refine": {"chain": ["oracle"]}, "update": {"method": "lora", "lr": 1.0e-4}},
+    "memory": {"semisup": {"method": "memory"}, "refine": {"chain": ["vote", "dedup"]}},
 }
 
 
@@ -63,7 +64,7 @@ def played(cfg: Config, run, before: int) -> list[dict]:
         gain = (sum(new) - sum(old)) / len(new)
         errors = 1 - sum(old) / len(old)  # what was left to gain: relative gains shrink less as the model improves
         u = config_for(cfg, arm).update
-        trained = 0 if update.get("skipped") else u.steps * u.batch_size * (2 if arm == "pairs" else 1)
+        trained = 0 if update.get("skipped") or arm == "memory" else u.steps * u.batch_size * (2 if arm == "pairs" else 1)
         cost = (acquired["acquired"] + trained) / 1000
         out.append({"round": rnd, "arm": arm, "gain": round(gain, 4), "cost": round(cost, 3), "value": gain / cost,
                     "relative": gain / errors if errors else 0.0, "promoted": gate["promoted"]})

@@ -107,7 +107,7 @@ class State:
     """What a round's gate kept, as the next round reads it back from the manifest: the model and its
     adapter, its voters, a modular run's modules and router, the ladder's trained level per skill
     and its retry policy (step: difficulties labelled ahead, None: the configured one; strict:
-    rollbacks answered with a stricter filter)."""
+    rollbacks answered with a stricter filter), and the in-context memory the model reads."""
 
     model: str
     adapter: str | None = None
@@ -118,8 +118,9 @@ class State:
     round: int = 0
     step: int | None = None
     strict: int = 0
+    memory: tuple[int, ...] = ()  # rounds whose kept answers are read in context (semisup.method memory)
 
-    MODEL_KEYS = ("model", "adapter", "voters", "modules", "router")  # what an update stage produces
+    MODEL_KEYS = ("model", "adapter", "voters", "modules", "router", "memory")  # what an update stage produces
 
     @classmethod
     def read(cls, info: dict) -> State:
@@ -127,6 +128,7 @@ class State:
         names = {f.name for f in fields(cls)}
         known = {k: v for k, v in info.items() if k in names}
         known["voters"] = tuple(Member(**v) for v in known.get("voters", ()))
+        known["memory"] = tuple(known.get("memory", ()))
         return cls(**known)
 
     def after(self, update: dict, **changes) -> State:

@@ -65,6 +65,14 @@ def test_win_stay_plays_an_arm_again_while_it_gains_and_shifts_when_it_does_not(
     assert controller.choose(ucb, History([("lmsi", 3, True)]), 2)[0] == "star"  # plain UCB1 tries every arm first
 
 
+def test_in_context_memory_is_an_arm_that_costs_no_training():
+    cfg = config.load("lmsi", ["controller.arms=[lmsi,memory]", "update.steps=10", "update.batch_size=10"])
+    assert controller.config_for(cfg, "memory").semisup.method == "memory"
+    _, d = controller.choose(cfg, History([("lmsi", 3, True), ("memory", 6, False)]), 3)
+    e = d["estimates"]  # each gained 3 dev problems: lmsi paid 1k answers + 100 trained sequences, memory 1k answers
+    assert e["memory"]["mean_value"] == pytest.approx(0.3 / 1.0, abs=1e-4) and e["lmsi"]["mean_value"] == pytest.approx(0.3 / 1.1, abs=1e-4)
+
+
 def test_controller_settings_are_checked():
     with pytest.raises(ConfigError, match="controller.arms: .* among"):
         config.load("lmsi", ["controller.arms=[lmsi,magic]"])

@@ -207,7 +207,7 @@ def test_a_skill_from_data_runs_lmsi_killed_and_resumed_identically_on_its_store
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("recipe", ["star", "rest-em", "pairs", "semievol", "bstar"])
+@pytest.mark.parametrize("recipe", ["star", "rest-em", "pairs", "semievol", "bstar", "memory"])
 def test_every_other_semisup_recipe_runs_on_a_skill_from_data(tmp_path, chat_model, recipe):
     from evolvelm.cli import main
     from evolvelm.store.run import Run

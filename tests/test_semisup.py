@@ -194,6 +194,23 @@ def test_semievol_answers_after_demonstrations_and_keeps_by_consistency(tmp_path
     assert shown == [p.prompt for p in labeled] + [demonstrations(p.prompt, labeled, 2) + p.prompt for p in labeled]
 
 
+def test_memory_changes_no_weight_and_answers_after_the_answers_it_kept(tmp_path):
+    out = evolvelm("run", "memory", *SMALL, "gate.z=0", "gate.tolerance=1.0", "--run-dir", str(tmp_path / "run"), timeout=600)
+    assert out.returncode == 0, out.stderr
+    run = Run.open(tmp_path / "run")
+    update, gate = run.done(1, "update"), run.done(1, "gate")
+    assert update["examples"] == 0 and update["memory"] == [1] and update["adapter"] is None
+    assert gate["promoted"] and gate["memory"] == [1] and gate["model"] == run.done(0, "gate")["model"]
+    kept = {s.prompt: s.completion for s in reversed(run.samples(1)) if s.kept}
+    memory = labeled_set(run.config(), run) + [Problem("chain", 0, p, c) for p, c in kept.items()]
+    second = run.samples(2)  # round 2 answers after the nearest examples of the labeled set and round 1's kept answers
+    assert kept and second and all(demonstrations(s.prompt, memory, 2) + s.prompt in s.rendered for s in second)
+    assert any(p in s.rendered for s in second for p in kept)  # the kept answers are read, not only the labeled set
+    assert run.done(2, "update")["memory"] == [1, 2]
+    base, first = (run.query("SELECT model_version FROM evals WHERE round=? LIMIT 1", (r,))[0]["model_version"] for r in (0, 1))
+    assert first.startswith(base + "+memory:")  # the same weights, read with a memory
+
+
 def test_pairs_trains_an_adapter_with_dpo(tmp_path):
     out = evolvelm("run", "pairs", *SMALL, "rounds=1", "--run-dir", str(tmp_path / "run"), timeout=600)
     assert out.returncode == 0, out.stderr

@@ -1,7 +1,7 @@
 """Learning from unlabeled data: a few labeled problems, a stream of unlabeled ones, and the model's own
 written-out reasoning (a scratchpad) as the experience it learns from.
 
-    evolvelm run lmsi          # or star, rest-em, semievol, pairs; semisup.method=labeled is the baseline
+    evolvelm run lmsi          # or star, rest-em, semievol, pairs, memory; semisup.method=labeled is the baseline
 
 The base model was trained on the labeled set alone (`labeled.jsonl` beside it, or `semisup.labeled_file`;
 a model from elsewhere gets the zoo's labeled set of its skills, which it was not trained on).
@@ -25,8 +25,10 @@ Round 0 evaluates it. Every later round runs, in order:
              earlier promoted rounds' labels; rest-em: from the base model, on the labeled set and
              this round's labels only; semievol: the labeled set also after its demonstrations, so
              the model keeps reading them; pairs: DPO on (right, wrong) answers of the same problem, the
-             LoRA adapter continued, the reference the base with the adapter disabled; labeled: the
-             labeled set alone (the baseline)
+             LoRA adapter continued, the reference the base with the adapter disabled; memory: no
+             training, the round's kept answers join an in-context memory (`InContext`): from then
+             on every prompt is answered after its `semisup.demos` nearest memory examples (the
+             labeled set and the kept answers); labeled: the labeled set alone (the baseline)
     eval     greedy accuracy of the final answer per difficulty on the fixed test and dev splits
     gate     promote, or keep the previous model, on the dev split (never the reported test split),
              pooled over difficulties: promote when the candidate's net gain in right dev answers
@@ -46,6 +48,7 @@ from tqdm import tqdm
 from evolvelm import controller, judges, sandbox
 from evolvelm.acquire.sampling import CHUNK, derive_seed, sample
 from evolvelm.backends.cluster import fan_out_checks
+from evolvelm.backends.incontext import InContext
 from evolvelm.config import Config, ConfigError
 from evolvelm.evaluate.calibration import calibration, confidences
 from evolvelm.evaluate.suite import dev_right, frontier, held_out_prompts, paired_gate, rates, right_answers, splits
@@ -83,6 +86,17 @@ def labeled_set(cfg: Config, run: Run) -> list[Problem]:
         where = "their splits.labeled" if len(from_data) == len(cfg.skills) else labeled_path(cfg, run)
         raise ConfigError(f"{where}: no labeled problem of the skills {cfg.skills}")
     return out
+
+
+def answerer(cfg: Config, run: Run, state: State):
+    """What answers for a gate state: its model, reading the state's in-context memory (the labeled set
+    and the answers kept by its memory rounds, one per problem) when it has one."""
+    model = backend_for(cfg, run, state)
+    if not state.memory:
+        return model
+    kept = {s.prompt: Problem(s.skill, s.difficulty, s.prompt, s.completion)
+            for r in state.memory for s in reversed(run.samples(r)) if s.kept}
+    return InContext(model, labeled_set(cfg, run) + list(kept.values()), cfg.semisup.demos)
 
 
 def labeled_prompts(cfg: Config, run: Run) -> frozenset[str]:
@@ -194,7 +208,7 @@ def acquire(cfg: Config, run: Run, rnd: int, state: State, exclude: dict, quiet:
     rationalisations), at the temperature B-STaR chose when `semisup.temperatures` is set; the
     controller's `decision`, if any, is stored with them."""
     t0, a, method = time.time(), cfg.acquire, cfg.semisup.method
-    model = backend_for(cfg, run, state)
+    model = answerer(cfg, run, state)
     chosen = choose(cfg, run, model, rnd, quiet) if cfg.semisup.temperatures or cfg.semisup.thresholds else {}
     problems, chosen_by = curriculum(cfg, model, rnd, exclude, quiet) if a.curriculum else (unlabeled(cfg, rnd, exclude), None)
     if method == "semievol":  # answered with demonstrations in context, stored under the plain prompt
@@ -298,6 +312,13 @@ def update_stage(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> 
     """Train: SFT on the mixture from the last promoted model, or from the base (rest-em); or DPO on
     right-vs-wrong pairs, continuing the adapter against the base with it disabled (pairs)."""
     t0 = time.time()
+    if cfg.semisup.method == "memory":  # no training: the kept answers join the memory the model reads
+        n_new = sum(1 for s in run.samples(rnd) if s.kept)
+        info = {"model": state.model, "adapter": state.adapter, "memory": [*state.memory, rnd]} if n_new else \
+            {"model": state.model, "adapter": state.adapter, "skipped": "no samples kept"}
+        run.commit(rnd, "update", {**info, "examples": 0, "new_examples": n_new, "from": state.round,
+                                   "seconds": round(time.time() - t0, 2)})
+        return
     if cfg.semisup.method == "pairs":
         pairs = preference_pairs(run, rnd, cfg.semisup.pairs_per_problem)
         trained = train_pairs(cfg, run, rnd, state, pairs, quiet) if pairs else {
@@ -334,7 +355,7 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> dict
     """Greedy accuracy of the final answer on the test (reported) and dev (gate) splits; which dev
     problems it gets right goes in the manifest, for the gate's paired comparison."""
     t0, e, avoid = time.time(), cfg.eval, labeled_prompts(cfg, run)
-    model = backend_for(cfg, run, state)
+    model = answerer(cfg, run, state)
     ranges = {s: range(1, e.max_difficulty + 1) for s in cfg.skills}
     conf: dict = {}  # the test answers' confidences
     right = {split: right_answers(model, cfg.skills, ranges, split, e.problems, e.dev_problems, e.seed, quiet, avoid,

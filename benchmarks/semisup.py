@@ -25,6 +25,8 @@ the labeled set alone, the baseline):
     semievol   8 scratchpads after the 2 nearest labeled examples; consistent or low-NLL answers;
                semievol-noctx: the same without the examples in context (in-weight propagation only)
     pairs      DPO (LoRA) on right-vs-wrong answers of the same problem
+    memory     lmsi's samples and vote, no training: the kept answers go to an in-context memory, and
+               every later prompt is answered after its 2 nearest memory examples
     lmsi-confidence, lmsi-random
                lmsi's samples, but instead of the vote, as many answers as the vote would keep of them,
                the most confident (highest mean token probability) or drawn at random
@@ -66,7 +68,7 @@ ARMS = {"labeled": ("lmsi", ["semisup.method=labeled"]), "lmsi": ("lmsi", []),
         **{f"lmsi-T{t}": ("lmsi", [f"acquire.temperature={t}"]) for t in (0.6, 0.8, 1.2, 1.4, 1.6)}, "bstar": ("bstar", []),
         "bstar-T": ("bstar", ["semisup.thresholds=[0.75]"]),
         "star": ("star", []), "rest-em": ("rest-em", []), "semievol": ("semievol", []),
-        "semievol-noctx": ("semievol", ["semisup.demos=0"]), "pairs": ("pairs", []),
+        "semievol-noctx": ("semievol", ["semisup.demos=0"]), "pairs": ("pairs", []), "memory": ("memory", []),
         "lmsi-confidence": ("lmsi", ["refine.chain=[confidence,dedup]", "refine.keep_as=vote"]),
         "lmsi-random": ("lmsi", ["refine.chain=[random,dedup]", "refine.keep_as=vote"]),
         "lmsi-curriculum": ("lmsi", ["acquire.curriculum=[0.2,0.8]"]), "star-curriculum": ("star", ["acquire.curriculum=[0.2,0.8]"]),

@@ -198,7 +198,8 @@ def base_state(cfg: Config) -> State:
 
 
 def backend_for(cfg: Config, run, member: State | Member):
-    """A backend serving a gate state's model (or one member of its population)."""
+    """A backend serving a gate state's model (or one member of its population); a state with an
+    in-context memory answers every prompt after its `semisup.demos` nearest memory examples."""
     from evolvelm.backends import make_backend
 
     options = backend_options(cfg)
@@ -217,7 +218,13 @@ def backend_for(cfg: Config, run, member: State | Member):
         c = cfg.cluster
         name, options = "ray", options | {"inner": name, "address": c.address, "workers": c.workers, "cpus": c.cpus,
                                           "gpus": c.gpus}
-    return make_backend(name, resolve(member.model, run), adapter=adapter, **options)
+    backend = make_backend(name, resolve(member.model, run), adapter=adapter, **options)
+    if getattr(member, "memory", None):
+        from evolvelm.backends.incontext import MEMORY, InContext
+        from evolvelm.tasks.labeled import read_labeled
+
+        return InContext(backend, read_labeled(Path(resolve(member.memory, run)) / MEMORY), cfg.semisup.demos)
+    return backend
 
 
 def backend_options(cfg: Config) -> dict:

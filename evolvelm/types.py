@@ -118,7 +118,7 @@ class State:
     round: int = 0
     step: int | None = None
     strict: int = 0
-    memory: tuple[int, ...] = ()  # rounds whose kept answers are read in context (semisup.method memory)
+    memory: str | None = None  # the in-context memory the model reads (semisup.method memory): a labeled-set file
 
     MODEL_KEYS = ("model", "adapter", "voters", "modules", "router", "memory")  # what an update stage produces
 
@@ -128,7 +128,6 @@ class State:
         names = {f.name for f in fields(cls)}
         known = {k: v for k, v in info.items() if k in names}
         known["voters"] = tuple(Member(**v) for v in known.get("voters", ()))
-        known["memory"] = tuple(known.get("memory", ()))
         return cls(**known)
 
     def after(self, update: dict, **changes) -> State:

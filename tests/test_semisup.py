@@ -9,12 +9,15 @@ from pathlib import Path
 import pytest
 
 from evolvelm import config
+from evolvelm.backends.incontext import InContext
 from evolvelm.config import ConfigError
+from evolvelm.recipes import modular
 from evolvelm.recipes.semisup import balance, held, labeled_set, monitor, training_mixture
 from evolvelm.refine.filters import FilterContext, cap, consistency, vote
+from evolvelm.report.export import last_state
 from evolvelm.store.run import Run
 from evolvelm.tasks import chain_steps, chain_valid, get_task, hint_prompt
-from evolvelm.tasks.labeled import demonstrations
+from evolvelm.tasks.labeled import demonstrations, read_labeled
 from evolvelm.types import Example, Problem, Sample
 from evolvelm.zoo.train import SPECS, labeled_problems
 from test_resume import evolvelm, outcome
@@ -199,16 +202,26 @@ def test_memory_changes_no_weight_and_answers_after_the_answers_it_kept(tmp_path
     assert out.returncode == 0, out.stderr
     run = Run.open(tmp_path / "run")
     update, gate = run.done(1, "update"), run.done(1, "gate")
-    assert update["examples"] == 0 and update["memory"] == [1] and update["adapter"] is None
-    assert gate["promoted"] and gate["memory"] == [1] and gate["model"] == run.done(0, "gate")["model"]
+    assert update["examples"] == 0 and update["adapter"] is None and gate["model"] == run.done(0, "gate")["model"]
+    assert gate["promoted"] and gate["memory"] == update["memory"] == "rounds/0001/update/memory"
     kept = {s.prompt: s.completion for s in reversed(run.samples(1)) if s.kept}
-    memory = labeled_set(run.config(), run) + [Problem("chain", 0, p, c) for p, c in kept.items()]
+    memory = read_labeled(run.root / update["memory"] / "memory.jsonl")
+    labeled = labeled_set(run.config(), run)
+    assert kept and memory == labeled + [Problem("chain", p.difficulty, p.prompt, kept[p.prompt]) for p in memory[len(labeled):]]
+    assert {p.prompt for p in memory[len(labeled):]} == set(kept)
     second = run.samples(2)  # round 2 answers after the nearest examples of the labeled set and round 1's kept answers
-    assert kept and second and all(demonstrations(s.prompt, memory, 2) + s.prompt in s.rendered for s in second)
+    assert second and all(demonstrations(s.prompt, memory, 2) + s.prompt in s.rendered for s in second)
     assert any(p in s.rendered for s in second for p in kept)  # the kept answers are read, not only the labeled set
-    assert run.done(2, "update")["memory"] == [1, 2]
+    assert len(read_labeled(run.root / run.done(2, "update")["memory"] / "memory.jsonl")) > len(memory)  # round 2's answers join it
     base, first = (run.query("SELECT model_version FROM evals WHERE round=? LIMIT 1", (r,))[0]["model_version"] for r in (0, 1))
     assert first.startswith(base + "+memory:")  # the same weights, read with a memory
+    cfg, last = run.config(), last_state(run)  # what `evolvelm generate` answers with reads the memory too
+    assert isinstance(modular.model_for(cfg, run, last), InContext) and evolvelm("generate", str(tmp_path / "run"), "M352=").returncode == 0
+    exported = evolvelm("export", str(tmp_path / "run"), str(tmp_path / "out"))
+    assert exported.returncode == 0 and (tmp_path / "out" / "memory.jsonl").read_text() == \
+        (run.root / run.done(2, "gate")["memory"] / "memory.jsonl").read_text()
+    served = evolvelm("serve", str(tmp_path / "run"))
+    assert served.returncode == 2 and "in-context memory" in served.stderr
 
 
 def test_pairs_trains_an_adapter_with_dpo(tmp_path):

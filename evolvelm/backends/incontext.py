@@ -10,6 +10,8 @@ import json
 from evolvelm.tasks.labeled import demonstrations
 from evolvelm.types import Generation, Problem
 
+MEMORY = "memory.jsonl"  # in a gate state's `memory` folder: the examples, as a labeled-set file (read_labeled)
+
 
 class InContext:
     """`inner` with the `n` memory examples nearest to each prompt written before it. Its version names

@@ -26,9 +26,9 @@ Round 0 evaluates it. Every later round runs, in order:
              this round's labels only; semievol: the labeled set also after its demonstrations, so
              the model keeps reading them; pairs: DPO on (right, wrong) answers of the same problem, the
              LoRA adapter continued, the reference the base with the adapter disabled; memory: no
-             training, the round's kept answers join an in-context memory (`InContext`): from then
-             on every prompt is answered after its `semisup.demos` nearest memory examples (the
-             labeled set and the kept answers); labeled: the labeled set alone (the baseline)
+             training, the round's kept answers join an in-context memory (`remember`): from then on
+             every prompt is answered after its `semisup.demos` nearest memory examples (the labeled
+             set and the kept answers); labeled: the labeled set alone (the baseline)
     eval     greedy accuracy of the final answer per difficulty on the fixed test and dev splits
     gate     promote, or keep the previous model, on the dev split (never the reported test split),
              pooled over difficulties: promote when the candidate's net gain in right dev answers
@@ -48,7 +48,7 @@ from tqdm import tqdm
 from evolvelm import controller, judges, sandbox
 from evolvelm.acquire.sampling import CHUNK, derive_seed, sample
 from evolvelm.backends.cluster import fan_out_checks
-from evolvelm.backends.incontext import InContext
+from evolvelm.backends.incontext import MEMORY
 from evolvelm.config import Config, ConfigError
 from evolvelm.evaluate.calibration import calibration, confidences
 from evolvelm.evaluate.suite import dev_right, frontier, held_out_prompts, paired_gate, rates, right_answers, splits
@@ -57,7 +57,7 @@ from evolvelm.refine.filters import FilterContext, final, judged, majority, run_
 from evolvelm.store.run import Run
 from evolvelm.store.summary import write_summary
 from evolvelm.tasks import get_task, hint_prompt
-from evolvelm.tasks.labeled import demonstrations, read_labeled
+from evolvelm.tasks.labeled import demonstrations, read_labeled, write_labeled
 from evolvelm.types import Example, Problem, Sample, State
 from evolvelm.update.mixture import weighted
 from evolvelm.update.rounds import train_round
@@ -86,17 +86,6 @@ def labeled_set(cfg: Config, run: Run) -> list[Problem]:
         where = "their splits.labeled" if len(from_data) == len(cfg.skills) else labeled_path(cfg, run)
         raise ConfigError(f"{where}: no labeled problem of the skills {cfg.skills}")
     return out
-
-
-def answerer(cfg: Config, run: Run, state: State):
-    """What answers for a gate state: its model, reading the state's in-context memory (the labeled set
-    and the answers kept by its memory rounds, one per problem) when it has one."""
-    model = backend_for(cfg, run, state)
-    if not state.memory:
-        return model
-    kept = {s.prompt: Problem(s.skill, s.difficulty, s.prompt, s.completion)
-            for r in state.memory for s in reversed(run.samples(r)) if s.kept}
-    return InContext(model, labeled_set(cfg, run) + list(kept.values()), cfg.semisup.demos)
 
 
 def labeled_prompts(cfg: Config, run: Run) -> frozenset[str]:
@@ -208,7 +197,7 @@ def acquire(cfg: Config, run: Run, rnd: int, state: State, exclude: dict, quiet:
     rationalisations), at the temperature B-STaR chose when `semisup.temperatures` is set; the
     controller's `decision`, if any, is stored with them."""
     t0, a, method = time.time(), cfg.acquire, cfg.semisup.method
-    model = answerer(cfg, run, state)
+    model = backend_for(cfg, run, state)
     chosen = choose(cfg, run, model, rnd, quiet) if cfg.semisup.temperatures or cfg.semisup.thresholds else {}
     problems, chosen_by = curriculum(cfg, model, rnd, exclude, quiet) if a.curriculum else (unlabeled(cfg, rnd, exclude), None)
     if method == "semievol":  # answered with demonstrations in context, stored under the plain prompt
@@ -313,11 +302,7 @@ def update_stage(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> 
     right-vs-wrong pairs, continuing the adapter against the base with it disabled (pairs)."""
     t0 = time.time()
     if cfg.semisup.method == "memory":  # no training: the kept answers join the memory the model reads
-        n_new = sum(1 for s in run.samples(rnd) if s.kept)
-        info = {"model": state.model, "adapter": state.adapter, "memory": [*state.memory, rnd]} if n_new else \
-            {"model": state.model, "adapter": state.adapter, "skipped": "no samples kept"}
-        run.commit(rnd, "update", {**info, "examples": 0, "new_examples": n_new, "from": state.round,
-                                   "seconds": round(time.time() - t0, 2)})
+        run.commit(rnd, "update", {**remember(cfg, run, rnd, state), "from": state.round, "seconds": round(time.time() - t0, 2)})
         return
     if cfg.semisup.method == "pairs":
         pairs = preference_pairs(run, rnd, cfg.semisup.pairs_per_problem)
@@ -331,6 +316,22 @@ def update_stage(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> 
     trained = train_round(cfg, run, rnd, start.members[0], 0, examples, run.staging(rnd, "update"), quiet)
     run.commit(rnd, "update", {**trained, "examples": len(examples), "new_examples": n_new, "from": start.round,
                                "seconds": round(time.time() - t0, 2)})
+
+
+def remember(cfg: Config, run: Run, rnd: int, state: State) -> dict:
+    """The memory after this round: the one the model read (at first, the labeled set) and the round's
+    kept answers, one per problem, written as a labeled-set file that every later stage reads in
+    context (`models.backend_for`). The weights stay as they are."""
+    kept = {s.prompt: Problem(s.skill, s.difficulty, s.prompt, s.completion) for s in reversed(run.samples(rnd)) if s.kept}
+    info = {"model": state.model, "adapter": state.adapter, "examples": 0, "new_examples": len(kept)}
+    if not kept:
+        return {**info, "skipped": "no samples kept"}
+    before = read_labeled(Path(resolve(state.memory, run)) / MEMORY) if state.memory else labeled_set(cfg, run)
+    memory = {p.prompt: p for p in before} | kept
+    folder = run.staging(rnd, "update") / "memory"
+    folder.mkdir()
+    write_labeled(folder / MEMORY, list(memory.values()))
+    return {**info, "memory": str(run.stage_dir(rnd, "update").relative_to(run.root) / "memory"), "memory_size": len(memory)}
 
 
 def train_pairs(cfg: Config, run: Run, rnd: int, state: State, pairs: list, quiet: bool) -> dict:
@@ -355,7 +356,7 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> dict
     """Greedy accuracy of the final answer on the test (reported) and dev (gate) splits; which dev
     problems it gets right goes in the manifest, for the gate's paired comparison."""
     t0, e, avoid = time.time(), cfg.eval, labeled_prompts(cfg, run)
-    model = answerer(cfg, run, state)
+    model = backend_for(cfg, run, state)
     ranges = {s: range(1, e.max_difficulty + 1) for s in cfg.skills}
     conf: dict = {}  # the test answers' confidences
     right = {split: right_answers(model, cfg.skills, ranges, split, e.problems, e.dev_problems, e.seed, quiet, avoid,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from evolvelm.backends.incontext import MEMORY
 from evolvelm.config import ConfigError
 from evolvelm.store.run import Run
 from evolvelm.types import State
@@ -18,8 +19,8 @@ def last_state(run: Run) -> State:
 
 
 def export(run: Run, out: Path, merged: bool = False, module: str | None = None) -> Path:
-    """Copy the last promoted model to `out`: full weights, a LoRA adapter, or (merged) base + adapter.
-    Modular runs: the base, every module and the router (`out/base`, `out/modules/NAME`,
+    """Copy the last promoted model to `out`: full weights, a LoRA adapter, or (merged) base + adapter,
+    with `memory.jsonl` beside it when it reads an in-context memory. Modular runs: the base, every module and the router (`out/base`, `out/modules/NAME`,
     `out/router.json`), or with `merged` one module merged into the base."""
     from evolvelm.models import resolve
     from evolvelm.update.modules import merge
@@ -41,8 +42,11 @@ def export(run: Run, out: Path, merged: bool = False, module: str | None = None)
         shutil.copy(Path(resolve(state.router, run)) / "router.json", out / "router.json")
         return out
     if state.adapter and merged:
-        return merge(resolve(state.model, run), resolve(state.adapter, run), out)
-    shutil.copytree(resolve(state.adapter or state.model, run), out)
+        merge(resolve(state.model, run), resolve(state.adapter, run), out)
+    else:
+        shutil.copytree(resolve(state.adapter or state.model, run), out)
+    if state.memory:  # the examples it answers after (semisup.method memory), as a labeled-set file
+        shutil.copy(Path(resolve(state.memory, run)) / MEMORY, out / MEMORY)
     return out
 
 

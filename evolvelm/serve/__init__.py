@@ -104,6 +104,10 @@ def open_served(target: str, device: str = "auto", dtype: str = "auto", chat: st
         return Served(model, {target.removeprefix("zoo:").rstrip("/").split("/")[-1]: None})
     run = Run.open(path)
     cfg, state = run.config(), last_state(run)
+    if state.memory:
+        raise ConfigError(f"{run.root}: its model answers after examples from an in-context memory "
+                          f"({state.memory}), which serve does not put in context; answer with `evolvelm generate "
+                          f"{run.root}`, or `evolvelm export` it (memory.jsonl goes beside the model)")
     options = backend_options(cfg) | {"batch_size": batch_size}
     stop = options.pop("stop")
     if state.modules or state.router:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 from evolvelm.acquire.sampling import derive_seed
@@ -36,6 +37,11 @@ def read_labeled(path: Path) -> list[Problem]:
             raise ConfigError(f"{path}:{i}: not a labeled problem ({type(e).__name__}: {e}); expected JSON with "
                               f"skill, difficulty, prompt, answer") from e
     return out
+
+
+def write_labeled(path: Path, problems: list[Problem]) -> None:
+    """Problems as `read_labeled` reads them back."""
+    path.write_text("".join(json.dumps(asdict(p)) + "\n" for p in problems))
 
 
 def demonstrations(prompt: str, labeled: list[Problem], n: int) -> str:

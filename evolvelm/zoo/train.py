@@ -25,7 +25,6 @@ import argparse
 import json
 import random
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -328,7 +327,9 @@ def main(argv: list[str] | None = None) -> None:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     if labeled:  # the few labels it learned from, for the semisup recipes
-        (out / "labeled.jsonl").write_text("".join(json.dumps(asdict(p)) + "\n" for p in labeled))
+        from evolvelm.tasks.labeled import write_labeled
+
+        write_labeled(out / "labeled.jsonl", labeled)
     if sums:  # the problems it learned from: held out of what measures it (benchmarks/real.py)
         (out / "trained.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sums))
         acc = {"sums": sums_accuracy(out, sums, top)}

@@ -12,9 +12,10 @@ plus sequences trained on: update.steps x update.batch_size, twice that for pref
 come from the store, never from the clock, so a resumed run makes the same decisions. The choice is
 UCB1: arms never tried go first, in the order listed; then the highest mean value plus
 `controller.explore` x the largest value seen x sqrt(2 ln(rounds) / plays). `controller.policy:
-stay` (win-stay, lose-shift) first plays the last round's arm again when that round was promoted with
-a dev gain, and falls back to UCB1 otherwise: in a short run, trying every arm before exploiting one
-costs most of the rounds. `random` draws the arm by the round's seed (the baseline a choice must beat). An arm whose
+stay` (win-stay, lose-shift) first plays the last round's arm again when that round's candidate
+gained on dev (promoted or not: the value above, not the gate's verdict) and the arm is not benched,
+and falls back to UCB1 otherwise: in a short run, trying every arm before exploiting one costs most
+of the rounds. `random` draws the arm by the round's seed (the baseline a choice must beat). An arm whose
 last two rounds were both rolled back is benched while any other is not, and the reason says so. Every
 decision, its estimates and a one-line reason go to the acquire manifest, summary.json
 (`rounds[].controller`) and the report.
@@ -100,10 +101,12 @@ def _choose(cfg: Config, history: list[dict], rnd: int) -> tuple[str, dict]:
         return arm, {"arm": arm, "reason": f"{arm}: drawn at random (controller.policy random, the baseline)",
                      "estimates": estimates}
     last = history[-1] if history else None
-    if cfg.controller.policy == "stay" and last and last["promoted"] and last["gain"] > 0 and last["arm"] in arms:
+    if (cfg.controller.policy == "stay" and last and last["gain"] > 0 and last["arm"] in arms
+            and not estimates[last["arm"]]["benched"]):
         arm = last["arm"]
-        reason = (f"{arm}: its last round was promoted with a dev gain of {last['gain']:+.4f} "
-                  f"(win-stay: an arm plays again while it keeps gaining)")
+        gate = "promoted" if last["promoted"] else "rolled back by the gate, which asks for more"
+        reason = (f"{arm}: its last round gained {last['gain']:+.4f} on dev ({gate}; win-stay: an arm plays "
+                  f"again while its rounds gain)")
         return arm, {"arm": arm, "reason": reason, "estimates": estimates}
     untried = [a for a in arms if not plays[a]]
     if untried:

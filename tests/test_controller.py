@@ -54,13 +54,17 @@ def test_untried_arms_first_then_the_best_value_and_no_arm_rolled_back_twice_in_
 def test_win_stay_plays_an_arm_again_while_it_gains_and_shifts_when_it_does_not():
     cfg = config.load("lmsi", ["controller.arms=[lmsi,star,semievol]", "controller.policy=stay"])
     arm, d = controller.choose(cfg, History([("lmsi", 3, True)]), 2)
-    assert arm == "lmsi" and "promoted with a dev gain of +0.3000 (win-stay" in d["reason"]
+    assert arm == "lmsi" and d["reason"].startswith("lmsi: its last round gained +0.3000 on dev (promoted; win-stay")
     arm, d = controller.choose(cfg, History([("lmsi", 3, True), ("lmsi", 5, True)]), 3)
     assert arm == "lmsi"
     arm, d = controller.choose(cfg, History([("lmsi", 3, True), ("lmsi", 3, True)]), 3)  # promoted, no gain: shift
     assert arm == "star" and d["reason"].startswith("star: not tried yet")
-    arm, d = controller.choose(cfg, History([("lmsi", 3, False)]), 2)  # rolled back: shift
+    arm, d = controller.choose(cfg, History([("lmsi", 0, False)]), 2)  # no gain: shift
     assert arm == "star"
+    arm, d = controller.choose(cfg, History([("lmsi", 3, False)]), 2)  # a gain the gate did not take: stay
+    assert arm == "lmsi" and "rolled back by the gate" in d["reason"]
+    arm, d = controller.choose(cfg, History([("lmsi", 3, False), ("lmsi", 4, False)]), 3)  # but never a third time
+    assert arm == "star" and d["estimates"]["lmsi"]["benched"]
     ucb = config.load("lmsi", ["controller.arms=[lmsi,star,semievol]"])
     assert controller.choose(ucb, History([("lmsi", 3, True)]), 2)[0] == "star"  # plain UCB1 tries every arm first
 

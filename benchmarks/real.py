@@ -23,7 +23,12 @@ samples, what the filters kept and its precision against the true answers (lmsi'
 generated tokens per second in acquisition (the stored completions, tokenized, plus their end of
 turn, over the acquire stage's wall time), trained tokens per second (every token of every batch,
 padding excluded, over the update stage's wall time) and the round's wall time. Then the gain of the
-last kept model over the base, with the standard error of the difference on the test split.
+last kept model over the base, with the standard error of the difference on the test split; per
+round the strategy (a controller's choice with `--set controller.arms=[...]`) and the calibration of
+the test answers' confidence (ECE, AUROC); and predict-the-update (the updated model's own estimate,
+the controller's, and the naive predictors, with their mean absolute errors).
+
+    python benchmarks/real.py --methods star --set "controller.arms=[lmsi,star,semievol,pairs]" controller.policy=stay
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from evolvelm import config  # noqa: E402
 from evolvelm.recipes import semisup  # noqa: E402
 from evolvelm.store.run import Run  # noqa: E402
+from evolvelm.store.summary import PREDICTORS  # noqa: E402
 from evolvelm.zoo.train import JUST, sums_rows  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
@@ -135,11 +141,14 @@ def measure(task: str, method: str, args, workdir: Path) -> dict:
                      "kept": r["kept"], "acquired": r["acquired"], "label_precision": r["label_precision"],
                      "gen_tok_s": round(gen / acquire["seconds"], 1) if rnd else None,
                      "train_tok_s": round(update["tokens"] / update["seconds"], 1) if update.get("tokens") else None,
-                     "seconds": r["seconds"], "accuracy_by_level": r["accuracy"][entry["name"]]})
+                     "seconds": r["seconds"], "accuracy_by_level": r["accuracy"][entry["name"]],
+                     "arm": (r["controller"] or {}).get("arm"), "reason": (r["controller"] or {}).get("reason"),
+                     "calibration": {k: r["calibration"][entry["name"]].get(k) for k in ("ece", "auroc", "token_ece", "token_auroc")}})
     kept_round = max(r["round"] for r in summary["rounds"] if r["promoted"])
     delta, se = gain(run, 0, kept_round)
     return {"task": task, "method": method, "rounds": rows, "base": rows[0]["accuracy"], "final": rows[-1]["accuracy"],
-            "gain": delta, "se": se, "seconds": round(time.time() - t0, 1), "config": overrides}
+            "gain": delta, "se": se, "seconds": round(time.time() - t0, 1), "config": overrides,
+            "prediction": summary["semisup"].get("prediction")}
 
 
 def print_result(res: dict) -> None:
@@ -154,6 +163,19 @@ def print_result(res: dict) -> None:
         print(f"| {r['round']} | {'yes' if r['promoted'] else 'no'} | {fmt(r['accuracy'])} | {fmt(r['candidate'])} | {levels} | "
               f"{fmt(r['pass@1'])} | {fmt(r['pass@k'])} | {r['kept']} / {r['acquired']} | {fmt(r['label_precision'])} | "
               f"{fmt(r['gen_tok_s'])} | {fmt(r['train_tok_s'])} | {r['seconds']:.0f} |")
+    print("\n| round | strategy | ECE / AUROC (sequence) | ECE / AUROC (token) |\n|---|---|---|---|")
+    for r in res["rounds"]:
+        c = r.get("calibration") or {}
+        print(f"| {r['round']} | {r.get('arm') or res['method']} | {fmt(c.get('ece'))} / {fmt(c.get('auroc'))} | "
+              f"{fmt(c.get('token_ece'))} / {fmt(c.get('token_auroc'))} |")
+    prediction = res.get("prediction")
+    if prediction:
+        given = [k for k in PREDICTORS if prediction["mae"].get(k) is not None]
+        print("\npredict-the-update: the candidate's test accuracy, actual and as predicted")
+        print("| round | actual | " + " | ".join(given) + " |\n" + "|---" * (len(given) + 2) + "|")
+        for r in prediction["rounds"]:
+            print(f"| {r['round']} | {fmt(r['actual'])} | " + " | ".join(fmt(r[k]) for k in given) + " |")
+        print("| mean abs. error | | " + " | ".join(fmt(prediction["mae"][k]) for k in given) + " |")
 
 
 def main() -> None:

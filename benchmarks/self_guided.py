@@ -21,7 +21,13 @@ Then calibration on the held-out prompts, per skill: the confidence that A's gre
 as A's probability of that answer before any introspection training (sequence), and as the trained
 models' probability of replying "1" to the `right` question (self, cross): ECE, Brier, AUROC.
 Last, self minus cross per property, pooled over pairs, with its standard error (paired by prompt).
-Other parts of issue 27 (controller, predict-the-update) are not here yet.
+With --update-steps N, the self-trained model is then changed by N steps of training on one skill's
+true answers (--update-skill) and asked about itself again: does its self-prediction follow its new
+behaviour, where its old predictions and the observer's cannot (`after_update`)?
+
+    python benchmarks/self_guided.py --pairs copy-reverse:copy-reverse-seed1 --update-steps 300
+
+The controller and predict-the-update are measured by benchmarks/semisup.py (docs/self_guided.md).
 """
 from __future__ import annotations
 
@@ -43,6 +49,7 @@ from evolvelm.evaluate import calibration  # noqa: E402
 from evolvelm.models import resolve  # noqa: E402
 from evolvelm.prompts import PromptFormat  # noqa: E402
 from evolvelm.tasks import get_task  # noqa: E402
+from evolvelm.types import Example  # noqa: E402
 from evolvelm.update import sft  # noqa: E402
 
 
@@ -50,10 +57,10 @@ def draw(skills: list[str], lengths: list[int], n: int, seed: int, exclude: froz
     return [p for s in skills for d in lengths for p in get_task(s).problems(d, n, seed + 31 * d, exclude=exclude)]
 
 
-def trained(path: str, data, a, out: Path) -> HFBackend:
-    """`path` fully fine-tuned on the introspection examples, served from `out`."""
+def trained(path: str, data, a, out: Path, steps: int | None = None) -> HFBackend:
+    """`path` fully fine-tuned on `data` (a.steps, or `steps`), served from `out`."""
     model = sft.load_for_training(path, None, "full", 8, 16, seed=a.seed)
-    sft.train(model, PromptFormat.load(path, "off"), data, a.steps, a.batch_size, a.lr, seed=a.seed, warmup=50, quiet=True)
+    sft.train(model, PromptFormat.load(path, "off"), data, steps or a.steps, a.batch_size, a.lr, seed=a.seed, warmup=50, quiet=True)
     sft.save(model, path, out, card={"introspection": len(data)})
     return HFBackend(str(out), batch_size=512)
 
@@ -83,11 +90,41 @@ def pair(a, first: str, second: str, tmp: Path) -> dict:
                                                 [r for r, p in zip(right, held) if p.skill == s]) for s in a.skills}
                   for kind, values in conf.items()}
     group = lambda ps: [(p.skill, p.difficulty) for p in ps]
-    return {"pair": f"{first}:{second}", "held": len(held), "examples": len(data),
+    moved = after_update(a, me, now, pred_self, pred_cross, train, held, tmp / f"{first}-self-updated") if a.update_steps else None
+    return {"pair": f"{first}:{second}", "held": len(held), "examples": len(data), "update": moved,
             "majority": introspect.majority(seen_train, seen_held),
             "by group": introspect.majority(seen_train, seen_held, group(train), group(held)), "cross": introspect.accuracy(pred_cross, seen_held),
             "self": introspect.accuracy(pred_self, seen_held), "self-now": introspect.accuracy(pred_self, now),
             "changed": changed, "calibration": calibrated, "hits": hits, "seconds": round(time.time() - t0, 1)}
+
+
+def after_update(a, me: HFBackend, before, pred_self: dict, pred_cross: dict, train, held, out: Path) -> dict:
+    """The self-trained model changed by a round of training on one skill (`--update-skill`: SFT on the
+    true answers to its training prompts, `--update-steps`, no introspection examples), then asked
+    about itself again. Per property, on the held-out prompts: how many values the update changed,
+    and against the new behaviour the updated model's own predictions ("updated self"), its
+    predictions from before the update ("old self") and the observer's ("cross"), on every prompt and
+    on the changed ones alone; and the updated model's predictions against its old behaviour (a
+    prediction that did not follow the change scores higher there)."""
+    props = list(introspect.PROPERTIES)
+    data = [Example(p.prompt, p.answer) for p in train if p.skill == a.update_skill]
+    moved = trained(me.model_path, data, a, out, a.update_steps)
+    new, pred_new = introspect.behaviour(moved, held, props), introspect.predictions(moved, held, props, chat=False)
+    changed = {p: [i for i, (x, y) in enumerate(zip(before.values[p], new.values[p])) if x != y] for p in props}
+    score = lambda pred, seen, idx: round(sum(pred[p][i] == seen.values[p][i] for i in idx) / len(idx), 4) if idx else None
+    every = range(len(held))
+    out = {"skill": a.update_skill, "steps": a.update_steps, "examples": len(data),
+           "right_before": {s: round(sum(v == "1" for v, q in zip(before.values["right"], held) if q.skill == s)
+                                     / sum(q.skill == s for q in held), 4) for s in a.skills},
+           "right_after": {s: round(sum(v == "1" for v, q in zip(new.values["right"], held) if q.skill == s)
+                                    / sum(q.skill == s for q in held), 4) for s in a.skills}}
+    for p in props:
+        out[p] = {"changed": round(len(changed[p]) / len(held), 4),
+                  **{f"{arm} {where}": score(pred, new, idx) for arm, pred in (("updated self", pred_new), ("old self", pred_self),
+                                                                               ("cross", pred_cross))
+                     for where, idx in (("all", every), ("changed", changed[p]))},
+                  "updated self against old behaviour, changed": score(pred_new, before, changed[p])}
+    return out
 
 
 def fmt(x) -> str:
@@ -107,6 +144,10 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-replay", dest="replay", action="store_false", help="introspection examples alone")
+    ap.add_argument("--update-steps", type=int, default=0,
+                    help="then change the self-trained model by this many steps on --update-skill's true answers "
+                         "and score its self-prediction against its new behaviour (0: not)")
+    ap.add_argument("--update-skill", default="reverse")
     ap.add_argument("--out")
     a = ap.parse_args()
     results = []
@@ -124,6 +165,17 @@ def main() -> None:
             for kind, by_skill in r["calibration"].items():
                 for skill, c in by_skill.items():
                     print(f"{kind:10s} {skill:8s} {c['ece']:6.3f} {c['brier']:6.3f} {fmt(c['auroc']):>6s}")
+            u = r["update"]
+            if u:
+                print(f"after {u['steps']} steps on {u['examples']} {u['skill']} answers (right before -> after: "
+                      + ", ".join(f"{s} {u['right_before'][s]:.3f} -> {u['right_after'][s]:.3f}" for s in a.skills) + ")")
+                cols = ["updated self", "old self", "cross"]
+                print(f"{'property':10s} {'changed':>8s} " + " ".join(f"{c + ' ' + w:>20s}" for c in cols for w in ("all", "changed"))
+                      + f" {'updated self vs old, changed':>29s}")
+                for p in introspect.PROPERTIES:
+                    print(f"{p:10s} {u[p]['changed']:8.3f} " + " ".join(f"{fmt(u[p][c + ' ' + w]):>20s}" for c in cols
+                                                                    for w in ("all", "changed"))
+                          + f" {fmt(u[p]['updated self against old behaviour, changed']):>29s}")
     print("\nself minus cross, pooled over pairs (held-out prompts; standard error of the paired difference)")
     for p in introspect.PROPERTIES:
         d = [s - c for r in results for s, c in zip(r["hits"]["self"][p], r["hits"]["cross"][p])]

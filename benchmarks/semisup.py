@@ -45,8 +45,9 @@ Then per arm: final accuracy (the
 mean over seeds, and each seed's), its error against the labeled baseline's, how many promoted rounds
 lowered test accuracy (and the largest drop); with several seeds, every two arms' paired difference
 (the same seed gives both arms the same unlabeled draws and splits); for lmsi, the precision of the
-majority answer by its number of votes (all rounds); for the controller arms, predict-the-update's
-mean absolute error against no change and the same change as last round.
+majority answer by its number of votes (all rounds); predict-the-update's mean absolute error: the
+controller's (controller arms), the updated model's own estimate by either kind of confidence, no
+change and the same change as last round.
 """
 from __future__ import annotations
 
@@ -63,6 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from evolvelm import config  # noqa: E402
 from evolvelm.recipes import semisup  # noqa: E402
 from evolvelm.store.run import Run  # noqa: E402
+from evolvelm.store.summary import PREDICTORS  # noqa: E402
 
 ARMS = {"labeled": ("lmsi", ["semisup.method=labeled"]), "lmsi": ("lmsi", []),
         **{f"lmsi-T{t}": ("lmsi", [f"acquire.temperature={t}"]) for t in (0.6, 0.8, 1.2, 1.4, 1.6)}, "bstar": ("bstar", []),
@@ -72,7 +74,7 @@ ARMS = {"labeled": ("lmsi", ["semisup.method=labeled"]), "lmsi": ("lmsi", []),
         "lmsi-confidence": ("lmsi", ["refine.chain=[confidence,dedup]", "refine.keep_as=vote"]),
         "lmsi-random": ("lmsi", ["refine.chain=[random,dedup]", "refine.keep_as=vote"]),
         "lmsi-curriculum": ("lmsi", ["acquire.curriculum=[0.2,0.8]"]), "star-curriculum": ("star", ["acquire.curriculum=[0.2,0.8]"]),
-        "controller": ("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]"]),
+        "controller": ("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "controller.policy=ucb"]),
         "controller-stay": ("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "controller.policy=stay"]),
         "controller-random": ("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "controller.policy=random"])}
 
@@ -244,10 +246,10 @@ def main() -> None:
         print("  ".join(f"{m}: {p:.3f}" for m, p in next(iter(seeds.values()))["precision_by_margin"].items()))
     for arm, res in results.items():  # the controller's arms: predict-the-update, mean absolute error over seeds
         scored = [run["prediction"]["mae"] for run in res["seeds"].values() if run.get("prediction")]
-        if scored and all(m["controller"] is not None for m in scored):
+        given = [k for k in PREDICTORS if scored and all(m.get(k) is not None for m in scored)]
+        if given:
             print(f"\n{arm}: predict-the-update, mean absolute error of the candidate's test accuracy (mean of "
-                  f"{len(scored)} seeds): " + ", ".join(f"{k} {sum(m[k] for m in scored) / len(scored):.4f}"
-                                                   for k in ("controller", "no_change", "last_change")))
+                  f"{len(scored)} seeds): " + ", ".join(f"{k} {sum(m[k] for m in scored) / len(scored):.4f}" for k in given))
 
 
 if __name__ == "__main__":

@@ -181,8 +181,8 @@ class ControllerConfig:
                                      # measured dev gain per unit of compute (evolvelm.controller): lmsi | star |
                                      # rest-em | semievol | pairs | memory; empty: the recipe's own every round
     explore: float = 1.0             # UCB's exploration weight (x the largest value seen)
-    policy: str = "ucb"              # ucb | stay (the last arm again while its rounds gain on dev, promoted or
-                                     # not, else ucb) | random (an arm drawn by the round's seed: the baseline)
+    policy: str = "stay"             # stay (the last arm again while its rounds gain on dev, promoted or not,
+                                     # else ucb) | ucb | random (an arm drawn by the round's seed: the baseline)
 
 
 @dataclass

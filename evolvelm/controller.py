@@ -9,13 +9,13 @@ Each arm's value is its measured dev gain per unit of compute: the share of dev 
 candidate gets right minus the share the model it started from gets right (the gate's paired
 comparison, whether or not the round was promoted), per 1,000 sequences processed (answers generated
 plus sequences trained on: update.steps x update.batch_size, twice that for preference pairs). Both
-come from the store, never from the clock, so a resumed run makes the same decisions. The choice is
-UCB1: arms never tried go first, in the order listed; then the highest mean value plus
-`controller.explore` x the largest value seen x sqrt(2 ln(rounds) / plays). `controller.policy:
-stay` (win-stay, lose-shift) first plays the last round's arm again when that round's candidate
-gained on dev (promoted or not: the value above, not the gate's verdict) and the arm is not benched,
-and falls back to UCB1 otherwise: in a short run, trying every arm before exploiting one costs most
-of the rounds. `random` draws the arm by the round's seed (the baseline a choice must beat). An arm whose
+come from the store, never from the clock, so a resumed run makes the same decisions. The default,
+`controller.policy: stay` (win-stay, lose-shift), plays the last round's arm again when that round's
+candidate gained on dev (promoted or not: the value above, not the gate's verdict) and the arm is not
+benched, and falls back to UCB1 otherwise: in a short run, trying every arm before exploiting one
+costs most of the rounds. UCB1 (`ucb` alone): arms never tried go first, in the order listed; then
+the highest mean value plus `controller.explore` x the largest value seen x sqrt(2 ln(rounds) /
+plays). `random` draws the arm by the round's seed (the baseline a choice must beat). An arm whose
 last two rounds were both rolled back is benched while any other is not, and the reason says so. Every
 decision, its estimates and a one-line reason go to the acquire manifest, summary.json
 (`rounds[].controller`) and the report.

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from evolvelm.cli import main
-from evolvelm.evaluate.calibration import auroc, calibration, confidences, metrics
+from evolvelm.evaluate.calibration import auroc, calibration, confidences, metrics, recalibrated
 
 
 def test_confidences_of_an_answer():
@@ -31,6 +31,27 @@ def test_metrics_on_literal_inputs():
 def test_auroc_counts_ties_half():
     # right at 0.5 and 0.7; wrong at 0.5 and 0.2: pairs (0.5,0.5) half, (0.5,0.2) 1, (0.7,0.5) 1, (0.7,0.2) 1
     assert auroc([0.5, 0.7, 0.5, 0.2], [True, True, False, False]) == pytest.approx(3.5 / 4)
+
+
+def test_recalibrated_confidence_is_the_accuracy_of_its_bin_among_answers_already_checked():
+    # seen: at 0.9 three answers, one right (overconfident); at 0.15 one answer, right
+    seen_conf, seen_right = [0.9, 0.92, 0.95, 0.15], [True, False, False, True]
+    out = recalibrated(seen_conf, seen_right, [0.91, 0.12, 0.5])
+    assert out[0] == pytest.approx((1 + 0.91) / 4)  # 1 right of 3, shrunk by one pseudo-answer at 0.91
+    assert out[1] == pytest.approx((1 + 0.12) / 2)  # a bin of one answer says neither 0 nor 1
+    assert out[2] == 0.5  # no answer seen at 0.5: the confidence as it is
+
+
+def test_a_models_estimate_of_its_accuracy_rests_on_checked_dev_answers_alone():
+    from evolvelm.recipes.semisup import estimate
+
+    seen = {"dev_right": {"s": {"1": "10", "2": "0"}},
+            "dev_confidence": {"s": {"1": [[0.9, 0.95], [0.9, 0.95]], "2": [[0.3, 0.6]]}}}
+    test = {"s": {1: [{"sequence": 0.9, "token": 0.95}], 2: [{"sequence": 0.35, "token": 0.1}]}}
+    out = estimate(seen, test)
+    # sequence: 0.9 -> (1 right of 2 + 0.9) / 3; 0.35 -> (0 of 1 + 0.35) / 2
+    assert out["sequence"]["pooled"] == out["sequence"]["s"] == pytest.approx(((1 + 0.9) / 3 + 0.35 / 2) / 2, abs=1e-4)
+    assert out["token"]["s"] == pytest.approx(((1 + 0.95) / 3 + 0.1) / 2, abs=1e-4)  # 0.1: no dev answer there
 
 
 def test_calibration_pools_difficulties_per_skill():

@@ -9,6 +9,7 @@ import pytest
 from evolvelm import config, controller
 from evolvelm.config import ConfigError
 from evolvelm.store.run import Run
+from evolvelm.store.summary import PREDICTORS
 from test_resume import evolvelm, outcome
 from test_semisup import SMALL
 
@@ -32,7 +33,8 @@ class History:
 
 
 def test_untried_arms_first_then_the_best_value_and_no_arm_rolled_back_twice_in_a_row():
-    cfg = config.load("lmsi", ["controller.arms=[lmsi,star,semievol]", "update.steps=10", "update.batch_size=10"])
+    cfg = config.load("lmsi", ["controller.arms=[lmsi,star,semievol]", "controller.policy=ucb", "update.steps=10",
+                               "update.batch_size=10"])
     arm, d = controller.choose(cfg, History([]), 1)
     assert arm == "lmsi" and d["reason"].startswith("lmsi: not tried yet")
     arm, d = controller.choose(cfg, History([("lmsi", 3, True)]), 2)
@@ -52,7 +54,8 @@ def test_untried_arms_first_then_the_best_value_and_no_arm_rolled_back_twice_in_
 
 
 def test_win_stay_plays_an_arm_again_while_it_gains_and_shifts_when_it_does_not():
-    cfg = config.load("lmsi", ["controller.arms=[lmsi,star,semievol]", "controller.policy=stay"])
+    cfg = config.load("lmsi", ["controller.arms=[lmsi,star,semievol]"])  # stay: the default
+    assert cfg.controller.policy == "stay"
     arm, d = controller.choose(cfg, History([("lmsi", 3, True)]), 2)
     assert arm == "lmsi" and d["reason"].startswith("lmsi: its last round gained +0.3000 on dev (promoted; win-stay")
     arm, d = controller.choose(cfg, History([("lmsi", 3, True), ("lmsi", 5, True)]), 3)
@@ -65,12 +68,12 @@ def test_win_stay_plays_an_arm_again_while_it_gains_and_shifts_when_it_does_not(
     assert arm == "lmsi" and "rolled back by the gate" in d["reason"]
     arm, d = controller.choose(cfg, History([("lmsi", 3, False), ("lmsi", 4, False)]), 3)  # but never a third time
     assert arm == "star" and d["estimates"]["lmsi"]["benched"]
-    ucb = config.load("lmsi", ["controller.arms=[lmsi,star,semievol]"])
+    ucb = config.load("lmsi", ["controller.arms=[lmsi,star,semievol]", "controller.policy=ucb"])
     assert controller.choose(ucb, History([("lmsi", 3, True)]), 2)[0] == "star"  # plain UCB1 tries every arm first
 
 
 def test_in_context_memory_is_an_arm_that_costs_no_training():
-    cfg = config.load("lmsi", ["controller.arms=[lmsi,memory]", "update.steps=10", "update.batch_size=10"])
+    cfg = config.load("lmsi", ["controller.arms=[lmsi,memory]", "controller.policy=ucb", "update.steps=10", "update.batch_size=10"])
     assert controller.config_for(cfg, "memory").semisup.method == "memory"
     _, d = controller.choose(cfg, History([("lmsi", 3, True), ("memory", 6, False)]), 3)
     e = d["estimates"]  # each gained 3 dev problems: lmsi paid 1k answers + 100 trained sequences, memory 1k answers
@@ -95,7 +98,7 @@ def test_the_random_policy_draws_by_the_rounds_seed():
     assert picks == [controller.choose(cfg, History([]), rnd) for rnd in range(1, 13)]
 
 
-ARMS = ["controller.arms=[pairs,lmsi,star]", "rounds=4", "gate.z=0", "gate.tolerance=1.0"]  # every round promoted
+ARMS = ["controller.arms=[pairs,lmsi,star]", "controller.policy=ucb", "rounds=4", "gate.z=0", "gate.tolerance=1.0"]  # every round promoted
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +134,15 @@ def test_a_controlled_run_plays_each_arm_then_chooses_and_says_why(controlled):
     assert decisions[3]["predict"] == relative[("pairs", "lmsi", "star").index(decisions[3]["arm"])]
     assert p["rounds"][3]["controller"] == pytest.approx(kept[3] + (1 - kept[3]) * decisions[3]["predict"], abs=1e-4)
     assert p["rounds"][0]["last_change"] is None and p["rounds"][3]["actual"] == summary["semisup"]["candidate"][4]
-    assert set(p["mae"]) == {"controller", "no_change", "last_change"} and all(v >= 0 for v in p["mae"].values())
+    assert set(p["mae"]) == set(PREDICTORS) and all(v >= 0 for v in p["mae"].values())
+    # the updated model's own estimate, from its confidences recalibrated on the starting model's dev answers
+    # (every round here is promoted: round r starts from round r - 1); the change: minus that model's estimate
+    evals = [run.done(rnd, "eval") for rnd in range(5)]
+    assert evals[0]["self_predicted"] is None and all(0 <= e["self_predicted"]["token"]["pooled"] <= 1 for e in evals[1:])
+    assert [r["self"] for r in p["rounds"]] == [e["self_predicted"]["token"]["pooled"] for e in evals[1:]]
+    own = lambda e, field: e[field]["token"]["pooled"]
+    assert p["rounds"][2]["self_change"] == pytest.approx(
+        kept[2] + own(evals[3], "self_predicted") - own(evals[2], "self_estimate"), abs=2e-4)
     assert evolvelm("report", str(controlled)).returncode == 0
     page = (controlled / "report.html").read_text()
     assert "Strategy per round" in page and decisions[3]["reason"].split(" (")[0] in page

@@ -11,6 +11,9 @@ Per skill and kind of confidence, over the test split's answers (every difficult
     auroc      the chance that a right answer has a higher confidence than a wrong one (ties count
                half; None when every answer is right, or none is)
     bins       the reliability diagram: per non-empty bin, [lower edge, answers, mean confidence, accuracy]
+
+`recalibrated` maps confidences through the reliability diagram of answers already checked: what
+the model's own estimate of its accuracy rests on (predict-the-update, evolvelm.recipes.semisup).
 """
 from __future__ import annotations
 
@@ -44,6 +47,23 @@ def metrics(conf: list[float], right: list[bool], bins: int = BINS) -> dict:
     return {"n": n, "accuracy": round(sum(right) / n, 4), "confidence": round(sum(conf) / n, 4),
             "ece": round(ece, 4), "brier": round(sum((c - r) ** 2 for c, r in zip(conf, right)) / n, 4),
             "auroc": auroc(conf, right), "bins": rows}
+
+
+def recalibrated(seen_conf: list[float], seen_right: list[bool], conf: list[float], bins: int = BINS) -> list[float]:
+    """Each confidence in `conf` as the accuracy of the seen answers whose confidence fell in the same
+    bin (histogram binning, Zadrozny and Elkan 2001), shrunk toward the confidence itself by one
+    pseudo-answer so that a bin of one answer does not say 0 or 1; a bin no seen answer fell in
+    keeps the confidence as it is."""
+    table: dict[int, list[int]] = {}
+    for c, r in zip(seen_conf, seen_right):
+        n_right = table.setdefault(min(int(c * bins), bins - 1), [0, 0])
+        n_right[0] += 1
+        n_right[1] += r
+    out = []
+    for c in conf:
+        n, right = table.get(min(int(c * bins), bins - 1), (0, 0))
+        out.append((right + c) / (n + 1))
+    return out
 
 
 def auroc(conf: list[float], right: list[bool]) -> float | None:

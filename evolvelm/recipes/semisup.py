@@ -50,7 +50,7 @@ from evolvelm.acquire.sampling import CHUNK, derive_seed, sample
 from evolvelm.backends.cluster import fan_out_checks
 from evolvelm.backends.incontext import MEMORY
 from evolvelm.config import Config, ConfigError
-from evolvelm.evaluate.calibration import calibration, confidences
+from evolvelm.evaluate.calibration import KINDS, calibration, confidences, recalibrated
 from evolvelm.evaluate.suite import dev_right, frontier, held_out_prompts, paired_gate, rates, right_answers, splits
 from evolvelm.models import ZOO, backend_for, base_state, prompt_format, resolve
 from evolvelm.refine.filters import FilterContext, final, judged, majority, run_chain
@@ -358,19 +358,48 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> dict
     t0, e, avoid = time.time(), cfg.eval, labeled_prompts(cfg, run)
     model = backend_for(cfg, run, state)
     ranges = {s: range(1, e.max_difficulty + 1) for s in cfg.skills}
-    conf: dict = {}  # the test answers' confidences
+    conf: dict = {"test": {}, "dev": {}}  # each answer's confidences
     right = {split: right_answers(model, cfg.skills, ranges, split, e.problems, e.dev_problems, e.seed, quiet, avoid,
-                                  conf if split == "test" else None) for split in ("test", "dev")}
+                                  conf[split]) for split in ("test", "dev")}
     acc = {split: rates(r) for split, r in right.items()}
     rows = [(split, s, d, a, len(right[split][s][d]), model.version, get_task(s).version)
             for split in acc for s in cfg.skills for d, a in acc[split][s].items()]
     model.close()
-    info = {"frontier": {s: frontier(acc["test"][s], e.threshold) for s in cfg.skills}, "dev": acc["dev"],
-            "dev_right": {s: {d: "".join("01"[x] for x in r) for d, r in by_d.items()} for s, by_d in right["dev"].items()},
-            "calibration": calibration(right["test"], conf), "model_version": rows[0][5],
+    seen = {"dev_right": {s: {d: "".join("01"[x] for x in r) for d, r in by_d.items()} for s, by_d in right["dev"].items()},
+            "dev_confidence": {s: {d: [[round(c[k], 4) for k in KINDS] for c in cs] for d, cs in by_d.items()}
+                               for s, by_d in conf["dev"].items()}}
+    start = run.done(State.read(run.done(rnd - 1, "gate")).round, "eval") if rnd else None
+    info = {"frontier": {s: frontier(acc["test"][s], e.threshold) for s in cfg.skills}, "dev": acc["dev"], **seen,
+            "self_estimate": estimate(seen, conf["test"]),
+            "self_predicted": estimate(start, conf["test"]) if start and start.get("dev_confidence") else None,
+            "calibration": calibration(right["test"], conf["test"]), "model_version": rows[0][5],
             "seconds": round(time.time() - t0, 2), **sandbox.info(cfg.skills)}
     run.commit(rnd, "eval", info, evals=rows)
     return info
+
+
+def estimate(seen: dict, test_conf: dict) -> dict:
+    """A model's own estimate of its test accuracy, made without its test verdicts: per kind of
+    confidence, its confidence in each greedy test answer (`test_conf`), recalibrated by the dev answers
+    in `seen` (an eval manifest's `dev_confidence` against its `dev_right`, per skill), averaged per
+    skill and pooled over every answer.
+
+    Stored with every eval: `self_estimate`, recalibrated by the model's own dev answers (its estimate
+    of itself, known once it is evaluated), and from round 1 `self_predicted`, recalibrated by the dev
+    answers of the model the round started from (none of the candidate's own verdicts: its prediction
+    of its accuracy after the update, scored by predict-the-update in evolvelm.store.summary)."""
+    out = {}
+    for i, kind in enumerate(KINDS):
+        per_skill, every = {}, []
+        for skill, by_d in test_conf.items():
+            conf, marks = seen["dev_confidence"][skill], seen["dev_right"][skill]
+            order = sorted(conf, key=int)
+            predicted = recalibrated([c[i] for d in order for c in conf[d]], [m == "1" for d in order for m in marks[d]],
+                                     [c[kind] for d in sorted(by_d) for c in by_d[d]])
+            per_skill[skill] = round(sum(predicted) / len(predicted), 4)
+            every += predicted
+        out[kind] = {"pooled": round(sum(every) / len(every), 4), **per_skill}
+    return out
 
 
 def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:

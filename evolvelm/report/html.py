@@ -208,18 +208,22 @@ def _tables(summary: dict) -> str:
         rows = [[r["round"], r["controller"]["arm"], "yes" if r["promoted"] else "ROLLED BACK", r["controller"]["reason"]]
                 for r in chosen]
         out += ("<h2>Strategy per round</h2><p>The controller's choice among <code>controller.arms</code>, by "
-                "measured dev gain per 1,000 sequences processed (UCB1), and why.</p>"
+                "measured dev gain per 1,000 sequences processed (win-stay over UCB1 by default), and why.</p>"
                 + _html_table(["round", "strategy", "promoted", "why"], rows))
     prediction = summary.get("semisup", {}).get("prediction")
     if prediction:
-        rows = [[r["round"], _fmt(r["actual"]), _fmt(r["controller"]), _fmt(r["no_change"]), _fmt(r["last_change"])]
-                for r in prediction["rounds"]]
-        rows.append(["mean abs. error", ""] + [_fmt(prediction["mae"][k]) for k in ("controller", "no_change", "last_change")])
+        names = {"controller": "controller", "self": "model", "self_change": "model's change", "no_change": "no change",
+                 "last_change": "same change as last round"}
+        given = [k for k in names if any(r[k] is not None for r in prediction["rounds"])]
+        rows = [[r["round"], _fmt(r["actual"])] + [_fmt(r[k]) for k in given] for r in prediction["rounds"]]
+        rows.append(["mean abs. error", ""] + [_fmt(prediction["mae"][k]) for k in given])
         out += ("<h2>Predict-the-update</h2><p>Each round's candidate test accuracy (pooled), as predicted before "
                 "its update by the controller (the starting model plus the share of its errors the chosen strategy "
-                "fixed on average so far) "
+                "fixed on average so far), by the updated model itself before its answers are checked (its "
+                "confidence in each answer, recalibrated on the starting model's dev answers; its change: the "
+                "starting model's accuracy plus the change between the two models' own estimates), "
                 "and by the naive predictors.</p>"
-                + _html_table(["round", "actual", "controller", "no change", "same change as last round"], rows))
+                + _html_table(["round", "actual"] + [names[k] for k in given], rows))
     calibrated = [(r["round"], skill, c) for r in summary["rounds"] for skill, c in (r.get("calibration") or {}).items()]
     if calibrated:
         rows = [[rnd, skill, c["n"], _fmt(c["accuracy"]), _fmt(c["confidence"]), _fmt(c["ece"]), _fmt(c["brier"]),

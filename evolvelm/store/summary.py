@@ -31,7 +31,8 @@ def summarize(run: Run, cfg: Config) -> dict:
             "temperature": acquire.get("temperature"), "vote_agreement": refine.get("vote_agreement"),
             "decision": gate.get("decision", ""), "controller": acquire.get("controller"),
             "curriculum": acquire.get("curriculum"), "module": refine.get("module"), "router": ev.get("router"),
-            "calibration": brief(ev.get("calibration", {})),
+            "calibration": brief(ev.get("calibration", {})), "self_estimate": ev.get("self_estimate"),
+            "self_predicted": ev.get("self_predicted"),
             "model_version": ev["model_version"], "seconds": round(seconds.get(rnd, 0.0), 1),
             **({"judge": judge_line(refine["judge"])} if refine.get("judge") else {}),
         })
@@ -129,29 +130,43 @@ def semisup(run: Run, rounds: list[dict]) -> dict:
     for r, acc in zip(rounds, candidate):
         kept.append(acc if r["promoted"] or not kept else kept[-1])
     out = {"accuracy": kept, "candidate": candidate, "base": kept[0] if kept else None}
-    if any(r.get("controller") for r in rounds):
+    if len(rounds) > 1:
         out["prediction"] = predictions(rounds, kept, candidate)
     return out
 
 
+PREDICTORS = ("controller", "self", "self_change", "no_change", "last_change")
+
+
 def predictions(rounds: list[dict], kept: list[float], candidate: list[float]) -> dict:
-    """Predict-the-update: each round's candidate test accuracy (pooled) as predicted before its update
-    by the controller (the model it starts from, plus the share of its errors the controller predicted
-    the round would fix: evolvelm.controller), by "no change" (the model it starts from) and by "the
-    same change as last round"; per round, and the mean absolute error of each over the rounds all
-    three predict."""
-    rows = []
+    """Predict-the-update: each round's candidate test accuracy (pooled) as predicted
+        controller   before its update, by the controller: the model it starts from, plus the share of
+                     its errors the controller predicted the round would fix (evolvelm.controller; None
+                     without a controller)
+        self         by the candidate itself, before its answers are checked: its confidence in each
+                     answer (the token kind), recalibrated on the starting model's dev answers, averaged
+                     (`self_predicted`, evolvelm.recipes.semisup.estimate)
+        self_change  the model it starts from, plus the change in the models' own estimates: the
+                     candidate's `self` minus the starting model's estimate of itself (`self_estimate`),
+                     so that a bias both share cancels
+        no_change    the model it starts from
+        last_change  the same change as last round
+    per round, and the mean absolute error of each over the rounds that every predictor given predicts."""
+    rows, start = [], 0  # start: the index of the model the round starts from (the last promoted)
+    clip = lambda x: round(min(1.0, max(0.0, x)), 4)  # an accuracy, whatever a predictor extrapolates
+    token = lambda r, field: ((r.get(field) or {}).get("token") or {}).get("pooled")
     for i in range(1, len(rounds)):
-        share = (rounds[i].get("controller") or {}).get("predict")
-        start = kept[i - 1]
+        decision, own, before = rounds[i].get("controller"), token(rounds[i], "self_predicted"), token(rounds[start], "self_estimate")
         last = candidate[i - 1] - kept[i - 2] if i >= 2 else None
-        clip = lambda x: round(min(1.0, max(0.0, x)), 4)  # an accuracy, whatever a predictor extrapolates
-        rows.append({"round": rounds[i]["round"], "actual": candidate[i], "no_change": start,
-                     "last_change": None if last is None else clip(start + last),
-                     "controller": clip(start + (1 - start) * (share or 0.0))})
-    scored = [r for r in rows if r["last_change"] is not None]
-    mae = {k: round(sum(abs(r[k] - r["actual"]) for r in scored) / len(scored), 4) if scored else None
-           for k in ("controller", "no_change", "last_change")}
+        rows.append({"round": rounds[i]["round"], "actual": candidate[i], "no_change": kept[i - 1],
+                     "last_change": None if last is None else clip(kept[i - 1] + last),
+                     "controller": decision and clip(kept[i - 1] + (1 - kept[i - 1]) * (decision.get("predict") or 0.0)),
+                     "self": own, "self_change": None if own is None or before is None else clip(kept[i - 1] + own - before)})
+        start = i if rounds[i]["promoted"] else start
+    given = [k for k in PREDICTORS if any(r[k] is not None for r in rows)]
+    scored = [r for r in rows if all(r[k] is not None for k in given)]
+    mae = {k: round(sum(abs(r[k] - r["actual"]) for r in scored) / len(scored), 4) if scored and k in given else None
+           for k in PREDICTORS}
     return {"rounds": rows, "mae": mae}
 
 

@@ -25,7 +25,7 @@ turn, over the acquire stage's wall time), trained tokens per second (every toke
 padding excluded, over the update stage's wall time) and the round's wall time. Then the gain of the
 last kept model over the base, with the standard error of the difference on the test split; per
 round the strategy (a controller's choice with `--set controller.arms=[...]`) and the calibration of
-the test answers' confidence (ECE, AUROC); and predict-the-update (the updated model's own estimate,
+the test answers' confidence (ECE, AUROC; of the sequence, token and recalibrated kinds); and predict-the-update (the updated model's own estimate,
 the controller's, and the naive predictors, with their mean absolute errors).
 
     python benchmarks/real.py --methods star --set "controller.arms=[lmsi,star,semievol,pairs]" controller.policy=stay
@@ -143,7 +143,8 @@ def measure(task: str, method: str, args, workdir: Path) -> dict:
                      "train_tok_s": round(update["tokens"] / update["seconds"], 1) if update.get("tokens") else None,
                      "seconds": r["seconds"], "accuracy_by_level": r["accuracy"][entry["name"]],
                      "arm": (r["controller"] or {}).get("arm"), "reason": (r["controller"] or {}).get("reason"),
-                     "calibration": {k: r["calibration"][entry["name"]].get(k) for k in ("ece", "auroc", "token_ece", "token_auroc")}})
+                     "calibration": {k: r["calibration"][entry["name"]].get(k) for k in (
+                         "ece", "auroc", "token_ece", "token_auroc", "recalibrated_ece", "recalibrated_auroc")}})
     kept_round = max(r["round"] for r in summary["rounds"] if r["promoted"])
     delta, se = gain(run, 0, kept_round)
     return {"task": task, "method": method, "rounds": rows, "base": rows[0]["accuracy"], "final": rows[-1]["accuracy"],
@@ -163,11 +164,13 @@ def print_result(res: dict) -> None:
         print(f"| {r['round']} | {'yes' if r['promoted'] else 'no'} | {fmt(r['accuracy'])} | {fmt(r['candidate'])} | {levels} | "
               f"{fmt(r['pass@1'])} | {fmt(r['pass@k'])} | {r['kept']} / {r['acquired']} | {fmt(r['label_precision'])} | "
               f"{fmt(r['gen_tok_s'])} | {fmt(r['train_tok_s'])} | {r['seconds']:.0f} |")
-    print("\n| round | strategy | ECE / AUROC (sequence) | ECE / AUROC (token) |\n|---|---|---|---|")
+    print("\n| round | strategy | ECE / AUROC (sequence) | ECE / AUROC (token) | ECE / AUROC (recalibrated on dev) |\n"
+          "|---|---|---|---|---|")
     for r in res["rounds"]:
         c = r.get("calibration") or {}
         print(f"| {r['round']} | {r.get('arm') or res['method']} | {fmt(c.get('ece'))} / {fmt(c.get('auroc'))} | "
-              f"{fmt(c.get('token_ece'))} / {fmt(c.get('token_auroc'))} |")
+              f"{fmt(c.get('token_ece'))} / {fmt(c.get('token_auroc'))} | "
+              f"{fmt(c.get('recalibrated_ece'))} / {fmt(c.get('recalibrated_auroc'))} |")
     prediction = res.get("prediction")
     if prediction:
         given = [k for k in PREDICTORS if prediction["mae"].get(k) is not None]

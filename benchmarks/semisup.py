@@ -40,7 +40,8 @@ Printed per arm and round: test accuracy pooled over every held-out problem (kep
 round's candidate), pass@1, pass@k,
 distinct right rationales per problem, answer diversity, precision of the kept labels (final answer)
 and of their whole scratchpads, the calibration of the model's confidence in its test answers (ECE
-and AUROC of P(greedy answer), first skill), the controller's arm, wall time (per seed with --seeds).
+and AUROC of P(greedy answer), and of the token confidence recalibrated on the model's dev answers:
+r.ece, r.auroc; first skill), the controller's arm, wall time (per seed with --seeds).
 Then per arm: final accuracy (the
 mean over seeds, and each seed's), its error against the labeled baseline's, how many promoted rounds
 lowered test accuracy (and the largest drop); with several seeds, every two arms' paired difference
@@ -118,8 +119,8 @@ def rows(summary: dict) -> list[dict]:
                     "rationale_precision": r["rationale_precision"],
                     "filters": {n: f.get("precision") for n, f in r["filters"].items()}, "seconds": r["seconds"],
                     "temperature": r["temperature"], "vote_agreement": r["vote_agreement"],
-                    "ece": next(iter(r["calibration"].values()), {}).get("ece"),
-                    "auroc": next(iter(r["calibration"].values()), {}).get("auroc"),
+                    **{k: next(iter(r["calibration"].values()), {}).get(k)
+                       for k in ("ece", "auroc", "recalibrated_ece", "recalibrated_auroc")},
                     "arm": (r.get("controller") or {}).get("arm")})
     return out
 
@@ -146,12 +147,14 @@ def print_rounds(name: str, res: dict) -> None:
     fmt = lambda x: "    -" if x is None else f"{x:.3f}"
     print(f"\n{name}  (wall time {res['seconds']:.0f}s)")
     print(f"{'round':>5s} {'promoted':>8s} {'acc':>6s} {'cand':>6s} {'temp':>5s} {'agree':>5s} {'pass@1':>6s} {'pass@k':>6s} "
-          f"{'dist.ok':>7s} {'divers':>6s} {'kept':>6s} {'prec':>6s} {'ratprec':>7s} {'ece':>6s} {'auroc':>6s} {'s':>6s}  arm")
+          f"{'dist.ok':>7s} {'divers':>6s} {'kept':>6s} {'prec':>6s} {'ratprec':>7s} {'ece':>6s} {'auroc':>6s} {'r.ece':>6s} "
+          f"{'r.auroc':>7s} {'s':>6s}  arm")
     for r in res["rounds"]:
         print(f"{r['round']:5d} {'yes' if r['promoted'] else 'NO':>8s} {fmt(r['accuracy']):>6s} {fmt(r['candidate']):>6s} "
               f"{fmt(r['temperature']):>5s} {fmt(r['vote_agreement']):>5s} {fmt(r['pass@1']):>6s} {fmt(r['pass@k']):>6s} "
               f"{fmt(r['distinct_right']):>7s} {fmt(r['diversity']):>6s} {r['kept']:6d} {fmt(r['label_precision']):>6s} "
-              f"{fmt(r['rationale_precision']):>7s} {fmt(r.get('ece')):>6s} {fmt(r.get('auroc')):>6s} {r['seconds']:6.1f}  {r.get('arm') or ''}")
+              f"{fmt(r['rationale_precision']):>7s} {fmt(r.get('ece')):>6s} {fmt(r.get('auroc')):>6s} "
+              f"{fmt(r.get('recalibrated_ece')):>6s} {fmt(r.get('recalibrated_auroc')):>7s} {r['seconds']:6.1f}  {r.get('arm') or ''}")
 
 
 def arm_result(runs: dict[int, dict]) -> dict:

@@ -140,6 +140,12 @@ def test_a_controlled_run_plays_each_arm_then_chooses_and_says_why(controlled):
     evals = [run.done(rnd, "eval") for rnd in range(5)]
     assert evals[0]["self_predicted"] is None and all(0 <= e["self_predicted"]["token"]["pooled"] <= 1 for e in evals[1:])
     assert [r["self"] for r in p["rounds"]] == [e["self_predicted"]["token"]["pooled"] for e in evals[1:]]
+    # the model's estimate of itself is the mean of its test answers' recalibrated confidence, which every
+    # round's calibration scores as a third kind
+    for e in evals:
+        for skill, c in e["calibration"].items():
+            assert c["recalibrated"]["confidence"] == pytest.approx(e["self_estimate"]["token"][skill], abs=2e-4)
+    assert all("recalibrated_ece" in c for r in summary["rounds"] for c in r["calibration"].values())
     own = lambda e, field: e[field]["token"]["pooled"]
     assert p["rounds"][2]["self_change"] == pytest.approx(
         kept[2] + own(evals[3], "self_predicted") - own(evals[2], "self_estimate"), abs=2e-4)

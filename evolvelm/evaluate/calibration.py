@@ -12,8 +12,10 @@ Per skill and kind of confidence, over the test split's answers (every difficult
                half; None when every answer is right, or none is)
     bins       the reliability diagram: per non-empty bin, [lower edge, answers, mean confidence, accuracy]
 
-`recalibrated` maps confidences through the reliability diagram of answers already checked: what
-the model's own estimate of its accuracy rests on (predict-the-update, evolvelm.recipes.semisup).
+`recalibrated` maps confidences through the reliability diagram of answers already checked
+(histogram binning): recipe semisup scores a third kind, `recalibrated`, the token confidence mapped
+by the model's own dev answers (fitted on dev, scored on test), and the model's estimates of its own
+accuracy rest on it (predict-the-update, evolvelm.recipes.semisup).
 """
 from __future__ import annotations
 
@@ -84,10 +86,11 @@ def auroc(conf: list[float], right: list[bool]) -> float | None:
 
 
 def calibration(right: dict[str, dict[int, list[bool]]], conf: dict[str, dict[int, list[dict]]]) -> dict:
-    """Per skill and kind of confidence, `metrics` over every difficulty's answers pooled."""
+    """Per skill and kind of confidence (KINDS, and any other the answers' confidences carry), `metrics`
+    over every difficulty's answers pooled."""
     out = {}
     for skill, by_d in right.items():
         r = [x for d in sorted(by_d) for x in by_d[d]]
         c = [x for d in sorted(by_d) for x in conf[skill][d]]
-        out[skill] = {kind: metrics([x[kind] for x in c], r) for kind in KINDS}
+        out[skill] = {kind: metrics([x[kind] for x in c], r) for kind in (c[0] if c else KINDS)}
     return out

@@ -368,6 +368,12 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> dict
     seen = {"dev_right": {s: {d: "".join("01"[x] for x in r) for d, r in by_d.items()} for s, by_d in right["dev"].items()},
             "dev_confidence": {s: {d: [[round(c[k], 4) for k in KINDS] for c in cs] for d, cs in by_d.items()}
                                for s, by_d in conf["dev"].items()}}
+    for skill, by_d in conf["test"].items():  # the token confidence recalibrated on this model's dev answers
+        order = sorted(by_d)
+        mapped = iter(recalibrated([c["token"] for d in order for c in conf["dev"][skill][d]],
+                                   [x for d in order for x in right["dev"][skill][d]], [c["token"] for d in order for c in by_d[d]]))
+        for d in order:
+            by_d[d] = [{**c, "recalibrated": next(mapped)} for c in by_d[d]]
     start = run.done(State.read(run.done(rnd - 1, "gate")).round, "eval") if rnd else None
     info = {"frontier": {s: frontier(acc["test"][s], e.threshold) for s in cfg.skills}, "dev": acc["dev"], **seen,
             "self_estimate": estimate(seen, conf["test"]),

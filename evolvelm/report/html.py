@@ -227,13 +227,15 @@ def _tables(summary: dict) -> str:
     calibrated = [(r["round"], skill, c) for r in summary["rounds"] for skill, c in (r.get("calibration") or {}).items()]
     if calibrated:
         rows = [[rnd, skill, c["n"], _fmt(c["accuracy"]), _fmt(c["confidence"]), _fmt(c["ece"]), _fmt(c["brier"]),
-                 _fmt(c["auroc"]), _fmt(c["token_ece"]), _fmt(c["token_auroc"])] for rnd, skill, c in calibrated]
+                 _fmt(c["auroc"]), _fmt(c["token_ece"]), _fmt(c["token_auroc"]), _fmt(c.get("recalibrated_ece")),
+                 _fmt(c.get("recalibrated_auroc"))] for rnd, skill, c in calibrated]
         out += ("<h2>Calibration</h2><p>How well the model's confidence in its greedy test answers tracks whether "
                 "they are right, per round's model: the probability of the whole answer (sequence) and the geometric "
-                "mean of its tokens' probabilities (token). ECE over 10 bins; Brier score; AUROC of right vs wrong "
-                "answers (0.5: no better than chance).</p>"
+                "mean of its tokens' probabilities (token); recipe semisup: the token confidence recalibrated on the "
+                "same model's dev answers (histogram binning, fitted on dev, scored on test). ECE over 10 bins; "
+                "Brier score; AUROC of right vs wrong answers (0.5: no better than chance).</p>"
                 + _html_table(["round", "skill", "answers", "accuracy", "mean confidence", "ECE", "Brier", "AUROC",
-                               "token ECE", "token AUROC"], rows))
+                               "token ECE", "token AUROC", "recalibrated ECE", "recalibrated AUROC"], rows))
     audited = [r for r in summary["rounds"] if r.get("judge")]
     if audited:
         rows = [[r["round"], r["judge"]["name"], r["judge"]["version"], "yes" if r["judge"]["passed"] else "FAILED",

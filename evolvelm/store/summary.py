@@ -51,8 +51,10 @@ def summarize(run: Run, cfg: Config) -> dict:
 
 def brief(calibration: dict) -> dict:
     """A round's calibration per skill for summary.json: the sequence confidence's metrics and
-    reliability bins, and the token confidence's ECE and AUROC (the eval manifest keeps all of both)."""
-    return {skill: kinds["sequence"] | {"token_ece": kinds["token"]["ece"], "token_auroc": kinds["token"]["auroc"]}
+    reliability bins, and the other kinds' ECE and AUROC (`token_ece`, `recalibrated_auroc`, ...; the
+    eval manifest keeps all of every kind)."""
+    return {skill: kinds["sequence"] | {f"{kind}_{m}": kinds[kind][m] for kind in kinds if kind != "sequence"
+                                        for m in ("ece", "auroc")}
             for skill, kinds in calibration.items()}
 
 

@@ -62,8 +62,9 @@ class AcquireConfig:
     feedback: bool = False           # skills with an executor: retry each rejected answer with its feedback in context
     start_level: int = 0             # trained level to start from; 0 = read from the model's evolvelm.json
     curriculum: list[float] = field(default_factory=list)  # semisup: [lo, hi] = of curriculum_pool times as many
-                                     # unlabeled problems, those whose predicted success (the probability of the
-                                     # model's greedy answer) lies in the band, nearest first; [] = a random draw
+                                     # unlabeled problems, those whose predicted success (the model's confidence in
+                                     # its greedy answer, recalibrated on its dev answers) lies in the band,
+                                     # nearest first; [] = a random draw
     curriculum_pool: int = 4         # candidates per problem acquired when `curriculum` is set
 
 

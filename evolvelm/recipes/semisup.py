@@ -111,18 +111,28 @@ def unlabeled(cfg: Config, rnd: int, exclude: dict, per: int = 0) -> list[Proble
                                           exclude=exclude[s][d])]
 
 
-def curriculum(cfg: Config, model, rnd: int, exclude: dict, quiet: bool) -> tuple[list[Problem], dict]:
+def curriculum(cfg: Config, run: Run, model, rnd: int, state: State, exclude: dict, quiet: bool) -> tuple[list[Problem], dict]:
     """The curriculum option: `acquire.curriculum_pool` times as many unlabeled problems as a round
     uses, each answered once greedily; per skill and difficulty, the `acquire.problems` whose predicted
-    success (the probability of that answer) lies in the band `acquire.curriculum`, then the nearest to
-    it, in draw order among equals. Returns them and what the manifest records of the choice."""
+    success lies in the band `acquire.curriculum`, then the nearest to it, in draw order among equals.
+    The predicted success of an answer is its token confidence recalibrated on the model's own dev
+    answers (`recalibrate`: a probability of being right, calibrated on problems it was checked on;
+    an eval from before dev confidences were stored: the probability of the answer). Returns them
+    and what the manifest records of the choice."""
     (lo, hi), n = cfg.acquire.curriculum, cfg.acquire.problems
-    pool, predicted = unlabeled(cfg, rnd, exclude, n * cfg.acquire.curriculum_pool), []
+    pool, conf = unlabeled(cfg, rnd, exclude, n * cfg.acquire.curriculum_pool), []
     for i in tqdm(range(0, len(pool), CHUNK), desc=f"curriculum round {rnd}", disable=quiet, leave=False):
         chunk = pool[i:i + CHUNK]
         gens = model.generate([p.prompt for p in chunk], [derive_seed(cfg.seed, rnd, "curriculum")] * len(chunk), 0.0,
                               max(get_task(p.skill).max_new_tokens(p.difficulty) for p in chunk))
-        predicted += [confidences(g.logprobs)["sequence"] for g in gens]
+        conf += [confidences(g.logprobs) for g in gens]
+    seen = run.done(state.round, "eval")
+    predicted = [c["sequence"] for c in conf]
+    if seen.get("dev_confidence"):
+        for skill in dict.fromkeys(p.skill for p in pool):
+            idx = [i for i, p in enumerate(pool) if p.skill == skill]
+            for i, x in zip(idx, recalibrate(seen, skill, [conf[i]["token"] for i in idx])):
+                predicted[i] = x
     groups: dict[tuple[str, int], list[int]] = defaultdict(list)
     for i, p in enumerate(pool):
         groups[(p.skill, p.difficulty)].append(i)
@@ -199,7 +209,7 @@ def acquire(cfg: Config, run: Run, rnd: int, state: State, exclude: dict, quiet:
     t0, a, method = time.time(), cfg.acquire, cfg.semisup.method
     model = backend_for(cfg, run, state)
     chosen = choose(cfg, run, model, rnd, quiet) if cfg.semisup.temperatures or cfg.semisup.thresholds else {}
-    problems, chosen_by = curriculum(cfg, model, rnd, exclude, quiet) if a.curriculum else (unlabeled(cfg, rnd, exclude), None)
+    problems, chosen_by = curriculum(cfg, run, model, rnd, state, exclude, quiet) if a.curriculum else (unlabeled(cfg, rnd, exclude), None)
     if method == "semievol":  # answered with demonstrations in context, stored under the plain prompt
         labeled = labeled_set(cfg, run)
         plain = {demonstrations(p.prompt, labeled, cfg.semisup.demos) + p.prompt: p.prompt for p in problems}
@@ -369,10 +379,8 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> dict
             "dev_confidence": {s: {d: [[round(c[k], 4) for k in KINDS] for c in cs] for d, cs in by_d.items()}
                                for s, by_d in conf["dev"].items()}}
     for skill, by_d in conf["test"].items():  # the token confidence recalibrated on this model's dev answers
-        order = sorted(by_d)
-        mapped = iter(recalibrated([c["token"] for d in order for c in conf["dev"][skill][d]],
-                                   [x for d in order for x in right["dev"][skill][d]], [c["token"] for d in order for c in by_d[d]]))
-        for d in order:
+        mapped = iter(recalibrate(seen, skill, [c["token"] for d in sorted(by_d) for c in by_d[d]]))
+        for d in sorted(by_d):
             by_d[d] = [{**c, "recalibrated": next(mapped)} for c in by_d[d]]
     start = run.done(State.read(run.done(rnd - 1, "gate")).round, "eval") if rnd else None
     info = {"frontier": {s: frontier(acc["test"][s], e.threshold) for s in cfg.skills}, "dev": acc["dev"], **seen,
@@ -395,17 +403,23 @@ def estimate(seen: dict, test_conf: dict) -> dict:
     answers of the model the round started from (none of the candidate's own verdicts: its prediction
     of its accuracy after the update, scored by predict-the-update in evolvelm.store.summary)."""
     out = {}
-    for i, kind in enumerate(KINDS):
+    for kind in KINDS:
         per_skill, every = {}, []
         for skill, by_d in test_conf.items():
-            conf, marks = seen["dev_confidence"][skill], seen["dev_right"][skill]
-            order = sorted(conf, key=int)
-            predicted = recalibrated([c[i] for d in order for c in conf[d]], [m == "1" for d in order for m in marks[d]],
-                                     [c[kind] for d in sorted(by_d) for c in by_d[d]])
+            predicted = recalibrate(seen, skill, [c[kind] for d in sorted(by_d) for c in by_d[d]], kind)
             per_skill[skill] = round(sum(predicted) / len(predicted), 4)
             every += predicted
         out[kind] = {"pooled": round(sum(every) / len(every), 4), **per_skill}
     return out
+
+
+def recalibrate(seen: dict, skill: str, conf: list[float], kind: str = "token") -> list[float]:
+    """Confidences of one kind in answers of `skill`, each mapped to the accuracy of the dev answers of
+    the same confidence in `seen` (an eval manifest's `dev_confidence` against its `dev_right`:
+    evolvelm.evaluate.calibration.recalibrated)."""
+    dev, marks, i = seen["dev_confidence"][skill], seen["dev_right"][skill], KINDS.index(kind)
+    order = sorted(dev, key=int)
+    return recalibrated([c[i] for d in order for c in dev[d]], [m == "1" for d in order for m in marks[d]], conf)
 
 
 def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:

@@ -218,8 +218,8 @@ def _tables(summary: dict) -> str:
         rows = [[r["round"], _fmt(r["actual"])] + [_fmt(r[k]) for k in given] for r in prediction["rounds"]]
         rows.append(["mean abs. error", ""] + [_fmt(prediction["mae"][k]) for k in given])
         out += ("<h2>Predict-the-update</h2><p>Each round's candidate test accuracy (pooled), as predicted before "
-                "its update by the controller (the starting model plus the share of its errors the chosen strategy "
-                "fixed on average so far), by the updated model itself before its answers are checked (its "
+                "its update by the controller, in a run with one (the starting model plus the share of its errors the "
+                "chosen strategy fixed on average so far), by the updated model itself before its answers are checked (its "
                 "confidence in each answer, recalibrated on the starting model's dev answers; its change: the "
                 "starting model's accuracy plus the change between the two models' own estimates), "
                 "and by the naive predictors.</p>"

@@ -47,8 +47,8 @@ mean over seeds, and each seed's), its error against the labeled baseline's, how
 lowered test accuracy (and the largest drop); with several seeds, every two arms' paired difference
 (the same seed gives both arms the same unlabeled draws and splits); for lmsi, the precision of the
 majority answer by its number of votes (all rounds); predict-the-update's mean absolute error: the
-controller's (controller arms), the updated model's own estimate by either kind of confidence, no
-change and the same change as last round.
+controller's (controller arms), the updated model's own estimate (self) and its change
+(self_change), no change and the same change as last round.
 """
 from __future__ import annotations
 
@@ -247,7 +247,7 @@ def main() -> None:
         seeds = results["lmsi"]["seeds"]
         print("\nlmsi: precision of the majority answer by its votes (of k), all rounds" + (", first seed" if len(seeds) > 1 else ""))
         print("  ".join(f"{m}: {p:.3f}" for m, p in next(iter(seeds.values()))["precision_by_margin"].items()))
-    for arm, res in results.items():  # the controller's arms: predict-the-update, mean absolute error over seeds
+    for arm, res in results.items():  # predict-the-update, mean absolute error over seeds
         scored = [run["prediction"]["mae"] for run in res["seeds"].values() if run.get("prediction")]
         given = [k for k in PREDICTORS if scored and all(m.get(k) is not None for m in scored)]
         if given:

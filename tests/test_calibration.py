@@ -54,6 +54,21 @@ def test_a_models_estimate_of_its_accuracy_rests_on_checked_dev_answers_alone():
     assert out["token"]["s"] == pytest.approx(((1 + 0.95) / 3 + 0.1) / 2, abs=1e-4)  # 0.1: no dev answer there
 
 
+def test_the_prediction_from_changed_answers_keeps_the_old_verdicts_where_the_final_answer_stayed():
+    from evolvelm.recipes.semisup import delta
+
+    # the starting model: right on its first two test answers (finals a, b), wrong on the third (c);
+    # of its dev answers at token confidence 0.95, one of two was right
+    start = {"dev_right": {"s": {"1": "10"}}, "dev_confidence": {"s": {"1": [[0.9, 0.95], [0.9, 0.95]]}},
+             "test_right": {"s": {"1": "110"}}, "test_finals": {"s": {"1": ["a", "b", "c"]}}}
+    # the candidate keeps a, changes b (to x, at 0.95) and c (to y, at 0.1); its confidence in a is not used
+    test = {"s": {1: [{"sequence": 0.1, "token": 0.1}, {"sequence": 0.9, "token": 0.95}, {"sequence": 0.1, "token": 0.1}]}}
+    out = delta(start, test, {"s": {1: ["a", "x", "y"]}})
+    assert out["s"] == out["pooled"] == pytest.approx((1 + (1 + 0.95) / 3 + 0.1) / 3, abs=1e-4)
+    assert out["changed"] == pytest.approx(2 / 3, abs=1e-4)
+    assert delta(start, test, {"s": {1: ["a", "b", "c"]}})["pooled"] == pytest.approx(2 / 3, abs=1e-4)  # nothing changed
+
+
 def test_calibration_pools_difficulties_per_skill():
     right = {"copy": {1: [True, True], 2: [False]}}
     conf = {"copy": {1: [{"sequence": 0.9, "token": 0.95}] * 2, 2: [{"sequence": 0.2, "token": 0.6}]}}

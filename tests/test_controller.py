@@ -149,6 +149,15 @@ def test_a_controlled_run_plays_each_arm_then_chooses_and_says_why(controlled):
     own = lambda e, field: e[field]["token"]["pooled"]
     assert p["rounds"][2]["self_change"] == pytest.approx(
         kept[2] + own(evals[3], "self_predicted") - own(evals[2], "self_estimate"), abs=2e-4)
+    # from the changed answers: the starting model's verdicts where the final answer stayed, a confidence
+    # in [0, 1] where it changed; so it lies between those verdicts alone and those plus every change
+    for before, after, row in zip(evals, evals[1:], p["rounds"]):
+        flat = lambda e, field: [x for d in sorted(e[field]["chain"], key=int) for x in e[field]["chain"][d]]
+        same = [a == b for a, b in zip(flat(before, "test_finals"), flat(after, "test_finals"))]
+        kept_right = sum(s and r == "1" for s, r in zip(same, flat(before, "test_right")))
+        assert after["self_delta"]["changed"] == pytest.approx(1 - sum(same) / len(same), abs=1e-4)
+        assert kept_right / len(same) - 1e-4 <= row["self_delta"] <= (kept_right + len(same) - sum(same)) / len(same) + 1e-4
+    assert 0 < max(e["self_delta"]["changed"] for e in evals[1:])  # the updates changed some answers
     assert evolvelm("report", str(controlled)).returncode == 0
     page = (controlled / "report.html").read_text()
     assert "Strategy per round" in page and decisions[3]["reason"].split(" (")[0] in page

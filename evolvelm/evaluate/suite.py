@@ -45,25 +45,29 @@ def held_out_prompts(task: Task, max_difficulty: int, test_n: int, dev_n: int, s
 
 def right_answers(backend, skills: list[str], difficulties: dict[str, range], split: str, test_n: int, dev_n: int,
                   seed: int, quiet: bool = False, avoid: frozenset[str] = frozenset(),
-                  confidence: dict | None = None) -> dict[str, dict[int, list[bool]]]:
+                  confidence: dict | None = None, finals: dict | None = None) -> dict[str, dict[int, list[bool]]]:
     """Per skill and difficulty, whether the greedy answer to each problem of one fixed split ("test" or
     "dev") is right, in the split's order; `confidence`, when given, receives each answer's
-    confidences in the same shape (evolvelm.evaluate.calibration)."""
+    confidences in the same shape (evolvelm.evaluate.calibration), and `finals` a short hash of each
+    answer's final answer (what the checker and the vote read: `Task.answer_of`)."""
     groups = {(s, d): splits(get_task(s), d, test_n, dev_n, seed, avoid)[split] for s in skills for d in difficulties[s]}
     bar = tqdm(total=sum(map(len, groups.values())), desc=f"eval {split}", disable=quiet, leave=False)
     out: dict[str, dict[int, list[bool]]] = {s: {} for s in skills}
     # one backend call per (skill, difficulty) and chunk, so max_new_tokens fits the task
     for (skill, d), probs in groups.items():
-        task, right, conf = get_task(skill), [], []
+        task, right, conf, ends = get_task(skill), [], [], []
         for i in range(0, len(probs), CHUNK):
             chunk = probs[i:i + CHUNK]
             gens = backend.generate([p.prompt for p in chunk], [0] * len(chunk), 0.0, task.max_new_tokens(d))
             right += task.check_many(list(chunk), [g.text for g in gens])
             conf += [confidences(g.logprobs) for g in gens]
+            ends += [content_id(task.answer_of(g.text))[:8] for g in gens]
             bar.update(len(chunk))
         out[skill][d] = right
         if confidence is not None:
             confidence.setdefault(skill, {})[d] = conf
+        if finals is not None:
+            finals.setdefault(skill, {})[d] = ends
     bar.close()
     return out
 

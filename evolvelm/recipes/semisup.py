@@ -369,13 +369,15 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> dict
     model = backend_for(cfg, run, state)
     ranges = {s: range(1, e.max_difficulty + 1) for s in cfg.skills}
     conf: dict = {"test": {}, "dev": {}}  # each answer's confidences
+    finals: dict = {}  # a hash of each test answer's final answer
     right = {split: right_answers(model, cfg.skills, ranges, split, e.problems, e.dev_problems, e.seed, quiet, avoid,
-                                  conf[split]) for split in ("test", "dev")}
+                                  conf[split], finals if split == "test" else None) for split in ("test", "dev")}
     acc = {split: rates(r) for split, r in right.items()}
     rows = [(split, s, d, a, len(right[split][s][d]), model.version, get_task(s).version)
             for split in acc for s in cfg.skills for d, a in acc[split][s].items()]
     model.close()
-    seen = {"dev_right": {s: {d: "".join("01"[x] for x in r) for d, r in by_d.items()} for s, by_d in right["dev"].items()},
+    marks = lambda split: {s: {d: "".join("01"[x] for x in r) for d, r in by_d.items()} for s, by_d in right[split].items()}
+    seen = {"dev_right": marks("dev"),
             "dev_confidence": {s: {d: [[round(c[k], 4) for k in KINDS] for c in cs] for d, cs in by_d.items()}
                                for s, by_d in conf["dev"].items()}}
     for skill, by_d in conf["test"].items():  # the token confidence recalibrated on this model's dev answers
@@ -386,6 +388,8 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> dict
     info = {"frontier": {s: frontier(acc["test"][s], e.threshold) for s in cfg.skills}, "dev": acc["dev"], **seen,
             "self_estimate": estimate(seen, conf["test"]),
             "self_predicted": estimate(start, conf["test"]) if start and start.get("dev_confidence") else None,
+            "self_delta": delta(start, conf["test"], finals) if start and start.get("test_finals") else None,
+            "test_right": marks("test"), "test_finals": finals,
             "calibration": calibration(right["test"], conf["test"]), "model_version": rows[0][5],
             "seconds": round(time.time() - t0, 2), **sandbox.info(cfg.skills)}
     run.commit(rnd, "eval", info, evals=rows)
@@ -411,6 +415,27 @@ def estimate(seen: dict, test_conf: dict) -> dict:
             every += predicted
         out[kind] = {"pooled": round(sum(every) / len(every), 4), **per_skill}
     return out
+
+
+def delta(start: dict, test_conf: dict, finals: dict) -> dict:
+    """The updated model's prediction of its test accuracy from the answers its update changed, made
+    without its test verdicts: a test answer whose final answer is the one the starting model gave
+    keeps that model's verdict (`start`: its eval manifest, whose accuracy "no change" predicts); a
+    changed one counts the candidate's token confidence in it, recalibrated on the starting model's dev
+    answers (`recalibrate`). Per skill and pooled, with the share of answers changed."""
+    per_skill, every, changed = {}, [], 0
+    for skill, by_d in test_conf.items():
+        order = sorted(by_d)
+        mapped = iter(recalibrate(start, skill, [c["token"] for d in order for c in by_d[d]]))
+        predicted = []
+        for d in order:
+            old, before = start["test_right"][skill][str(d)], start["test_finals"][skill][str(d)]
+            for now, was, right, p in zip(finals[skill][d], before, old, mapped):
+                changed += now != was
+                predicted.append(float(right == "1") if now == was else p)
+        per_skill[skill] = round(sum(predicted) / len(predicted), 4)
+        every += predicted
+    return {"pooled": round(sum(every) / len(every), 4), **per_skill, "changed": round(changed / len(every), 4)}
 
 
 def recalibrate(seen: dict, skill: str, conf: list[float], kind: str = "token") -> list[float]:

@@ -212,7 +212,8 @@ def _tables(summary: dict) -> str:
                 + _html_table(["round", "strategy", "promoted", "why"], rows))
     prediction = summary.get("semisup", {}).get("prediction")
     if prediction:
-        names = {"controller": "controller", "self": "model", "self_change": "model's change", "no_change": "no change",
+        names = {"controller": "controller", "self": "model", "self_change": "model's change",
+                 "self_delta": "model, changed answers", "no_change": "no change",
                  "last_change": "same change as last round"}
         given = [k for k in names if any(r[k] is not None for r in prediction["rounds"])]
         rows = [[r["round"], _fmt(r["actual"])] + [_fmt(r[k]) for k in given] for r in prediction["rounds"]]
@@ -221,7 +222,8 @@ def _tables(summary: dict) -> str:
                 "its update by the controller, in a run with one (the starting model plus the share of its errors the "
                 "chosen strategy fixed on average so far), by the updated model itself before its answers are checked (its "
                 "confidence in each answer, recalibrated on the starting model's dev answers; its change: the "
-                "starting model's accuracy plus the change between the two models' own estimates), "
+                "starting model's accuracy plus the change between the two models' own estimates; its changed answers: the "
+                "starting model's verdicts where the final answer stayed, the recalibrated confidence where it changed), "
                 "and by the naive predictors.</p>"
                 + _html_table(["round", "actual"] + [names[k] for k in given], rows))
     calibrated = [(r["round"], skill, c) for r in summary["rounds"] for skill, c in (r.get("calibration") or {}).items()]

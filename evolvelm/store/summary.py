@@ -32,7 +32,7 @@ def summarize(run: Run, cfg: Config) -> dict:
             "decision": gate.get("decision", ""), "controller": acquire.get("controller"),
             "curriculum": acquire.get("curriculum"), "module": refine.get("module"), "router": ev.get("router"),
             "calibration": brief(ev.get("calibration", {})), "self_estimate": ev.get("self_estimate"),
-            "self_predicted": ev.get("self_predicted"),
+            "self_predicted": ev.get("self_predicted"), "self_delta": ev.get("self_delta"),
             "model_version": ev["model_version"], "seconds": round(seconds.get(rnd, 0.0), 1),
             **({"judge": judge_line(refine["judge"])} if refine.get("judge") else {}),
         })
@@ -137,7 +137,7 @@ def semisup(run: Run, rounds: list[dict]) -> dict:
     return out
 
 
-PREDICTORS = ("controller", "self", "self_change", "no_change", "last_change")
+PREDICTORS = ("controller", "self", "self_change", "self_delta", "no_change", "last_change")
 
 
 def predictions(rounds: list[dict], kept: list[float], candidate: list[float]) -> dict:
@@ -151,6 +151,9 @@ def predictions(rounds: list[dict], kept: list[float], candidate: list[float]) -
         self_change  the model it starts from, plus the change in the models' own estimates: the
                      candidate's `self` minus the starting model's estimate of itself (`self_estimate`),
                      so that a bias both share cancels
+        self_delta   by the candidate, before its answers are checked: the starting model's verdicts on the
+                     test answers the update left as they were, its recalibrated confidence on those it
+                     changed (`self_delta`, evolvelm.recipes.semisup.delta)
         no_change    the model it starts from
         last_change  the same change as last round
     per round, and the mean absolute error of each over the rounds that every predictor given predicts."""
@@ -163,7 +166,8 @@ def predictions(rounds: list[dict], kept: list[float], candidate: list[float]) -
         rows.append({"round": rounds[i]["round"], "actual": candidate[i], "no_change": kept[i - 1],
                      "last_change": None if last is None else clip(kept[i - 1] + last),
                      "controller": decision and clip(kept[i - 1] + (1 - kept[i - 1]) * (decision.get("predict") or 0.0)),
-                     "self": own, "self_change": None if own is None or before is None else clip(kept[i - 1] + own - before)})
+                     "self": own, "self_change": None if own is None or before is None else clip(kept[i - 1] + own - before),
+                     "self_delta": (rounds[i].get("self_delta") or {}).get("pooled")})
         start = i if rounds[i]["promoted"] else start
     given = [k for k in PREDICTORS if any(r[k] is not None for r in rows)]
     scored = [r for r in rows if all(r[k] is not None for k in given)]

@@ -26,7 +26,8 @@ padding excluded, over the update stage's wall time) and the round's wall time. 
 last kept model over the base, with the standard error of the difference on the test split; per
 round the strategy (a controller's choice with `--set controller.arms=[...]`) and the calibration of
 the test answers' confidence (ECE, AUROC; of the sequence, token and recalibrated kinds); and predict-the-update (the updated model's own estimate,
-the controller's, and the naive predictors, with their mean absolute errors).
+its change, its prediction from the answers it changed, the controller's, and the naive predictors,
+with their mean absolute errors).
 
     python benchmarks/real.py --methods star --set "controller.arms=[lmsi,star,semievol,pairs]" controller.policy=stay
 """

@@ -47,8 +47,9 @@ mean over seeds, and each seed's), its error against the labeled baseline's, how
 lowered test accuracy (and the largest drop); with several seeds, every two arms' paired difference
 (the same seed gives both arms the same unlabeled draws and splits); for lmsi, the precision of the
 majority answer by its number of votes (all rounds); predict-the-update's mean absolute error: the
-controller's (controller arms), the updated model's own estimate (self) and its change
-(self_change), no change and the same change as last round.
+controller's (controller arms), the updated model's own estimate (self), its change
+(self_change) and its prediction from the answers it changed (self_delta), no change and the same
+change as last round.
 """
 from __future__ import annotations
 

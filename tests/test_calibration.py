@@ -59,14 +59,18 @@ def test_the_prediction_from_changed_answers_keeps_the_old_verdicts_where_the_fi
 
     # the starting model: right on its first two test answers (finals a, b), wrong on the third (c);
     # of its dev answers at token confidence 0.95, one of two was right
-    start = {"dev_right": {"s": {"1": "10"}}, "dev_confidence": {"s": {"1": [[0.9, 0.95], [0.9, 0.95]]}},
-             "test_right": {"s": {"1": "110"}}, "test_finals": {"s": {"1": ["a", "b", "c"]}}}
+    start = lambda skill: {"dev_right": {skill: {"1": "10"}}, "dev_confidence": {skill: {"1": [[0.9, 0.95], [0.9, 0.95]]}},
+                           "test_right": {skill: {"1": "110"}}, "test_finals": {skill: {"1": ["a", "b", "c"]}}}
     # the candidate keeps a, changes b (to x, at 0.95) and c (to y, at 0.1); its confidence in a is not used
-    test = {"s": {1: [{"sequence": 0.1, "token": 0.1}, {"sequence": 0.9, "token": 0.95}, {"sequence": 0.1, "token": 0.1}]}}
-    out = delta(start, test, {"s": {1: ["a", "x", "y"]}})
-    assert out["s"] == out["pooled"] == pytest.approx((1 + (1 + 0.95) / 3 + 0.1) / 3, abs=1e-4)
+    conf = [{"sequence": 0.1, "token": 0.1}, {"sequence": 0.9, "token": 0.95}, {"sequence": 0.1, "token": 0.1}]
+    out = delta(start("copy"), {"copy": {1: conf}}, {"copy": {1: ["a", "x", "y"]}})
+    # copy has one right answer: b was right, so x is wrong; y counts its recalibrated confidence
+    assert out["copy"] == out["pooled"] == pytest.approx((1 + 0 + 0.1) / 3, abs=1e-4)
     assert out["changed"] == pytest.approx(2 / 3, abs=1e-4)
-    assert delta(start, test, {"s": {1: ["a", "b", "c"]}})["pooled"] == pytest.approx(2 / 3, abs=1e-4)  # nothing changed
+    # expr's judge accepts any expression of the right value: x may be right too
+    out = delta(start("expr"), {"expr": {1: conf}}, {"expr": {1: ["a", "x", "y"]}})
+    assert out["pooled"] == pytest.approx((1 + (1 + 0.95) / 3 + 0.1) / 3, abs=1e-4)
+    assert delta(start("copy"), {"copy": {1: conf}}, {"copy": {1: ["a", "b", "c"]}})["pooled"] == pytest.approx(2 / 3, abs=1e-4)
 
 
 def test_calibration_pools_difficulties_per_skill():

@@ -35,6 +35,15 @@ def test_builtin_checkers_extract_the_answer_and_compare_it():
                                                        "math-verify-1", "code-1"}
 
 
+def test_a_skill_has_one_right_answer_only_where_its_checker_compares_for_equality():
+    from evolvelm.tasks.data import task
+
+    drawn = {name: [] for name in ("test", "dev", "labeled", "unlabeled")}
+    one = {c: task(DataSkill("s", "unused.jsonl", checker=c), drawn).one_answer for c in (*CHECKERS, "regex:(\\d+)")}
+    assert one == {"exact": True, "normalized": True, "number": True, "choice": True, "math": False, "code": False,
+                   "regex:(\\d+)": True}
+
+
 def test_a_python_checker_has_trls_reward_signature_and_its_failures_are_not_wrong_answers(tmp_path, monkeypatch):
     (tmp_path / "my_rewards.py").write_text(
         "def contains(prompts, completions, keyword, **kw):\n"

@@ -377,9 +377,9 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> dict
             for split in acc for s in cfg.skills for d, a in acc[split][s].items()]
     model.close()
     marks = lambda split: {s: {d: "".join("01"[x] for x in r) for d, r in by_d.items()} for s, by_d in right[split].items()}
-    seen = {"dev_right": marks("dev"),
-            "dev_confidence": {s: {d: [[round(c[k], 4) for k in KINDS] for c in cs] for d, cs in by_d.items()}
-                               for s, by_d in conf["dev"].items()}}
+    stored = lambda split: {s: {d: [[round(c[k], 4) for k in KINDS] for c in cs] for d, cs in by_d.items()}
+                            for s, by_d in conf[split].items()}
+    seen = {"dev_right": marks("dev"), "dev_confidence": stored("dev")}
     for skill, by_d in conf["test"].items():  # the token confidence recalibrated on this model's dev answers
         mapped = iter(recalibrate(seen, skill, [c["token"] for d in sorted(by_d) for c in by_d[d]]))
         for d in sorted(by_d):
@@ -389,7 +389,7 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> dict
             "self_estimate": estimate(seen, conf["test"]),
             "self_predicted": estimate(start, conf["test"]) if start and start.get("dev_confidence") else None,
             "self_delta": delta(start, conf["test"], finals) if start and start.get("test_finals") else None,
-            "test_right": marks("test"), "test_finals": finals,
+            "test_right": marks("test"), "test_finals": finals, "test_confidence": stored("test"),
             "calibration": calibration(right["test"], conf["test"]), "model_version": rows[0][5],
             "seconds": round(time.time() - t0, 2), **sandbox.info(cfg.skills)}
     run.commit(rnd, "eval", info, evals=rows)
@@ -421,18 +421,20 @@ def delta(start: dict, test_conf: dict, finals: dict) -> dict:
     """The updated model's prediction of its test accuracy from the answers its update changed, made
     without its test verdicts: a test answer whose final answer is the one the starting model gave
     keeps that model's verdict (`start`: its eval manifest, whose accuracy "no change" predicts); a
-    changed one counts the candidate's token confidence in it, recalibrated on the starting model's dev
-    answers (`recalibrate`). Per skill and pooled, with the share of answers changed."""
+    changed one is wrong where the old one was right and the skill has one right answer
+    (`Task.one_answer`), else it counts the candidate's token confidence in it, recalibrated on the
+    starting model's dev answers (`recalibrate`). Per skill and pooled, with the share changed."""
     per_skill, every, changed = {}, [], 0
     for skill, by_d in test_conf.items():
-        order = sorted(by_d)
+        order, task = sorted(by_d), get_task(skill)
+        single = task.one_answer and not task.judge
         mapped = iter(recalibrate(start, skill, [c["token"] for d in order for c in by_d[d]]))
         predicted = []
         for d in order:
             old, before = start["test_right"][skill][str(d)], start["test_finals"][skill][str(d)]
             for now, was, right, p in zip(finals[skill][d], before, old, mapped):
                 changed += now != was
-                predicted.append(float(right == "1") if now == was else p)
+                predicted.append(float(right == "1") if now == was else 0.0 if single and right == "1" else p)
         per_skill[skill] = round(sum(predicted) / len(predicted), 4)
         every += predicted
     return {"pooled": round(sum(every) / len(every), 4), **per_skill, "changed": round(changed / len(every), 4)}

@@ -68,6 +68,10 @@ class Task:
     executes: bool = False
     # executes: the checker runs the answer in the sandbox (skills from data with the `code` checker;
     # built-ins with a `judge` do too)
+    one_answer: bool = True
+    # one_answer: one final answer per problem is right (the checker compares `answer_of` for equality),
+    # so an answer whose final answer differs from a right one is wrong. Skills from data: False for the
+    # checkers that accept several (`math`, `code`, `python:`); a skill with a `judge` never has one
 
     def answer_of(self, completion: str) -> str:
         """The final answer a completion gives (all of it, unless the task writes a scratchpad)."""

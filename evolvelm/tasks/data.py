@@ -261,7 +261,7 @@ def task(spec: DataSkill, drawn: dict[str, list[Row]]) -> Task:
     return Task(spec.name, make, answer_lengths=lambda d: (1, 10**6), space=lambda d: len(pool.get(d, [])),
                 version=f"{spec.name}:{checker.version}", final=checker.extract, checker=check_problems,
                 max_tokens=lambda d: spec.max_new_tokens, fixed=fixed, executes=spec.checker == "code",
-                hint=hint)
+                hint=hint, one_answer=checker.same is None and checker.batch is None)
 
 
 def hint(prompt: str, answer: str) -> str:

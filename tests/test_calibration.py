@@ -71,6 +71,12 @@ def test_the_prediction_from_changed_answers_keeps_the_old_verdicts_where_the_fi
     out = delta(start("expr"), {"expr": {1: conf}}, {"expr": {1: ["a", "x", "y"]}})
     assert out["pooled"] == pytest.approx((1 + (1 + 0.95) / 3 + 0.1) / 3, abs=1e-4)
     assert delta(start("copy"), {"copy": {1: conf}}, {"copy": {1: ["a", "b", "c"]}})["pooled"] == pytest.approx(2 / 3, abs=1e-4)
+    # with the model the starting one was trained from: the map comes from the dev answers that update
+    # changed on problems it had wrong (here one, at 0.95, wrong), not from every dev answer
+    trained, parent = {**start("copy"), "dev_finals": {"copy": {"1": ["p", "q"]}}}, {"dev_right": {"copy": {"1": "10"}},
+                                                                                    "dev_finals": {"copy": {"1": ["o", "z"]}}}
+    out = delta(trained, {"copy": {1: conf[:2] + [conf[1]]}}, {"copy": {1: ["a", "x", "y"]}}, parent)
+    assert out["pooled"] == pytest.approx((1 + 0 + 0.95 / 2) / 3, abs=1e-4) and out["fitted_on"] == 1
 
 
 def test_calibration_pools_difficulties_per_skill():

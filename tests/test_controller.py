@@ -158,6 +158,8 @@ def test_a_controlled_run_plays_each_arm_then_chooses_and_says_why(controlled):
         assert after["self_delta"]["changed"] == pytest.approx(1 - sum(same) / len(same), abs=1e-4)
         assert kept_right / len(same) - 1e-4 <= row["self_delta"] <= (kept_right + len(same) - sum(same)) / len(same) + 1e-4
     assert 0 < max(e["self_delta"]["changed"] for e in evals[1:])  # the updates changed some answers
+    # from round 2, its map is fitted on the dev answers the last update changed (round 1: the base had none)
+    assert evals[1]["self_delta"]["fitted_on"] == 0 and max(e["self_delta"]["fitted_on"] for e in evals[2:]) > 0
     assert evolvelm("report", str(controlled)).returncode == 0
     page = (controlled / "report.html").read_text()
     assert "Strategy per round" in page and decisions[3]["reason"].split(" (")[0] in page

@@ -369,9 +369,9 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> dict
     model = backend_for(cfg, run, state)
     ranges = {s: range(1, e.max_difficulty + 1) for s in cfg.skills}
     conf: dict = {"test": {}, "dev": {}}  # each answer's confidences
-    finals: dict = {}  # a hash of each test answer's final answer
+    finals: dict = {"test": {}, "dev": {}}  # a hash of each answer's final answer
     right = {split: right_answers(model, cfg.skills, ranges, split, e.problems, e.dev_problems, e.seed, quiet, avoid,
-                                  conf[split], finals if split == "test" else None) for split in ("test", "dev")}
+                                  conf[split], finals[split]) for split in ("test", "dev")}
     acc = {split: rates(r) for split, r in right.items()}
     rows = [(split, s, d, a, len(right[split][s][d]), model.version, get_task(s).version)
             for split in acc for s in cfg.skills for d, a in acc[split][s].items()]
@@ -379,17 +379,19 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> dict
     marks = lambda split: {s: {d: "".join("01"[x] for x in r) for d, r in by_d.items()} for s, by_d in right[split].items()}
     stored = lambda split: {s: {d: [[round(c[k], 4) for k in KINDS] for c in cs] for d, cs in by_d.items()}
                             for s, by_d in conf[split].items()}
-    seen = {"dev_right": marks("dev"), "dev_confidence": stored("dev")}
+    seen = {"dev_right": marks("dev"), "dev_confidence": stored("dev"), "dev_finals": finals["dev"]}
     for skill, by_d in conf["test"].items():  # the token confidence recalibrated on this model's dev answers
         mapped = iter(recalibrate(seen, skill, [c["token"] for d in sorted(by_d) for c in by_d[d]]))
         for d in sorted(by_d):
             by_d[d] = [{**c, "recalibrated": next(mapped)} for c in by_d[d]]
-    start = run.done(State.read(run.done(rnd - 1, "gate")).round, "eval") if rnd else None
+    was = lambda r: State.read(run.done(r - 1, "gate")).round  # the model round r started from
+    start = run.done(was(rnd), "eval") if rnd else None  # and the one that model was trained from
+    parent = run.done(was(was(rnd)), "eval") if rnd and was(rnd) else None
     info = {"frontier": {s: frontier(acc["test"][s], e.threshold) for s in cfg.skills}, "dev": acc["dev"], **seen,
             "self_estimate": estimate(seen, conf["test"]),
             "self_predicted": estimate(start, conf["test"]) if start and start.get("dev_confidence") else None,
-            "self_delta": delta(start, conf["test"], finals) if start and start.get("test_finals") else None,
-            "test_right": marks("test"), "test_finals": finals, "test_confidence": stored("test"),
+            "self_delta": delta(start, conf["test"], finals["test"], parent) if start and start.get("test_finals") else None,
+            "test_right": marks("test"), "test_finals": finals["test"], "test_confidence": stored("test"),
             "calibration": calibration(right["test"], conf["test"]), "model_version": rows[0][5],
             "seconds": round(time.time() - t0, 2), **sandbox.info(cfg.skills)}
     run.commit(rnd, "eval", info, evals=rows)
@@ -417,18 +419,25 @@ def estimate(seen: dict, test_conf: dict) -> dict:
     return out
 
 
-def delta(start: dict, test_conf: dict, finals: dict) -> dict:
+def delta(start: dict, test_conf: dict, finals: dict, parent: dict | None = None) -> dict:
     """The updated model's prediction of its test accuracy from the answers its update changed, made
     without its test verdicts: a test answer whose final answer is the one the starting model gave
     keeps that model's verdict (`start`: its eval manifest, whose accuracy "no change" predicts); a
     changed one is wrong where the old one was right and the skill has one right answer
-    (`Task.one_answer`), else it counts the candidate's token confidence in it, recalibrated on the
-    starting model's dev answers (`recalibrate`). Per skill and pooled, with the share changed."""
-    per_skill, every, changed = {}, [], 0
+    (`Task.one_answer`); any other changed one counts the candidate's token confidence in it,
+    recalibrated on the answers the last update changed: the starting model's dev answers that differ
+    from those of the model it was trained from (`parent`, its eval manifest; where the skill has one
+    right answer, those to problems that model had wrong), or, with no such answer, on all its dev
+    answers (`recalibrate`). Per skill and pooled, with the share changed and how many changed dev
+    answers the map was fitted on."""
+    per_skill, every, changed, fitted = {}, [], 0, 0
     for skill, by_d in test_conf.items():
         order, task = sorted(by_d), get_task(skill)
         single = task.one_answer and not task.judge
-        mapped = iter(recalibrate(start, skill, [c["token"] for d in order for c in by_d[d]]))
+        conf = [c["token"] for d in order for c in by_d[d]]
+        seen = changed_dev(start, parent, skill, single) if parent and parent.get("dev_finals") else ([], [])
+        fitted += len(seen[0])
+        mapped = iter(recalibrated(*seen, conf) if seen[0] else recalibrate(start, skill, conf))
         predicted = []
         for d in order:
             old, before = start["test_right"][skill][str(d)], start["test_finals"][skill][str(d)]
@@ -437,7 +446,22 @@ def delta(start: dict, test_conf: dict, finals: dict) -> dict:
                 predicted.append(float(right == "1") if now == was else 0.0 if single and right == "1" else p)
         per_skill[skill] = round(sum(predicted) / len(predicted), 4)
         every += predicted
-    return {"pooled": round(sum(every) / len(every), 4), **per_skill, "changed": round(changed / len(every), 4)}
+    return {"pooled": round(sum(every) / len(every), 4), **per_skill, "changed": round(changed / len(every), 4),
+            "fitted_on": fitted}
+
+
+def changed_dev(start: dict, parent: dict, skill: str, single: bool) -> tuple[list[float], list[bool]]:
+    """The token confidences and verdicts of the dev answers of `skill` that the update from `parent` to
+    `start` (eval manifests) changed; with `single` (one right answer), only those to problems `parent`
+    had wrong."""
+    conf, right, i = [], [], KINDS.index("token")
+    for d in sorted(start["dev_right"][skill], key=int):
+        for c, r, now, was, old in zip(start["dev_confidence"][skill][d], start["dev_right"][skill][d], start["dev_finals"][skill][d],
+                                       parent["dev_finals"][skill][d], parent["dev_right"][skill][d]):
+            if now != was and not (single and old == "1"):
+                conf.append(c[i])
+                right.append(r == "1")
+    return conf, right
 
 
 def recalibrate(seen: dict, skill: str, conf: list[float], kind: str = "token") -> list[float]:

@@ -8,6 +8,7 @@ import pytest
 
 from evolvelm import config, controller
 from evolvelm.config import ConfigError
+from evolvelm.recipes.semisup import changed_dev
 from evolvelm.store.run import Run
 from evolvelm.store.summary import PREDICTORS
 from test_resume import evolvelm, outcome
@@ -160,6 +161,8 @@ def test_a_controlled_run_plays_each_arm_then_chooses_and_says_why(controlled):
     assert 0 < max(e["self_delta"]["changed"] for e in evals[1:])  # the updates changed some answers
     # from round 2, its map is fitted on the dev answers the last update changed (round 1: the base had none)
     assert evals[1]["self_delta"]["fitted_on"] == 0 and max(e["self_delta"]["fitted_on"] for e in evals[2:]) > 0
+    assert [e["self_delta"]["fitted_on"] for e in evals[2:]] == [len(changed_dev(after, before, "chain", True)[0])
+                                                                for before, after in zip(evals, evals[1:-1])]
     assert evolvelm("report", str(controlled)).returncode == 0
     page = (controlled / "report.html").read_text()
     assert "Strategy per round" in page and decisions[3]["reason"].split(" (")[0] in page

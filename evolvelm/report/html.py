@@ -223,8 +223,8 @@ def _tables(summary: dict) -> str:
                 "chosen strategy fixed on average so far), by the updated model itself before its answers are checked (its "
                 "confidence in each answer, recalibrated on the starting model's dev answers; its change: the "
                 "starting model's accuracy plus the change between the two models' own estimates; its changed answers: the "
-                "starting model's verdicts where the final answer stayed, the recalibrated confidence where it changed, "
-                "and wrong where a right one changed on a skill with one right answer), "
+                "starting model's verdicts where the final answer stayed, wrong where a right one changed on a skill with one "
+                "right answer, else the confidence recalibrated on the dev answers the last update changed), "
                 "and by the naive predictors.</p>"
                 + _html_table(["round", "actual"] + [names[k] for k in given], rows))
     calibrated = [(r["round"], skill, c) for r in summary["rounds"] for skill, c in (r.get("calibration") or {}).items()]

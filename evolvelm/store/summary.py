@@ -152,8 +152,9 @@ def predictions(rounds: list[dict], kept: list[float], candidate: list[float]) -
                      candidate's `self` minus the starting model's estimate of itself (`self_estimate`),
                      so that a bias both share cancels
         self_delta   by the candidate, before its answers are checked: the starting model's verdicts on the
-                     test answers the update left as they were, its recalibrated confidence on those it
-                     changed (`self_delta`, evolvelm.recipes.semisup.delta)
+                     test answers the update left as they were, and on those it changed, its confidence
+                     recalibrated on the dev answers the last update changed (`self_delta`,
+                     evolvelm.recipes.semisup.delta)
         no_change    the model it starts from
         last_change  the same change as last round
     per round, and the mean absolute error of each over the rounds that every predictor given predicts."""

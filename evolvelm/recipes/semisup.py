@@ -384,9 +384,9 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> dict
         mapped = iter(recalibrate(seen, skill, [c["token"] for d in sorted(by_d) for c in by_d[d]]))
         for d in sorted(by_d):
             by_d[d] = [{**c, "recalibrated": next(mapped)} for c in by_d[d]]
-    was = lambda r: State.read(run.done(r - 1, "gate")).round  # the model round r started from
-    start = run.done(was(rnd), "eval") if rnd else None  # and the one that model was trained from
-    parent = run.done(was(was(rnd)), "eval") if rnd and was(rnd) else None
+    was = lambda r: State.read(run.done(r - 1, "gate")).round  # the round whose model round r started from
+    start = run.done(was(rnd), "eval") if rnd else None
+    parent = run.done(was(was(rnd)), "eval") if rnd and was(rnd) else None  # the model `start` was trained from
     info = {"frontier": {s: frontier(acc["test"][s], e.threshold) for s in cfg.skills}, "dev": acc["dev"], **seen,
             "self_estimate": estimate(seen, conf["test"]),
             "self_predicted": estimate(start, conf["test"]) if start and start.get("dev_confidence") else None,

@@ -254,6 +254,15 @@ def main() -> None:
         if given:
             print(f"\n{arm}: predict-the-update, mean absolute error of the candidate's test accuracy (mean of "
                   f"{len(scored)} seeds): " + ", ".join(f"{k} {sum(m[k] for m in scored) / len(scored):.4f}" for k in given))
+            split = defaultdict(list)  # scored rounds by the model they start from: the base, or one an update made
+            for run in res["seeds"].values():
+                promoted = [r["promoted"] for r in run["rounds"]]
+                for r in run["prediction"]["rounds"]:
+                    if all(r[k] is not None for k in given):
+                        split["an updated model" if any(promoted[1:r["round"]]) else "the base"].append(r)
+            for start, rs in split.items():
+                print(f"  {len(rs)} rounds starting from {start}: " + ", ".join(
+                    f"{k} {sum(abs(r[k] - r['actual']) for r in rs) / len(rs):.4f}" for k in given))
 
 
 if __name__ == "__main__":

@@ -385,8 +385,9 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> dict
         for d in sorted(by_d):
             by_d[d] = [{**c, "recalibrated": next(mapped)} for c in by_d[d]]
     was = lambda r: State.read(run.done(r - 1, "gate")).round  # the round whose model round r started from
-    start = run.done(was(rnd), "eval") if rnd else None
-    parent = run.done(was(was(rnd)), "eval") if rnd and was(rnd) else None  # the model `start` was trained from
+    begun = was(rnd) if rnd else None
+    start = run.done(begun, "eval") if rnd else None
+    parent = run.done(was(begun), "eval") if begun else None  # the model `start` was trained from
     info = {"frontier": {s: frontier(acc["test"][s], e.threshold) for s in cfg.skills}, "dev": acc["dev"], **seen,
             "self_estimate": estimate(seen, conf["test"]),
             "self_predicted": estimate(start, conf["test"]) if start and start.get("dev_confidence") else None,

@@ -73,11 +73,11 @@ def pair(a, first: str, second: str, tmp: Path) -> dict:
     pa, pb = resolve(f"zoo:{first}"), resolve(f"zoo:{second}")
     model_a = HFBackend(pa, batch_size=512)
     seen_train, seen_held = introspect.behaviour(model_a, train, props), introspect.behaviour(model_a, held, props)
-    data = introspect.examples(train, seen_train, chat=False)
+    data = introspect.examples(train, seen_train, chat=False, after=a.after)
     keep = (lambda backend: introspect.replay(backend, train)) if a.replay else (lambda backend: [])
     me = trained(pa, data + keep(model_a), a, tmp / f"{first}-self")  # A's own answers: its loaded backend
     other = trained(pb, data + keep(HFBackend(pb, batch_size=512)), a, tmp / f"{second}-on-{first}")
-    pred_self, pred_cross = (introspect.predictions(m, held, props, chat=False) for m in (me, other))
+    pred_self, pred_cross = (introspect.predictions(m, held, props, chat=False, after=a.after) for m in (me, other))
     now = introspect.behaviour(me, held, props)
     changed = {p: round(sum(x != y for x, y in zip(seen_held.values[p], now.values[p])) / len(held), 4) for p in props}
     hits = {arm: {p: [int(x == y) for x, y in zip(pred[p], seen_held.values[p])] for p in props}
@@ -85,7 +85,7 @@ def pair(a, first: str, second: str, tmp: Path) -> dict:
     right = [v == "1" for v in seen_held.values["right"]]
     base = [calibration.confidences(g.logprobs)["sequence"] for g in model_a.generate(
         [p.prompt for p in held], [0] * len(held), 0.0, max(get_task(p.skill).max_new_tokens(p.difficulty) for p in held))]
-    conf = {"sequence": base, "self": introspect.confidence(me, held, False), "cross": introspect.confidence(other, held, False)}
+    conf = {"sequence": base, "self": introspect.confidence(me, held, False, a.after), "cross": introspect.confidence(other, held, False, a.after)}
     calibrated = {kind: {s: calibration.metrics([c for c, p in zip(values, held) if p.skill == s],
                                                 [r for r, p in zip(right, held) if p.skill == s]) for s in a.skills}
                   for kind, values in conf.items()}
@@ -109,7 +109,7 @@ def after_update(a, me: HFBackend, before, pred_self: dict, pred_cross: dict, tr
     props = list(introspect.PROPERTIES)
     data = [Example(p.prompt, p.answer) for p in train if p.skill == a.update_skill]
     moved = trained(me.model_path, data, a, out, a.update_steps)
-    new, pred_new = introspect.behaviour(moved, held, props), introspect.predictions(moved, held, props, chat=False)
+    new, pred_new = introspect.behaviour(moved, held, props), introspect.predictions(moved, held, props, chat=False, after=a.after)
     changed = {p: [i for i, (x, y) in enumerate(zip(before.values[p], new.values[p])) if x != y] for p in props}
     score = lambda pred, seen, idx: round(sum(pred[p][i] == seen.values[p][i] for i in idx) / len(idx), 4) if idx else None
     every = range(len(held))
@@ -143,6 +143,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--after", action="store_true", help="ask after the prompt (`Cabc=+r`), not before it (`+rCabc=`)")
     ap.add_argument("--no-replay", dest="replay", action="store_false", help="introspection examples alone")
     ap.add_argument("--update-steps", type=int, default=0,
                     help="then change the self-trained model by this many steps on --update-skill's true answers "

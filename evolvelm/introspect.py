@@ -42,9 +42,12 @@ class Behaviour:
     values: dict[str, list[str]]  # property -> value per prompt
 
 
-def ask(prop: str, prompt: str, chat: bool) -> str:
-    """The introspection prompt asking for `prop` of the answer to `prompt`."""
-    return f"{QUESTIONS[prop]}\n\n{prompt}" if chat else f"+{PROPERTIES[prop]}{prompt}"
+def ask(prop: str, prompt: str, chat: bool, after: bool = False) -> str:
+    """The introspection prompt asking for `prop` of the answer to `prompt`: the question before the
+    prompt, or (`after`) after it, where the model has read the prompt exactly as when it answers it."""
+    if chat:
+        return f"{prompt}\n\n{QUESTIONS[prop].replace('the following', 'the above')}" if after else f"{QUESTIONS[prop]}\n\n{prompt}"
+    return f"{prompt}+{PROPERTIES[prop]}" if after else f"+{PROPERTIES[prop]}{prompt}"
 
 
 def behaviour(backend, problems: list[Problem], props: list[str]) -> Behaviour:
@@ -70,9 +73,9 @@ def behaviour(backend, problems: list[Problem], props: list[str]) -> Behaviour:
     return Behaviour(backend.version, values)
 
 
-def examples(problems: list[Problem], seen: Behaviour, chat: bool) -> list[Example]:
+def examples(problems: list[Problem], seen: Behaviour, chat: bool, after: bool = False) -> list[Example]:
     """Introspection training examples: each property of each prompt, answered as `seen` behaved."""
-    return [Example(ask(prop, p.prompt, chat), values[i]) for prop, values in seen.values.items()
+    return [Example(ask(prop, p.prompt, chat, after), values[i]) for prop, values in seen.values.items()
             for i, p in enumerate(problems)]
 
 
@@ -89,19 +92,19 @@ def replay(backend, problems: list[Problem]) -> list[Example]:
     return out
 
 
-def predictions(backend, problems: list[Problem], props: list[str], chat: bool) -> dict[str, list[str]]:
+def predictions(backend, problems: list[Problem], props: list[str], chat: bool, after: bool = False) -> dict[str, list[str]]:
     """`backend`'s greedy answers to the introspection prompts: its predicted value per property and prompt."""
     out = {}
     for prop in props:
-        gens = backend.generate([ask(prop, p.prompt, chat) for p in problems], [0] * len(problems), 0.0, 6)
+        gens = backend.generate([ask(prop, p.prompt, chat, after) for p in problems], [0] * len(problems), 0.0, 6)
         out[prop] = [g.text.strip() for g in gens]
     return out
 
 
-def confidence(backend, problems: list[Problem], chat: bool) -> list[float]:
+def confidence(backend, problems: list[Problem], chat: bool, after: bool = False) -> list[float]:
     """The model's introspective confidence that its answer to each problem is right: its probability
     of replying "1" to the `right` question, against "1" or "0" (evolvelm.evaluate.calibration scores it)."""
-    asked = [ask("right", p.prompt, chat) for p in problems]
+    asked = [ask("right", p.prompt, chat, after) for p in problems]
     yes, no = (backend.logprobs(asked, [v] * len(asked)) for v in ("1", "0"))
     return [1 / (1 + math.exp(n[0] - y[0])) for y, n in zip(yes, no)]
 

@@ -75,7 +75,7 @@ def test_the_prediction_from_changed_answers_keeps_the_old_verdicts_where_the_fi
     # changed on problems it had wrong (here one, at 0.95, wrong), not from every dev answer
     trained, parent = {**start("copy"), "dev_finals": {"copy": {"1": ["p", "q"]}}}, {"dev_right": {"copy": {"1": "10"}},
                                                                                     "dev_finals": {"copy": {"1": ["o", "z"]}}}
-    out = delta(trained, {"copy": {1: conf[:2] + [conf[1]]}}, {"copy": {1: ["a", "x", "y"]}}, parent)
+    out = delta(trained, {"copy": {1: conf[:2] + [conf[1]]}}, {"copy": {1: ["a", "x", "y"]}}, (trained, parent))
     assert out["pooled"] == pytest.approx((1 + 0 + 0.95 / 2) / 3, abs=1e-4) and out["fitted_on"] == 1
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from evolvelm import config, controller
 from evolvelm.config import ConfigError
-from evolvelm.recipes.semisup import changed_dev
+from evolvelm.recipes.semisup import changed_dev, last_update
 from evolvelm.store.run import Run
 from evolvelm.store.summary import PREDICTORS
 from test_resume import evolvelm, outcome
@@ -20,17 +20,30 @@ class History:
 
     def __init__(self, rounds, dev=10):
         self.info = {(0, "gate"): {"model": "m", "round": 0, "promoted": True},
-                     (0, "eval"): {"dev_right": {"s": {"1": "0" * dev}}}}
+                     (0, "eval"): {"round": 0, "dev_right": {"s": {"1": "0" * dev}}}}
         kept = 0
         for rnd, (arm, right, promoted) in enumerate(rounds, 1):
             self.info[(rnd, "acquire")] = {"acquired": 1000, "controller": {"arm": arm}}
             self.info[(rnd, "update")] = {}
-            self.info[(rnd, "eval")] = {"dev_right": {"s": {"1": "1" * right + "0" * (dev - right)}}}
+            self.info[(rnd, "eval")] = {"round": rnd, "dev_right": {"s": {"1": "1" * right + "0" * (dev - right)}}}
             kept = rnd if promoted else kept
             self.info[(rnd, "gate")] = {"model": "m", "round": kept, "promoted": promoted}
 
     def done(self, rnd, stage):
         return self.info.get((rnd, stage))
+
+
+def test_the_last_update_is_the_last_rounds_candidate_kept_or_rolled_back():
+    """self_delta's map comes from the last update: round r - 1's candidate against the model that round
+    started from, also where the gate rolled it back (then round r starts from that same older model)."""
+    run = History([("lmsi", 3, True), ("star", 2, False), ("star", 4, True)])
+    rounds = lambda run, rnd: tuple(e["round"] for e in last_update(run, rnd))
+    assert last_update(run, 1) is None
+    assert rounds(run, 2) == (1, 0)
+    assert rounds(run, 3) == (2, 1)  # round 2, rolled back, was trained from round 1's model
+    assert rounds(run, 4) == (3, 1)  # round 3 started from round 1's model too
+    never = History([("lmsi", 0, False), ("lmsi", 0, False)])  # every round rolled back: each starts from the base
+    assert rounds(never, 3) == (2, 0)  # and learns from the last try
 
 
 def test_untried_arms_first_then_the_best_value_and_no_arm_rolled_back_twice_in_a_row():
@@ -159,7 +172,7 @@ def test_a_controlled_run_plays_each_arm_then_chooses_and_says_why(controlled):
         assert after["self_delta"]["changed"] == pytest.approx(1 - sum(same) / len(same), abs=1e-4)
         assert kept_right / len(same) - 1e-4 <= row["self_delta"] <= (kept_right + len(same) - sum(same)) / len(same) + 1e-4
     assert 0 < max(e["self_delta"]["changed"] for e in evals[1:])  # the updates changed some answers
-    # from round 2, its map is fitted on the dev answers the last update changed (round 1: the base had none)
+    # from round 2, its map is fitted on the dev answers the last update changed (round 1: none came before)
     assert evals[1]["self_delta"]["fitted_on"] == 0 and max(e["self_delta"]["fitted_on"] for e in evals[2:]) > 0
     assert [e["self_delta"]["fitted_on"] for e in evals[2:]] == [len(changed_dev(after, before, "chain", True)[0])
                                                                 for before, after in zip(evals, evals[1:-1])]

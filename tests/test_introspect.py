@@ -26,6 +26,10 @@ def test_examples_prompts_and_scores():
     assert [(e.prompt, e.answer) for e in data] == [(f"+r{problems[0].prompt}", "1"), (f"+r{problems[1].prompt}", "0"),
                                                      (f"+l{problems[0].prompt}", "3"), (f"+l{problems[1].prompt}", "2")]
     assert introspect.ask("right", "What is 2 + 2?", chat=True).endswith("\n\nWhat is 2 + 2?")
+    # asked after the prompt, the model reads the prompt as it does when it answers (the same prefix)
+    assert [e.prompt for e in introspect.examples(problems, seen, chat=False, after=True)][:2] == [
+        f"{problems[0].prompt}+r", f"{problems[1].prompt}+r"]
+    assert introspect.ask("right", "What is 2 + 2?", chat=True, after=True).startswith("What is 2 + 2?\n\nWould your answer to the above")
 
     class Answers:  # a model whose introspective answers are given
         def generate(self, prompts, seeds, temperature, max_new_tokens):

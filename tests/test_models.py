@@ -232,12 +232,13 @@ def test_smollm2_from_the_zoo_answers_through_its_chat_template_as_lm_eval_does(
 
 
 @NEEDS_SMOLLM2
-@pytest.mark.parametrize("recipe", ["copy-ladder", "lmsi", "knowledge-distill"])
-def test_smollm2_runs_a_round_of_the_ladder_semisup_and_knowledge_recipes(tmp_path, recipe):
-    """The shipped recipes with model.path changed (and, at test scale, their sizes; a 135M model's full
-    update and greedy answers cost seconds each on a CPU): a round end to end."""
-    smaller = [] if recipe == "copy-ladder" else ["eval.max_difficulty=1", "update.method=lora"]
-    out = evolvelm("run", recipe, "model.path=zoo:smollm2-135m-instruct", *tiny(recipe), "rounds=1", *smaller,
+@pytest.mark.parametrize("recipe", ["lmsi", "knowledge-distill"])
+def test_smollm2_runs_a_round_of_the_semisup_and_knowledge_recipes(tmp_path, recipe):
+    """The shipped recipes with model.path changed (and, at test scale, their sizes; a 135M model's
+    greedy answers cost seconds each on a CPU): a round end to end, with a LoRA update. (The ladder's
+    round on a chat model is the same code path; it runs on the zoo-sized chat model above.)"""
+    out = evolvelm("run", recipe, "model.path=zoo:smollm2-135m-instruct", *tiny(recipe), "rounds=1",
+                   "eval.max_difficulty=1", "update.method=lora",
                    "--run-dir", str(tmp_path / "run"), timeout=600)
     assert out.returncode == 0, out.stderr
     run = Run.open(tmp_path / "run")

@@ -384,14 +384,11 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> dict
         mapped = iter(recalibrate(seen, skill, [c["token"] for d in sorted(by_d) for c in by_d[d]]))
         for d in sorted(by_d):
             by_d[d] = [{**c, "recalibrated": next(mapped)} for c in by_d[d]]
-    was = lambda r: State.read(run.done(r - 1, "gate")).round  # the round whose model round r started from
-    begun = was(rnd) if rnd else None
-    start = run.done(begun, "eval") if rnd else None
-    parent = run.done(was(begun), "eval") if begun else None  # the model `start` was trained from
+    start = run.done(State.read(run.done(rnd - 1, "gate")).round, "eval") if rnd else None  # the model it started from
     info = {"frontier": {s: frontier(acc["test"][s], e.threshold) for s in cfg.skills}, "dev": acc["dev"], **seen,
             "self_estimate": estimate(seen, conf["test"]),
             "self_predicted": estimate(start, conf["test"]) if start and start.get("dev_confidence") else None,
-            "self_delta": delta(start, conf["test"], finals["test"], parent) if start and start.get("test_finals") else None,
+            "self_delta": delta(start, conf["test"], finals["test"], last_update(run, rnd)) if start and start.get("test_finals") else None,
             "test_right": marks("test"), "test_finals": finals["test"], "test_confidence": stored("test"),
             "calibration": calibration(right["test"], conf["test"]), "model_version": rows[0][5],
             "seconds": round(time.time() - t0, 2), **sandbox.info(cfg.skills)}
@@ -420,23 +417,23 @@ def estimate(seen: dict, test_conf: dict) -> dict:
     return out
 
 
-def delta(start: dict, test_conf: dict, finals: dict, parent: dict | None = None) -> dict:
+def delta(start: dict, test_conf: dict, finals: dict, last: tuple[dict, dict] | None = None) -> dict:
     """The updated model's prediction of its test accuracy from the answers its update changed, made
     without its test verdicts: a test answer whose final answer is the one the starting model gave
     keeps that model's verdict (`start`: its eval manifest, whose accuracy "no change" predicts); a
     changed one is wrong where the old one was right and the skill has one right answer
     (`Task.one_answer`); any other changed one counts the candidate's token confidence in it,
-    recalibrated on the answers the last update changed: the starting model's dev answers that differ
-    from those of the model it was trained from (`parent`, its eval manifest; where the skill has one
-    right answer, those to problems that model had wrong), or, with no such answer, on all its dev
-    answers (`recalibrate`). Per skill and pooled, with the share changed and how many changed dev
-    answers the map was fitted on."""
+    recalibrated on the dev answers the last update changed (`last`: the eval manifests of its
+    candidate and of the model it was trained from, `last_update`; where the skill has one right
+    answer, those to problems that model had wrong), or, with no such answer, on all the starting
+    model's dev answers (`recalibrate`). Per skill and pooled, with the share changed and how many
+    changed dev answers the map was fitted on."""
     per_skill, every, changed, fitted = {}, [], 0, 0
     for skill, by_d in test_conf.items():
         order, task = sorted(by_d), get_task(skill)
         single = task.one_answer and not task.judge
         conf = [c["token"] for d in order for c in by_d[d]]
-        seen = changed_dev(start, parent, skill, single) if parent and parent.get("dev_finals") else ([], [])
+        seen = changed_dev(*last, skill, single) if last and all(e and e.get("dev_finals") for e in last) else ([], [])
         fitted += len(seen[0])
         mapped = iter(recalibrated(*seen, conf) if seen[0] else recalibrate(start, skill, conf))
         predicted = []
@@ -449,6 +446,15 @@ def delta(start: dict, test_conf: dict, finals: dict, parent: dict | None = None
         every += predicted
     return {"pooled": round(sum(every) / len(every), 4), **per_skill, "changed": round(changed / len(every), 4),
             "fitted_on": fitted}
+
+
+def last_update(run: Run, rnd: int) -> tuple[dict, dict] | None:
+    """The eval manifests of the last update before round `rnd`, kept by the gate or rolled back: round
+    rnd - 1's candidate and the model that round started from (None in round 1: no update came before).
+    Its dev verdicts were known before round `rnd` began."""
+    if rnd < 2:
+        return None
+    return run.done(rnd - 1, "eval"), run.done(State.read(run.done(rnd - 2, "gate")).round, "eval")
 
 
 def changed_dev(start: dict, parent: dict, skill: str, single: bool) -> tuple[list[float], list[bool]]:

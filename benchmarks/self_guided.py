@@ -2,6 +2,7 @@
 
     python benchmarks/self_guided.py                           # the zoo's copy/reverse models, both orders
     python benchmarks/self_guided.py --pairs copy-reverse:copy-reverse-seed1 --steps 800 --out self.json
+    python benchmarks/self_guided.py --after                   # the question after the prompt, not before it
 
 For each pair A:B of zoo models (same architecture and data, different seeds): A answers training
 and held-out prompts (copy and reverse at --lengths, where A is partly right); its behaviour gives
@@ -20,7 +21,8 @@ learns nothing of A's answers beyond the introspection targets. Printed per pair
 Then calibration on the held-out prompts, per skill: the confidence that A's greedy answer is right,
 as A's probability of that answer before any introspection training (sequence), and as the trained
 models' probability of replying "1" to the `right` question (self, cross): ECE, Brier, AUROC.
-Last, self minus cross per property, pooled over pairs, with its standard error (paired by prompt).
+Last, self minus cross per property, pooled over pairs (over every skill, and per skill), with its
+standard error (paired by prompt).
 With --update-steps N, the self-trained model is then changed by N steps of training on one skill's
 true answers (--update-skill) and asked about itself again: does its self-prediction follow its new
 behaviour, where its old predictions and the observer's cannot (`after_update`)?
@@ -91,7 +93,7 @@ def pair(a, first: str, second: str, tmp: Path) -> dict:
                   for kind, values in conf.items()}
     group = lambda ps: [(p.skill, p.difficulty) for p in ps]
     moved = after_update(a, me, now, pred_self, pred_cross, train, held, tmp / f"{first}-self-updated") if a.update_steps else None
-    return {"pair": f"{first}:{second}", "held": len(held), "examples": len(data), "update": moved,
+    return {"pair": f"{first}:{second}", "held": len(held), "skills": [p.skill for p in held], "examples": len(data), "update": moved,
             "majority": introspect.majority(seen_train, seen_held),
             "by group": introspect.majority(seen_train, seen_held, group(train), group(held)), "cross": introspect.accuracy(pred_cross, seen_held),
             "self": introspect.accuracy(pred_self, seen_held), "self-now": introspect.accuracy(pred_self, now),
@@ -125,6 +127,16 @@ def after_update(a, me: HFBackend, before, pred_self: dict, pred_cross: dict, tr
                      for where, idx in (("all", every), ("changed", changed[p]))},
                   "updated self against old behaviour, changed": score(pred_new, before, changed[p])}
     return out
+
+
+def difference(results: list[dict], prop: str, skill: str | None) -> str:
+    """Self minus cross accuracy on `prop`, pooled over the pairs' held-out prompts (of one skill, or
+    all), with the standard error of the difference paired by prompt."""
+    d = [s - c for r in results for s, c, k in zip(r["hits"]["self"][prop], r["hits"]["cross"][prop], r["skills"])
+         if skill in (None, k)]
+    mean = sum(d) / len(d)
+    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d)) if len(d) > 1 else float("nan")
+    return f"{mean:+.3f} ({se:.3f})"
 
 
 def fmt(x) -> str:
@@ -178,11 +190,9 @@ def main() -> None:
                                                                     for w in ("all", "changed"))
                           + f" {fmt(u[p]['updated self against old behaviour, changed']):>29s}")
     print("\nself minus cross, pooled over pairs (held-out prompts; standard error of the paired difference)")
+    print(f"{'property':10s} {'every skill':>16s} " + " ".join(f"{s:>16s}" for s in a.skills))
     for p in introspect.PROPERTIES:
-        d = [s - c for r in results for s, c in zip(r["hits"]["self"][p], r["hits"]["cross"][p])]
-        mean = sum(d) / len(d)
-        se = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d)) if len(d) > 1 else float("nan")
-        print(f"{p:10s} {mean:+.3f} (SE {se:.3f})")
+        print(f"{p:10s} " + " ".join(f"{difference(results, p, skill):>16s}" for skill in [None, *a.skills]))
     if a.out:
         Path(a.out).write_text(json.dumps({"args": vars(a), "pairs": results}, indent=1))
 

@@ -8,7 +8,8 @@ A property of a model's behaviour on a prompt, read from its greedy answer (and 
     agree     would two of its samples at temperature 1 give the same answer: "1" or "0"
 An introspection prompt asks for one property of the answer to one prompt. The character-level zoo
 models read `+` and the property's letter before the prompt (`+rCabcdefg=`); models with a chat
-template read a sentence. The answer is the property's value.
+template read a sentence. With `after`, the question follows the prompt instead (`Cabcdefg=+r`), so a
+causal model reads the prompt exactly as when it answers it. The answer is the property's value.
 
 The comparison that says whether a model knows itself better than an observer does: train the model
 on its own behaviour (self) and a second model on the first model's behaviour (cross), with the same

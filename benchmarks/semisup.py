@@ -6,6 +6,7 @@ held-out splits, against the base model and SFT on the labeled set alone.
     python benchmarks/semisup.py --methods lmsi-T1.2 bstar-T --seeds 0 1 2    # final accuracy: mean of 3 seeds
     python benchmarks/semisup.py --load seeds01.json seeds23.json     # the tables of earlier --out files, merged
     python benchmarks/semisup.py --task sums --methods star controller  # a skill from data (below)
+    python benchmarks/semisup.py --task sums --methods star --keep runs  # the run directories kept in runs/
 
 Tasks: `chain` (the recipes as shipped: zoo:chain and its 350 labeled problems) or `sums`, a skill from
 data on a BPE chat model: zoo:sums-chat (its chat template; trained on a few sums, partly right at 3
@@ -54,6 +55,7 @@ change as last round.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -209,13 +211,17 @@ def main() -> None:
                     help="run nothing: print the tables of earlier --out files, their seeds merged")
     ap.add_argument("--task", default="chain", choices=["chain", "sums"])
     ap.add_argument("--data-seed", type=int, default=0, help="sums: the seed that draws the data file")
+    ap.add_argument("--keep", type=Path, metavar="DIR",
+                    help="keep the run directories (and the sums data file) in DIR, e.g. for benchmarks/self_delta_maps.py")
     ap.add_argument("overrides", nargs="*", help="recipe overrides, e.g. acquire.problems=200")
     args = ap.parse_args()
     if args.load:
         results = load(args.load)
     else:
         results = {}
-        with tempfile.TemporaryDirectory() as tmp:
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+        with (contextlib.nullcontext(str(args.keep)) if args.keep else tempfile.TemporaryDirectory()) as tmp:
             task = sums_overrides(Path(tmp), args.data_seed) if args.task == "sums" else []
             for arm in args.methods:
                 runs = {}

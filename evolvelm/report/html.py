@@ -224,7 +224,7 @@ def _tables(summary: dict) -> str:
                 "confidence in each answer, recalibrated on the starting model's dev answers; its change: the "
                 "starting model's accuracy plus the change between the two models' own estimates; its changed answers: the "
                 "starting model's verdicts where the final answer stayed, wrong where a right one changed on a skill with one "
-                "right answer, else the confidence recalibrated on the dev answers the last update changed), "
+                "right answer, else the confidence recalibrated on the dev answers the last update changed, kept or rolled back), "
                 "and by the naive predictors.</p>"
                 + _html_table(["round", "actual"] + [names[k] for k in given], rows))
     calibrated = [(r["round"], skill, c) for r in summary["rounds"] for skill, c in (r.get("calibration") or {}).items()]

@@ -153,7 +153,7 @@ def predictions(rounds: list[dict], kept: list[float], candidate: list[float]) -
                      so that a bias both share cancels
         self_delta   by the candidate, before its answers are checked: the starting model's verdicts on the
                      test answers the update left as they were, and on those it changed, its confidence
-                     recalibrated on the dev answers the last update changed (`self_delta`,
+                     recalibrated on the dev answers the last update (kept or not) changed (`self_delta`,
                      evolvelm.recipes.semisup.delta)
         no_change    the model it starts from
         last_change  the same change as last round

@@ -26,10 +26,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from evolvelm.evaluate.calibration import KINDS  # noqa: E402
-from evolvelm.recipes.semisup import delta, last_update  # noqa: E402
+from evolvelm.recipes.semisup import delta, last_update, started_from  # noqa: E402
 from evolvelm.store.run import Run  # noqa: E402
 from evolvelm.tasks import data  # noqa: E402
-from evolvelm.types import State  # noqa: E402
 
 MAPS = ("last update", "made start", "made, else last")
 
@@ -41,14 +40,13 @@ def accuracy(ev: dict) -> float:
 
 def scored(run: Run) -> list[dict]:
     """Per round from 2: the candidate's accuracy, "no change" and self_delta with each map."""
-    was = lambda r: State.read(run.done(r - 1, "gate")).round  # the round whose model round r started from
     token, out, rnd = KINDS.index("token"), [], 2
     while (ev := run.done(rnd, "eval")) and ev.get("test_finals"):
-        begun = was(rnd)
+        begun = started_from(run, rnd)
         start = run.done(begun, "eval")
         conf = {s: {int(d): [{"token": c[token]} for c in cs] for d, cs in by_d.items()} for s, by_d in ev["test_confidence"].items()}
         finals = {s: {int(d): f for d, f in by_d.items()} for s, by_d in ev["test_finals"].items()}
-        made = (start, run.done(was(begun), "eval")) if begun else None
+        made = (start, run.done(started_from(run, begun), "eval")) if begun else None
         lasts = {"last update": last_update(run, rnd), "made start": made, "made, else last": made or last_update(run, rnd)}
         out.append({"actual": accuracy(ev), "no change": accuracy(start),
                     **{k: delta(start, conf, finals, last)["pooled"] for k, last in lasts.items()}})

@@ -384,7 +384,7 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> dict
         mapped = iter(recalibrate(seen, skill, [c["token"] for d in sorted(by_d) for c in by_d[d]]))
         for d in sorted(by_d):
             by_d[d] = [{**c, "recalibrated": next(mapped)} for c in by_d[d]]
-    start = run.done(State.read(run.done(rnd - 1, "gate")).round, "eval") if rnd else None  # the model it started from
+    start = run.done(started_from(run, rnd), "eval") if rnd else None
     info = {"frontier": {s: frontier(acc["test"][s], e.threshold) for s in cfg.skills}, "dev": acc["dev"], **seen,
             "self_estimate": estimate(seen, conf["test"]),
             "self_predicted": estimate(start, conf["test"]) if start and start.get("dev_confidence") else None,
@@ -448,13 +448,18 @@ def delta(start: dict, test_conf: dict, finals: dict, last: tuple[dict, dict] | 
             "fitted_on": fitted}
 
 
+def started_from(run: Run, rnd: int) -> int:
+    """The round whose model round `rnd` started from: the one kept by round rnd - 1's gate."""
+    return State.read(run.done(rnd - 1, "gate")).round
+
+
 def last_update(run: Run, rnd: int) -> tuple[dict, dict] | None:
     """The eval manifests of the last update before round `rnd`, kept by the gate or rolled back: round
     rnd - 1's candidate and the model that round started from (None in round 1: no update came before).
     Its dev verdicts were known before round `rnd` began."""
     if rnd < 2:
         return None
-    return run.done(rnd - 1, "eval"), run.done(State.read(run.done(rnd - 2, "gate")).round, "eval")
+    return run.done(rnd - 1, "eval"), run.done(started_from(run, rnd - 1), "eval")
 
 
 def changed_dev(start: dict, parent: dict, skill: str, single: bool) -> tuple[list[float], list[bool]]:

@@ -35,8 +35,11 @@ the labeled set alone, the baseline):
                lmsi and star on as many problems, chosen from 4x as many: those whose greedy answer's
                probability (the predicted success) lies in [0.2, 0.8], the nearest to it when too few do
     controller each round a UCB1 bandit chooses among lmsi, star, semievol and pairs by measured dev gain
-               per 1k sequences (evolvelm.controller); controller-stay: win-stay, lose-shift over UCB1
-               (controller.policy stay); controller-random: the arm drawn at random
+               per 1k sequences (evolvelm.controller), trying them first in that order;
+               controller-stay: win-stay, lose-shift over UCB1 (controller.policy stay), trying the
+               arms the checker verifies first (controller.first verified: star, pairs, then lmsi,
+               semievol); controller-stay-listed: the same in the listed order; controller-random:
+               the arm drawn at random
 Printed per arm and round: test accuracy pooled over every held-out problem (kept model, and the
 round's candidate), pass@1, pass@k,
 distinct right rationales per problem, answer diversity, precision of the kept labels (final answer)
@@ -78,8 +81,10 @@ ARMS = {"labeled": ("lmsi", ["semisup.method=labeled"]), "lmsi": ("lmsi", []),
         "lmsi-confidence": ("lmsi", ["refine.chain=[confidence,dedup]", "refine.keep_as=vote"]),
         "lmsi-random": ("lmsi", ["refine.chain=[random,dedup]", "refine.keep_as=vote"]),
         "lmsi-curriculum": ("lmsi", ["acquire.curriculum=[0.2,0.8]"]), "star-curriculum": ("star", ["acquire.curriculum=[0.2,0.8]"]),
-        "controller": ("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "controller.policy=ucb"]),
+        "controller": ("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "controller.policy=ucb", "controller.first=listed"]),
         "controller-stay": ("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "controller.policy=stay"]),
+        "controller-stay-listed": ("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "controller.policy=stay",
+                                            "controller.first=listed"]),
         "controller-random": ("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "controller.policy=random"])}
 
 

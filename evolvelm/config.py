@@ -184,6 +184,8 @@ class ControllerConfig:
     explore: float = 1.0             # UCB's exploration weight (x the largest value seen)
     policy: str = "stay"             # stay (the last arm again while its rounds gain on dev, promoted or not,
                                      # else ucb) | ucb | random (an arm drawn by the round's seed: the baseline)
+    first: str = "verified"          # arms not tried yet: verified (those whose kept answers the checker verifies,
+                                     # star, rest-em, pairs, before votes and consistency) | listed (as in arms)
 
 
 @dataclass
@@ -394,6 +396,8 @@ def validate(cfg: Config) -> None:
                               f"{cfg.controller.arms} for recipe {cfg.recipe!r}")
         if cfg.controller.policy not in ("ucb", "stay", "random"):
             raise ConfigError(f"controller.policy: ucb, stay or random, got {cfg.controller.policy!r}")
+        if cfg.controller.first not in ("verified", "listed"):
+            raise ConfigError(f"controller.first: verified or listed, got {cfg.controller.first!r}")
         if cfg.semisup.temperatures or cfg.semisup.thresholds or "judge" in cfg.refine.chain:
             raise ConfigError("controller.arms: the controller chooses each round's strategy; B-STaR's choices "
                               "(semisup.temperatures, thresholds) and the judge filter are strategies of their own")

@@ -13,8 +13,10 @@ come from the store, never from the clock, so a resumed run makes the same decis
 `controller.policy: stay` (win-stay, lose-shift), plays the last round's arm again when that round's
 candidate gained on dev (promoted or not: the value above, not the gate's verdict) and the arm is not
 benched, and falls back to UCB1 otherwise: in a short run, trying every arm before exploiting one
-costs most of the rounds. UCB1 (`ucb` alone): arms never tried go first, in the order listed; then
-the highest mean value plus `controller.explore` x the largest value seen x sqrt(2 ln(rounds) /
+costs most of the rounds. UCB1 (`ucb` alone): arms never tried go first, those whose kept answers
+the checker verifies (star, rest-em, pairs) before those that keep answers by votes or consistency
+(`controller.first: verified`, as a wrong vote that passes the gate can decide a short run; `listed`:
+the order of `controller.arms`); then the highest mean value plus `controller.explore` x the largest value seen x sqrt(2 ln(rounds) /
 plays). `random` draws the arm by the round's seed (the baseline a choice must beat). An arm whose
 last two rounds were both rolled back is benched while any other is not, and the reason says so. Every
 decision, its estimates and a one-line reason go to the acquire manifest, summary.json
@@ -45,6 +47,7 @@ ARMS = {  # the strategy each shipped semisup recipe fixes (evolvelm/recipes/<ar
               "refine": {"chain": ["oracle"]}, "update": {"method": "lora", "lr": 1.0e-4}},
     "memory": {"semisup": {"method": "memory"}, "refine": {"chain": ["vote", "dedup"]}},
 }
+VERIFIED = {a for a, s in ARMS.items() if "oracle" in s["refine"]["chain"]}  # kept answers the checker passed
 
 
 def config_for(cfg: Config, arm: str) -> Config:
@@ -109,9 +112,13 @@ def _choose(cfg: Config, history: list[dict], rnd: int) -> tuple[str, dict]:
                   f"again while its rounds gain)")
         return arm, {"arm": arm, "reason": reason, "estimates": estimates}
     untried = [a for a in arms if not plays[a]]
+    if cfg.controller.first == "verified":
+        untried.sort(key=lambda a: a not in VERIFIED)  # stable: the order listed within each group
     if untried:
         arm = untried[0]
-        reason = f"{arm}: not tried yet (each arm is tried once, in the order listed)"
+        order = ("arms whose kept answers the checker verifies first, then the others, each in the order listed"
+                 if cfg.controller.first == "verified" else "in the order listed")
+        reason = f"{arm}: not tried yet (each arm is tried once, {order})"
         return arm, {"arm": arm, "reason": reason, "estimates": estimates}
     open_arms = [a for a in arms if not estimates[a]["benched"]] or arms
     arm = max(open_arms, key=lambda a: (estimates[a]["ucb"], -arms.index(a)))

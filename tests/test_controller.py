@@ -48,9 +48,9 @@ def test_the_last_update_is_the_last_rounds_candidate_kept_or_rolled_back():
 
 def test_untried_arms_first_then_the_best_value_and_no_arm_rolled_back_twice_in_a_row():
     cfg = config.load("lmsi", ["controller.arms=[lmsi,star,semievol]", "controller.policy=ucb", "update.steps=10",
-                               "update.batch_size=10"])
+                               "update.batch_size=10", "controller.first=listed"])
     arm, d = controller.choose(cfg, History([]), 1)
-    assert arm == "lmsi" and d["reason"].startswith("lmsi: not tried yet")
+    assert arm == "lmsi" and d["reason"].startswith("lmsi: not tried yet (each arm is tried once, in the order listed)")
     arm, d = controller.choose(cfg, History([("lmsi", 3, True)]), 2)
     assert arm == "star"
     # lmsi gained 3 of 10 dev problems for 1.1k sequences; star 1 from the same start; semievol lost one
@@ -65,6 +65,18 @@ def test_untried_arms_first_then_the_best_value_and_no_arm_rolled_back_twice_in_
     e = d["estimates"]
     assert e["lmsi"]["ucb"] > max(e["star"]["ucb"], e["semievol"]["ucb"])  # it would win...
     assert e["lmsi"]["benched"] and arm == "star" and "benched after two rollbacks in a row: lmsi" in d["reason"]
+
+
+def test_arms_whose_answers_the_checker_verifies_are_tried_first_by_default():
+    cfg = config.load("lmsi", ["controller.arms=[lmsi,semievol,pairs,star]"])
+    assert cfg.controller.first == "verified"
+    arm, d = controller.choose(cfg, History([]), 1)
+    assert arm == "pairs" and "checker verifies first" in d["reason"]
+    assert controller.choose(cfg, History([("pairs", 0, False)]), 2)[0] == "star"
+    assert controller.choose(cfg, History([("pairs", 0, False), ("star", 0, False)]), 3)[0] == "lmsi"
+    assert controller.choose(cfg, History([("pairs", 2, True)]), 2)[0] == "pairs"  # win-stay comes first
+    with pytest.raises(ConfigError, match="controller.first"):
+        config.load("lmsi", ["controller.arms=[lmsi,star]", "controller.first=best"])
 
 
 def test_win_stay_plays_an_arm_again_while_it_gains_and_shifts_when_it_does_not():
@@ -112,7 +124,7 @@ def test_the_random_policy_draws_by_the_rounds_seed():
     assert picks == [controller.choose(cfg, History([]), rnd) for rnd in range(1, 13)]
 
 
-ARMS = ["controller.arms=[pairs,lmsi,star]", "controller.policy=ucb", "rounds=4", "gate.z=0", "gate.tolerance=1.0"]  # every round promoted
+ARMS = ["controller.arms=[pairs,lmsi,star]", "controller.policy=ucb", "controller.first=listed", "rounds=4", "gate.z=0", "gate.tolerance=1.0"]  # every round promoted
 
 
 @pytest.fixture(scope="module")

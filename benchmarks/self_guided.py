@@ -3,6 +3,8 @@
     python benchmarks/self_guided.py                           # the zoo's copy/reverse models, both orders
     python benchmarks/self_guided.py --pairs copy-reverse:copy-reverse-seed1 --steps 800 --out self.json
     python benchmarks/self_guided.py --after                   # the question after the prompt, not before it
+    python benchmarks/self_guided.py --survey 7 8 9 10 11 12   # where the models' behaviour is their own
+    python benchmarks/self_guided.py --after --skills reverse --lengths 9 10 11   # there
 
 For each pair A:B of zoo models (same architecture and data, different seeds): A answers training
 and held-out prompts (copy and reverse at --lengths, where A is partly right); its behaviour gives
@@ -16,6 +18,9 @@ learns nothing of A's answers beyond the introspection targets. Printed per pair
                predictor can learn without knowing the model)
     cross      B's predictions against A's behaviour
     self       A's predictions against A's behaviour before its introspection training
+               (--against trained: every column scores against the self-trained A's behaviour, and B
+               learns that behaviour, not A's from before: where introspection training moves what A
+               does, both then predict the same target)
     self-now   A's predictions against its own behaviour after that training (it may have changed)
     changed    share of held-out prompts whose property value the introspection training changed
 Then calibration on the held-out prompts, per skill: the confidence that A's greedy answer is right,
@@ -78,14 +83,18 @@ def pair(a, first: str, second: str, tmp: Path) -> dict:
     data = introspect.examples(train, seen_train, chat=False, after=a.after)
     keep = (lambda backend: introspect.replay(backend, train)) if a.replay else (lambda backend: [])
     me = trained(pa, data + keep(model_a), a, tmp / f"{first}-self")  # A's own answers: its loaded backend
-    other = trained(pb, data + keep(HFBackend(pb, batch_size=512)), a, tmp / f"{second}-on-{first}")
-    pred_self, pred_cross = (introspect.predictions(m, held, props, chat=False, after=a.after) for m in (me, other))
     now = introspect.behaviour(me, held, props)
     changed = {p: round(sum(x != y for x, y in zip(seen_held.values[p], now.values[p])) / len(held), 4) for p in props}
+    target = model_a
+    if a.against == "trained":  # the behaviour to predict is the self-trained A's: B learns it from A's answers then
+        target, seen_train, seen_held = me, introspect.behaviour(me, train, props), now
+    other = trained(pb, introspect.examples(train, seen_train, chat=False, after=a.after) + keep(HFBackend(pb, batch_size=512)),
+                    a, tmp / f"{second}-on-{first}")
+    pred_self, pred_cross = (introspect.predictions(m, held, props, chat=False, after=a.after) for m in (me, other))
     hits = {arm: {p: [int(x == y) for x, y in zip(pred[p], seen_held.values[p])] for p in props}
             for arm, pred in (("self", pred_self), ("cross", pred_cross))}
     right = [v == "1" for v in seen_held.values["right"]]
-    base = [calibration.confidences(g.logprobs)["sequence"] for g in model_a.generate(
+    base = [calibration.confidences(g.logprobs)["sequence"] for g in target.generate(
         [p.prompt for p in held], [0] * len(held), 0.0, max(get_task(p.skill).max_new_tokens(p.difficulty) for p in held))]
     conf = {"sequence": base, "self": introspect.confidence(me, held, False, a.after), "cross": introspect.confidence(other, held, False, a.after)}
     calibrated = {kind: {s: calibration.metrics([c for c, p in zip(values, held) if p.skill == s],
@@ -139,6 +148,29 @@ def difference(results: list[dict], prop: str, skill: str | None) -> str:
     return f"{mean:+.3f} ({se:.3f})"
 
 
+def survey(a) -> None:
+    """Where is a model's behaviour its own? Per skill and length (`--survey`), each model's share of
+    right answers and of answers whose first character is the right one, and per pair how often A's
+    and B's first characters and lengths agree (greedy, `--held` prompts per skill and length). Where
+    the models agree with the truth and each other, an observer learns the behaviour from the prompt;
+    where they agree with neither, it is the model's own."""
+    pairs = list(dict.fromkeys(tuple(sorted(spec.split(":"))) for spec in a.pairs))  # A:B and B:A agree alike
+    models = list(dict.fromkeys(m for p in pairs for m in p))
+    backends = {m: HFBackend(resolve(f"zoo:{m}"), batch_size=512) for m in models}
+    print(f"{'skill':9s} {'length':>6s} " + " ".join(f"{m + ' right/first':>28s}" for m in models)
+          + " " + " ".join(f"{x + ':' + y + ' first/length':>40s}" for x, y in pairs))
+    for skill in a.skills:
+        for d in a.survey:
+            held = draw([skill], [d], a.held, a.seed + 1)
+            seen = {m: introspect.behaviour(b, held, ["right", "first", "length"]).values for m, b in backends.items()}
+            share = lambda xs: sum(xs) / len(held)
+            cells = [f"{share(v == '1' for v in seen[m]['right']):.2f} / "
+                     f"{share(f == p.answer[:1] for f, p in zip(seen[m]['first'], held)):.2f}" for m in models]
+            agree = [f"{share(u == v for u, v in zip(seen[x]['first'], seen[y]['first'])):.2f} / "
+                     f"{share(u == v for u, v in zip(seen[x]['length'], seen[y]['length'])):.2f}" for x, y in pairs]
+            print(f"{skill:9s} {d:6d} " + " ".join(f"{c:>28s}" for c in cells) + " " + " ".join(f"{c:>40s}" for c in agree))
+
+
 def fmt(x) -> str:
     return "-" if x is None else f"{x:.3f}"
 
@@ -156,13 +188,20 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--after", action="store_true", help="ask after the prompt (`Cabc=+r`), not before it (`+rCabc=`)")
+    ap.add_argument("--against", choices=["before", "trained"], default="before",
+                    help="whose behaviour both predict: A's before its introspection training (B learns A's answers "
+                         "from before), or the self-trained A's, which that training may have changed (B learns it)")
     ap.add_argument("--no-replay", dest="replay", action="store_false", help="introspection examples alone")
     ap.add_argument("--update-steps", type=int, default=0,
                     help="then change the self-trained model by this many steps on --update-skill's true answers "
                          "and score its self-prediction against its new behaviour (0: not)")
     ap.add_argument("--update-skill", default="reverse")
     ap.add_argument("--out")
+    ap.add_argument("--survey", type=int, nargs="+", metavar="LENGTH",
+                    help="only survey the models' behaviour at these lengths (where is it their own?), then stop")
     a = ap.parse_args()
+    if a.survey:
+        return survey(a)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for spec in a.pairs:

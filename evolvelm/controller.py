@@ -1,9 +1,10 @@
 """The core controller: each round of a semisup run, a bandit chooses how experience becomes training
 (`controller.arms`), instead of the one strategy the recipe fixes.
 
-An arm is a whole strategy, as the shipped recipe of that name sets it (ARMS): how answers are kept
-(votes, the checker, consistency) and how they train the model (SFT on answers and rationales,
-retraining from the base, DPO on preference pairs). Acquisition and evaluation stay the run's own.
+An arm is a whole strategy, as the shipped recipe of that name sets it (ARMS): how many answers are
+sampled per problem, how they are kept (votes, the checker, consistency) and how they train the model
+(SFT on answers and rationales, retraining from the base, DPO on preference pairs). The problems
+acquired and the evaluation stay the run's own.
 
 Each arm's value is its measured dev gain per unit of compute: the share of dev problems the round's
 candidate gets right minus the share the model it started from gets right (the gate's paired
@@ -38,14 +39,15 @@ from evolvelm.config import Config, overridden
 from evolvelm.evaluate.suite import dev_right
 from evolvelm.types import State
 
-ARMS = {  # the strategy each shipped semisup recipe fixes (evolvelm/recipes/<arm>.yaml)
-    "lmsi": {"semisup": {"method": "lmsi"}, "refine": {"chain": ["vote", "dedup"]}},
-    "star": {"semisup": {"method": "star"}, "refine": {"chain": ["oracle", "dedup"]}},
-    "rest-em": {"semisup": {"method": "rest-em"}, "refine": {"chain": ["oracle", "dedup", "cap"], "max_per_problem": 4}},
-    "semievol": {"semisup": {"method": "semievol"}, "refine": {"chain": ["consistency", "dedup"]}},
-    "pairs": {"semisup": {"method": "pairs", "beta": 0.1, "pairs_per_problem": 2, "rpo_alpha": 1.0},
+ARMS = {  # the strategy each shipped semisup recipe fixes (evolvelm/recipes/<arm>.yaml; a test keeps them equal)
+    "lmsi": {"semisup": {"method": "lmsi"}, "acquire": {"samples": 8}, "refine": {"chain": ["vote", "dedup"]}},
+    "star": {"semisup": {"method": "star"}, "acquire": {"samples": 4}, "refine": {"chain": ["oracle", "dedup"]}},
+    "rest-em": {"semisup": {"method": "rest-em"}, "acquire": {"samples": 8},
+                "refine": {"chain": ["oracle", "dedup", "cap"], "max_per_problem": 4}},
+    "semievol": {"semisup": {"method": "semievol"}, "acquire": {"samples": 8}, "refine": {"chain": ["consistency", "dedup"]}},
+    "pairs": {"semisup": {"method": "pairs", "beta": 0.1, "pairs_per_problem": 2, "rpo_alpha": 1.0}, "acquire": {"samples": 8},
               "refine": {"chain": ["oracle"]}, "update": {"method": "lora", "lr": 1.0e-4}},
-    "memory": {"semisup": {"method": "memory"}, "refine": {"chain": ["vote", "dedup"]}},
+    "memory": {"semisup": {"method": "memory"}, "acquire": {"samples": 8}, "refine": {"chain": ["vote", "dedup"]}},
 }
 VERIFIED = {a for a, s in ARMS.items() if "oracle" in s["refine"]["chain"]}  # kept answers the checker passed
 

@@ -3,6 +3,7 @@ a semisup run whose strategy a bandit chooses, stored and reported, killed and r
 a full fine-tuning round after a LoRA round continues from the adapter's weights."""
 import json
 import signal
+from dataclasses import asdict
 
 import pytest
 
@@ -65,6 +66,14 @@ def test_untried_arms_first_then_the_best_value_and_no_arm_rolled_back_twice_in_
     e = d["estimates"]
     assert e["lmsi"]["ucb"] > max(e["star"]["ucb"], e["semievol"]["ucb"])  # it would win...
     assert e["lmsi"]["benched"] and arm == "star" and "benched after two rollbacks in a row: lmsi" in d["reason"]
+
+
+@pytest.mark.parametrize("recipe", ["lmsi", "star"])
+def test_each_arm_is_its_shipped_recipes_strategy(recipe):
+    run = config.load(recipe, [f"controller.arms=[{','.join(controller.ARMS)}]"])
+    for arm in controller.ARMS:
+        shipped, played = asdict(config.load(arm, [])), asdict(controller.config_for(run, arm))
+        assert {k: v for k, v in played.items() if k != "controller"} == {k: v for k, v in shipped.items() if k != "controller"}, arm
 
 
 def test_arms_whose_answers_the_checker_verifies_are_tried_first_by_default():

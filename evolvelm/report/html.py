@@ -144,8 +144,10 @@ def _semisup_plots(summary: dict, plt) -> list[tuple[str, str]]:
     xs = [r["round"] for r in acquired]
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     ax.plot([r["round"] for r in rounds], summary["semisup"]["accuracy"], marker="o", label="test accuracy (kept model)")
-    for key in [k for k in (acquired[0]["monitor"] if acquired else {}) if k.startswith("pass@")] + ["diversity"]:
-        ax.plot(xs, [r["monitor"][key] for r in acquired], marker=".", linestyle="--", label=key)
+    keys = dict.fromkeys(k for r in acquired for k in r["monitor"] if k.startswith("pass@"))  # a controller's arms
+    for key in [*keys, "diversity"]:                                                       # may sample k apart
+        played = [r for r in acquired if key in r["monitor"]]
+        ax.plot([r["round"] for r in played], [r["monitor"][key] for r in played], marker=".", linestyle="--", label=key)
     ax.plot(xs, [r["label_precision"] for r in acquired], marker="s", label="precision of kept labels")
     ax.set(title="Accuracy, exploration and precision per round", xlabel="round", ylim=(-0.02, 1.02))
     ax.legend(fontsize=7)

@@ -86,7 +86,7 @@ def pair(a, first: str, second: str, tmp: Path) -> dict:
     now = introspect.behaviour(me, held, props)
     changed = {p: round(sum(x != y for x, y in zip(seen_held.values[p], now.values[p])) / len(held), 4) for p in props}
     target = model_a
-    if a.against == "trained":  # the behaviour to predict is the self-trained A's: B learns it from A's answers then
+    if a.against == "trained":  # the behaviour to predict is the self-trained A's, and B learns that
         target, seen_train, seen_held = me, introspect.behaviour(me, train, props), now
     other = trained(pb, introspect.examples(train, seen_train, chat=False, after=a.after) + keep(HFBackend(pb, batch_size=512)),
                     a, tmp / f"{second}-on-{first}")

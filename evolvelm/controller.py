@@ -18,10 +18,10 @@ costs most of the rounds. UCB1 (`ucb` alone): arms never tried go first, those w
 the checker verifies (star, rest-em, pairs) before those that keep answers by votes or consistency
 (`controller.first: verified`, as a wrong vote that passes the gate can decide a short run; `listed`:
 the order of `controller.arms`); then the highest mean value plus `controller.explore` x the largest
-value seen x sqrt(2 ln(rounds) / plays). `random` draws the arm by the round's seed (the baseline a choice must beat). An arm whose
-last two rounds were both rolled back is benched while any other is not, and the reason says so. Every
-decision, its estimates and a one-line reason go to the acquire manifest, summary.json
-(`rounds[].controller`) and the report.
+value seen x sqrt(2 ln(rounds) / plays). `random` draws the arm by the round's seed (the baseline a
+choice must beat). An arm whose last two rounds were both rolled back is benched while any other is
+not, and the reason says so. Every decision, its estimates and a one-line reason go to the acquire
+manifest, summary.json (`rounds[].controller`) and the report.
 
 Predict-the-update: before the update, the share of its remaining dev errors that the chosen arm
 fixed on average when it played (`predict`; for an arm not tried yet, the mean over every arm played;

@@ -123,7 +123,7 @@ def measure(task: str, method: str, args, workdir: Path) -> dict:
     overrides = [f"skills={json.dumps([entry])}", f"model.path={args.model}", f"rounds={args.rounds}", f"seed={args.seed}",
                  f"eval.max_difficulty={levels}", f"acquire.problems={args.problems}", f"update.method={args.update}",
                  f"update.steps={args.steps}", f"update.batch_size={args.batch_size}", f"update.lr={args.lr}",
-                 f"update.warmup={max(1, args.steps // 10)}", *(["acquire.samples=4"] if method == "star" else []),
+                 f"update.warmup={max(1, args.steps // 10)}",
                  *([f"acquire.temperature={args.temperature}"] if args.temperature is not None else []),
                  *args.set]
     cfg = config.load(method, overrides)

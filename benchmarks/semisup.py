@@ -21,7 +21,7 @@ CPU cores, a GPU is where 5 seeds of every arm fit). A task's update settings ap
 only the controller's pairs keeps its recipe's lr, 1e-4 (evolvelm.controller.ARMS), where the fixed
 `pairs` arm trains at the task's:
 
-    python benchmarks/semisup.py --task smollm2 --rounds 3 --methods lmsi star semievol pairs controller-stay --seeds 0 1 2 3 4 --jobs 8
+    python benchmarks/semisup.py --task smollm2 --rounds 3 --methods lmsi star semievol pairs controller-stay --seeds 0 1 2 3 4 --jobs 8  # GPU
 
 Arms (the shipped recipes; `labeled` is lmsi.yaml with semisup.method=labeled: the same update on
 the labeled set alone, the baseline):

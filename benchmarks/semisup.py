@@ -7,6 +7,7 @@ held-out splits, against the base model and SFT on the labeled set alone.
     python benchmarks/semisup.py --load seeds01.json seeds23.json     # the tables of earlier --out files, merged
     python benchmarks/semisup.py --task sums --methods star controller  # a skill from data (below)
     python benchmarks/semisup.py --task sums --methods star --keep runs  # the run directories kept in runs/
+    python benchmarks/semisup.py --task sums --methods star lmsi --seeds 0 1 2 3 4 --jobs 2  # 2 runs at a time, a core each
 
 Tasks: `chain` (the recipes as shipped: zoo:chain and its 350 labeled problems) or `sums`, a skill from
 data on a BPE chat model: zoo:sums-chat (its chat template; trained on a few sums, partly right at 3
@@ -20,7 +21,7 @@ CPU cores, a GPU is where 5 seeds of every arm fit). A task's update settings ap
 only the controller's pairs keeps its recipe's lr, 1e-4 (evolvelm.controller.ARMS), where the fixed
 `pairs` arm trains at the task's:
 
-    python benchmarks/semisup.py --task smollm2 --rounds 3 --methods lmsi star semievol pairs controller-stay --seeds 0 1 2 3 4
+    python benchmarks/semisup.py --task smollm2 --rounds 3 --methods lmsi star semievol pairs controller-stay --seeds 0 1 2 3 4 --jobs 8  # GPU
 
 Arms (the shipped recipes; `labeled` is lmsi.yaml with semisup.method=labeled: the same update on
 the labeled set alone, the baseline):
@@ -68,10 +69,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import multiprocessing
+import os
 import sys
 import tempfile
 import time
 from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -160,6 +164,13 @@ def measure(arm: str, seed: int, rounds: int, overrides: list[str], workdir: Pat
             "prediction": s["semisup"].get("prediction"), "seconds": s["bench_seconds"]}
 
 
+def torch_threads(n: int) -> None:
+    """A worker process's share of the cores (--jobs)."""
+    import torch
+
+    torch.set_num_threads(n)
+
+
 def drops(rounds: list[dict]) -> list[float]:
     """How much each promoted round lowered the kept model's test accuracy (0 when it did not)."""
     return [max(0.0, round(a["accuracy"] - b["accuracy"], 4)) for a, b in zip(rounds, rounds[1:]) if b["promoted"]]
@@ -226,6 +237,9 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0],
                     help="run seeds (sampling, training, unlabeled draws); the final accuracy is their mean")
     ap.add_argument("--out", type=Path, help="write the tables as JSON")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="runs (arm x seed) at once, each in its own process with its share of the CPU cores "
+                         "(on a GPU they share it)")
     ap.add_argument("--load", nargs="+", type=Path, metavar="JSON",
                     help="run nothing: print the tables of earlier --out files, their seeds merged")
     ap.add_argument("--task", default="chain", choices=["chain", *TASKS])
@@ -242,15 +256,30 @@ def main() -> None:
             args.keep.mkdir(parents=True, exist_ok=True)
         with (contextlib.nullcontext(str(args.keep)) if args.keep else tempfile.TemporaryDirectory()) as tmp:
             task = sums_overrides(Path(tmp), args.data_seed, args.task) if args.task in TASKS else []
-            for arm in args.methods:
-                runs = {}
-                for seed in args.seeds:
-                    runs[seed] = measure(arm, seed, args.rounds, task + args.overrides, Path(tmp))
-                    print(f"{arm} seed {seed}: done in {runs[seed]['seconds']:.0f}s", file=sys.stderr, flush=True)
-                results[arm] = arm_result(runs)
-                if args.out:  # after every arm, so that a stopped benchmark keeps what it measured
-                    args.out.write_text(json.dumps({"task": args.task, "data_seed": args.data_seed if args.task in TASKS else None, "rounds": args.rounds, "seeds": args.seeds, "overrides": args.overrides,
+            runs: dict[str, dict[int, dict]] = defaultdict(dict)
+
+            def finished(arm: str, seed: int, run: dict) -> None:
+                runs[arm][seed] = run
+                print(f"{arm} seed {seed}: done in {run['seconds']:.0f}s", file=sys.stderr, flush=True)
+                results.clear()
+                results.update({a: arm_result(runs[a]) for a in args.methods if runs[a]})
+                if args.out:  # after every run, so that a stopped benchmark keeps what it measured
+                    args.out.write_text(json.dumps({"task": args.task, "data_seed": args.data_seed if args.task in TASKS else None,
+                                                    "rounds": args.rounds, "seeds": args.seeds, "overrides": args.overrides,
                                                     "arms": results}, indent=2))
+
+            todo = [(arm, seed) for arm in args.methods for seed in args.seeds]
+            if args.jobs == 1:
+                for arm, seed in todo:
+                    finished(arm, seed, measure(arm, seed, args.rounds, task + args.overrides, Path(tmp)))
+            else:  # each run in its own process (spawned: no torch state is forked), the cores shared out
+                threads = max(1, (os.cpu_count() or 1) // args.jobs)
+                with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=torch_threads, initargs=(threads,)) as pool:
+                    futures = {pool.submit(measure, arm, seed, args.rounds, task + args.overrides, Path(tmp)): (arm, seed)
+                               for arm, seed in todo}
+                    for future in as_completed(futures):
+                        finished(*futures[future], future.result())
     for arm, res in results.items():
         for seed, run in res["seeds"].items():
             print_rounds(arm if len(res["seeds"]) == 1 else f"{arm}, seed {seed}", run)

@@ -16,10 +16,10 @@ number.", checker `number`, 30 labeled, 300 test, 300 dev; 150 unlabeled problem
 round, full fine-tuning, 200 steps at lr 3e-4 (SUMS below); or `smollm2`, benchmarks/real.py's addition
 on the real model: SmolLM2-135M-Instruct through its chat template, 600 sums per number of digits
 (all 100 one-digit ones), 30 labeled, 150 test, 150 dev, 100 unlabeled problems per difficulty per
-round, LoRA (r 8), 40 steps of 8 at lr 2e-4 (SMOLLM2 below; about 15-35 minutes per 3-round run on 2
-CPU cores, a GPU is where 5 seeds of every arm fit). A task's update settings apply to every arm;
-only the controller's pairs keeps its recipe's lr, 1e-4 (evolvelm.controller.ARMS), where the fixed
-`pairs` arm trains at the task's:
+round, LoRA (r 8), 40 steps of 8 at lr 2e-4 (SMOLLM2 below; about 25-45 minutes per 3-round run,
+two side by side on 2 CPU cores; a GPU is where 5 seeds of every arm fit). A task's update settings
+apply to every arm; only the controller's pairs keeps its recipe's lr, 1e-4
+(evolvelm.controller.ARMS), where the fixed `pairs` arm trains at the task's:
 
     python benchmarks/semisup.py --task smollm2 --rounds 3 --methods lmsi star semievol pairs controller-stay --seeds 0 1 2 3 4 --jobs 8  # GPU
 

@@ -15,6 +15,22 @@ the gate on, the baselines' forgetting rounds would be rolled back instead.
 Printed: ACC, BWT, FWT (GEM; mean test accuracy over difficulties 1-3) per method and order, with
 wall time; then, per router feature type, the held-out routing accuracy and the time to answer the
 mixed test prompts through the router against calling each prompt's module directly.
+
+    python benchmarks/modular.py --choose                         # which module trains: ~15 min
+    python benchmarks/modular.py --choose --steps 150 --seeds 0 1 2 3 4 --out choose.json
+
+`--choose` asks which module should train: `--rounds` rounds of `--steps` steps each, with the
+shipped gate, on the four skills, each round's skill chosen by
+    sequence    the four in turn, again and again (the fixed order)
+    controller  modules.order=controller (evolvelm.controller.choose_module): each skill once, then
+                the highest UCB on expected dev gain among the skills with dev errors left
+    random      modules.order=controller with controller.policy=random: a skill drawn per round
+    weakest     controller.policy=weakest: the skill with the lowest dev accuracy (the simple rule a
+                choice must also beat)
+Printed per seed: the final mean test accuracy over the four skills and the skills chosen; then
+the mean (SE) per ordering and the controller's paired differences. Rounds 1-4 are the same for
+sequence and controller (the same skills, data and seeds), so their difference comes from the
+rounds after.
 """
 from __future__ import annotations
 
@@ -27,6 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.stats import mean_se  # noqa: E402
 from evolvelm import config  # noqa: E402
 from evolvelm.evaluate.suite import splits  # noqa: E402
 from evolvelm.recipes import modular  # noqa: E402
@@ -37,11 +54,14 @@ from evolvelm.tasks import get_task  # noqa: E402
 SEQUENCE = ["reverse", "shift", "expr", "copy"]
 ORDERS = [SEQUENCE, SEQUENCE[::-1], ["expr", "copy", "reverse", "shift"]]
 METHODS = ["modular", "shared", "replay", "full"]
+ORDERINGS = {"sequence": [], "controller": ["modules.order=controller", "controller.policy=ucb"],
+             "random": ["modules.order=controller", "controller.policy=random"],
+             "weakest": ["modules.order=controller", "controller.policy=weakest"]}
 
 
-def run(skills: list[str], overrides: list[str], workdir: Path) -> tuple[dict, Run]:
-    cfg = config.load("modular-skills", [f"skills=[{', '.join(skills)}]", f"rounds={len(skills)}", "gate.tolerance=1.0"]
-                      + overrides)
+def run(skills: list[str], overrides: list[str], workdir: Path, gate: bool = False) -> tuple[dict, Run]:
+    cfg = config.load("modular-skills", [f"skills=[{', '.join(skills)}]", f"rounds={len(skills)}"]
+                      + ([] if gate else ["gate.tolerance=1.0"]) + overrides)
     r = Run.create(Path(tempfile.mkdtemp(dir=workdir)) / "run", cfg)
     t0 = time.time()
     summary = modular.run_recipe(cfg, r, quiet=True)
@@ -79,17 +99,58 @@ def run_modules(r: Run) -> list[str]:
     return [r.done(i, "refine")["module"] for i in range(1, r.config().rounds + 1)]
 
 
+def choose(args, workdir: Path) -> dict:
+    """Which module trains each round: the controller against the fixed order and a random skill."""
+    finals: dict[str, list[float]] = {}
+    out: dict = {"rounds": args.rounds, "steps": args.steps, "seeds": args.seeds, "runs": {}}
+    print(f"{'ordering':10s} {'seed':>4s} {'final':>7s}  {'skills chosen':{9 * args.rounds}s} {'wall s':>7s}")
+    for name in args.orderings:
+        for seed in args.seeds:
+            skills = (SEQUENCE * args.rounds)[:args.rounds] if name == "sequence" else SEQUENCE
+            summary, r = run(skills, [f"rounds={args.rounds}", f"seed={seed}", f"update.steps={args.steps}",
+                                      f"modules.examples={args.examples}"] + ORDERINGS[name], workdir, gate=True)
+            chosen = [r.done(i, "acquire")["skill"] for i in range(1, args.rounds + 1)]
+            final = summary["forgetting"]["mean"]
+            finals.setdefault(name, []).append(final)
+            out["runs"][f"{name}:{seed}"] = {"final": final, "chosen": chosen, "summary": summary}
+            print(f"{name:10s} {seed:4d} {final:7.4f}  {' '.join(chosen):{9 * args.rounds}s} "
+                  f"{summary['bench_seconds']:7.1f}", flush=True)
+    print(f"\n{'ordering':10s} {'mean':>7s} {'SE':>7s}   final mean test accuracy over the four skills, {len(args.seeds)} seeds")
+    for name, xs in finals.items():
+        print(f"{name:10s} {mean_se(xs)[0]:7.4f} {mean_se(xs)[1]:7.4f}")
+    for other in [n for n in finals if n != "controller"] if "controller" in finals else []:
+        m, se = mean_se([a - b for a, b in zip(finals["controller"], finals[other])])
+        out.setdefault("paired", {})[other] = {"mean": m, "se": se}
+        print(f"controller - {other}: {m:+.4f} (SE {se:.4f}, paired by seed)")
+    out["finals"] = finals
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--orders", type=int, default=len(ORDERS), help="how many of the orders to run")
     ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     ap.add_argument("--out", type=Path, help="write every summary and the tables as JSON")
+    ap.add_argument("--choose", action="store_true", help="which module trains: the controller against the "
+                                                          "fixed order and a random skill (see above)")
+    ap.add_argument("--orderings", nargs="+", default=list(ORDERINGS), choices=list(ORDERINGS))
+    ap.add_argument("--rounds", type=int, default=8, help="--choose: rounds per run")
+    ap.add_argument("--steps", type=int, default=60, help="--choose: update.steps per round")
+    ap.add_argument("--examples", type=int, default=600, help="--choose: modules.examples per round")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="--choose: run seeds")
     args = ap.parse_args()
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     workdir = Path(tempfile.mkdtemp(prefix="evolvelm-modular-"))
+    if args.choose:
+        t0 = time.time()
+        out = choose(args, workdir)
+        print(f"\ntotal wall {time.time() - t0:.0f}s")
+        if args.out:
+            args.out.write_text(json.dumps(out, indent=2))
+        return
     out: dict = {"orders": ORDERS[:args.orders], "runs": {}, "alone": {}}
 
     t0 = time.time()

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
@@ -50,6 +49,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.stats import mean_se  # noqa: E402
 from evolvelm import introspect  # noqa: E402
 from evolvelm.backends.hf import HFBackend  # noqa: E402
 from evolvelm.evaluate import calibration  # noqa: E402
@@ -143,8 +143,7 @@ def difference(results: list[dict], prop: str, skill: str | None) -> str:
     all), with the standard error of the difference paired by prompt."""
     d = [s - c for r in results for s, c, k in zip(r["hits"]["self"][prop], r["hits"]["cross"][prop], r["skills"])
          if skill in (None, k)]
-    mean = sum(d) / len(d)
-    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d)) if len(d) > 1 else float("nan")
+    mean, se = mean_se(d)
     return f"{mean:+.3f} ({se:.3f})"
 
 

@@ -80,6 +80,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.stats import mean_se  # noqa: E402
 from evolvelm import config  # noqa: E402
 from evolvelm.recipes import semisup  # noqa: E402
 from evolvelm.store.run import Run  # noqa: E402
@@ -224,8 +225,7 @@ def paired(a: dict, b: dict) -> dict | None:
     if len(common) < 2:
         return None
     d = [a["seeds"][s]["final"] - b["seeds"][s]["final"] for s in common]
-    mean = sum(d) / len(d)
-    se = (sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d)) ** 0.5
+    mean, se = mean_se(d)
     return {"seeds": len(d), "mean": round(mean, 4), "se": round(se, 4), "higher": sum(x > 0 for x in d),
             "equal": sum(x == 0 for x in d), "lower": sum(x < 0 for x in d)}
 

@@ -73,7 +73,8 @@ def _execute(run: Run, quiet: bool) -> int:
     print(f"run {run.root}: {len(summary['rounds']) - 1} rounds ({promoted} promoted) in {time.time() - t0:.0f}s")
     if "forgetting" in summary:
         f = summary["forgetting"]
-        print(f"after the sequence {cfg.skills}: ACC {f['acc']}  BWT {f['bwt']}  FWT {f['fwt']}")
+        print(f"after the sequence {f['sequence']}: ACC {f['acc']}  BWT {f['bwt']}  FWT {f['fwt']}  "
+              f"mean over {f['skills']} {f['mean']}")
     elif "knowledge" in summary:
         k = summary["knowledge"]
         print(f"{cfg.knowledge.method}: efficacy on the last batch {k['efficacy'][-1:]} of upper bound {k['upper'][-1:]};"

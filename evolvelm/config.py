@@ -135,6 +135,9 @@ class ModulesConfig:
     novelty: float = 2.0             # an input farther than this many radii from every module fits none
     examples: int = 2000             # labelled problems of the round's skill arriving per round, spread
                                      # evenly over difficulties 1..eval.max_difficulty
+    order: str = "sequence"          # sequence: round r learns skills[r-1] | controller: each round the controller
+                                     # chooses the skill, so the module that trains, by expected dev gain
+                                     # (evolvelm.controller.choose_module; controller.policy random: the baseline)
 
 
 @dataclass
@@ -183,7 +186,9 @@ class ControllerConfig:
                                      # rest-em | semievol | pairs | memory; empty: the recipe's own every round
     explore: float = 1.0             # UCB's exploration weight (x the largest value seen)
     policy: str = "stay"             # stay (the last arm again while its rounds gain on dev, promoted or not,
-                                     # else ucb) | ucb | random (an arm drawn by the round's seed: the baseline)
+                                     # else ucb) | ucb | random (an arm drawn by the round's seed: the baseline);
+                                     # modules.order controller: random, weakest (the lowest dev accuracy: a
+                                     # baseline), or else ucb on expected gain
     first: str = "verified"          # arms not tried yet: verified (those whose kept answers the checker verifies,
                                      # star, rest-em, pairs, before votes and consistency) | listed (as in arms)
 
@@ -247,7 +252,7 @@ CHOICES = {"model.backend": sorted(BACKENDS), "model.dtype": ["auto", "float32",
            "model.chat": ["auto", "on", "off"], "update.method": ["full", "lora"], "recipe": ["ladder", "modular", "knowledge", "semisup"],
            "semisup.method": ["lmsi", "star", "rest-em", "semievol", "pairs", "memory", "labeled"],
            "knowledge.method": ["distill", "sft-qa", "sft-doc", "icl", "retrieval"],
-           "modules.method": ["modular", "shared", "replay", "full"], "modules.router": ["hidden", "chars"],
+           "modules.method": ["modular", "shared", "replay", "full"], "modules.order": ["sequence", "controller"], "modules.router": ["hidden", "chars"],
            "acquire.schedule": ["fixed", "adaptive"], "judge.backend": ["hf", "openai"],
            "judge.method": ["generate", "logprobs"], "judge.mode": ["score", "samples", "reference"]}
 
@@ -394,13 +399,20 @@ def validate(cfg: Config) -> None:
         if unknown or cfg.recipe != "semisup" or len(set(cfg.controller.arms)) != len(cfg.controller.arms):
             raise ConfigError(f"controller.arms: distinct strategies for recipe semisup, among {sorted(ARMS)}; got "
                               f"{cfg.controller.arms} for recipe {cfg.recipe!r}")
-        if cfg.controller.policy not in ("ucb", "stay", "random"):
-            raise ConfigError(f"controller.policy: ucb, stay or random, got {cfg.controller.policy!r}")
-        if cfg.controller.first not in ("verified", "listed"):
-            raise ConfigError(f"controller.first: verified or listed, got {cfg.controller.first!r}")
         if cfg.semisup.temperatures or cfg.semisup.thresholds or "judge" in cfg.refine.chain:
             raise ConfigError("controller.arms: the controller chooses each round's strategy; B-STaR's choices "
                               "(semisup.temperatures, thresholds) and the judge filter are strategies of their own")
+    if cfg.controller.policy not in ("ucb", "stay", "random", "weakest"):
+        raise ConfigError(f"controller.policy: ucb, stay or random (weakest: modules.order controller only), got "
+                          f"{cfg.controller.policy!r}")
+    if cfg.controller.policy == "weakest" and cfg.modules.order != "controller":
+        raise ConfigError("controller.policy: weakest (the skill with the lowest dev accuracy) chooses modules; it needs "
+                          "recipe modular with modules.order controller")
+    if cfg.controller.first not in ("verified", "listed"):
+        raise ConfigError(f"controller.first: verified or listed, got {cfg.controller.first!r}")
+    if cfg.modules.order == "controller" and cfg.recipe != "modular":
+        raise ConfigError(f"modules.order: the controller chooses the skill of each round of recipe modular; got recipe "
+                          f"{cfg.recipe!r} (semisup chooses strategies: controller.arms)")
     if cfg.acquire.curriculum:
         band = cfg.acquire.curriculum
         if cfg.recipe != "semisup" or len(band) != 2 or not 0 <= band[0] < band[1] <= 1 or cfg.acquire.curriculum_pool < 2:
@@ -463,7 +475,7 @@ def validate(cfg: Config) -> None:
     if not 0 <= cfg.refine.model_vote_min <= 1 + len(cfg.model.voters):
         raise ConfigError(f"refine.model_vote_min: must be between 0 and the {1 + len(cfg.model.voters)} models "
                           f"(the model and model.voters), got {cfg.refine.model_vote_min}")
-    if cfg.recipe == "modular" and cfg.rounds != len(cfg.skills):
+    if cfg.recipe == "modular" and cfg.modules.order == "sequence" and cfg.rounds != len(cfg.skills):
         raise ConfigError(f"rounds: the modular recipe learns one entry of `skills` per round, so rounds must be "
                           f"{len(cfg.skills)} (the length of skills {cfg.skills}), got {cfg.rounds}")
     if cfg.knowledge.people < 1 or cfg.knowledge.documents < 1 or cfg.knowledge.anchors < 0:

@@ -23,6 +23,9 @@ choice must beat). An arm whose last two rounds were both rolled back is benched
 not, and the reason says so. Every decision, its estimates and a one-line reason go to the acquire
 manifest, summary.json (`rounds[].controller`) and the report.
 
+In a modular run (`modules.order: controller`) the controller chooses which module trains instead:
+the skill whose experience the round learns (`choose_module`).
+
 Predict-the-update: before the update, the share of its remaining dev errors that the chosen arm
 fixed on average when it played (`predict`; for an arm not tried yet, the mean over every arm played;
 none before any round: no change) predicts the round's candidate's held-out test accuracy, the
@@ -86,23 +89,50 @@ def choose(cfg: Config, run, rnd: int) -> tuple[str, dict]:
     return arm, {**decision, "predict": round(sum(mine) / len(mine), 4) if mine else None}
 
 
-def _choose(cfg: Config, history: list[dict], rnd: int) -> tuple[str, dict]:
-    arms = cfg.controller.arms
+def _estimates(cfg: Config, arms: list[str], history: list[dict]) -> dict:
+    """Per arm: plays, mean value, UCB (the mean plus `controller.explore` x the largest value seen x
+    sqrt(2 ln(rounds) / plays)), benched (its last two rounds both rolled back), mean relative gain."""
     plays = {a: [h for h in history if h["arm"] == a] for a in arms}
     scale = max((abs(h["value"]) for h in history), default=0.0) or 1.0
-    total = len(history)
     estimates = {}
     for a in arms:
         values = [h["value"] for h in plays[a]]
         mean = sum(values) / len(values) if values else None
-        bonus = cfg.controller.explore * scale * math.sqrt(2 * math.log(max(total, 1)) / len(values)) if values else None
+        bonus = cfg.controller.explore * scale * math.sqrt(2 * math.log(max(len(history), 1)) / len(values)) if values else None
         benched = len(plays[a]) >= 2 and not any(h["promoted"] for h in plays[a][-2:])
         relative = [h["relative"] for h in plays[a]]
         estimates[a] = {"plays": len(values), "mean_value": None if mean is None else round(mean, 5),
                         "ucb": None if mean is None else round(mean + bonus, 5), "benched": benched,
                         "relative_gain": round(sum(relative) / len(relative), 4) if relative else None}
+    return estimates
+
+
+def _drawn(cfg: Config, arms: list[str], rnd: int) -> str:
+    """The arm of `controller.policy: random`: drawn by the round's seed."""
+    return arms[derive_seed(cfg.seed, rnd, "arm") % len(arms)]
+
+
+def _best(arms: list[str], estimates: dict, what: str) -> tuple[str, str]:
+    """The open arm (not benched; all if every arm is) with the highest UCB, and why."""
+    open_arms = [a for a in arms if not estimates[a]["benched"]] or arms
+    arm = max(open_arms, key=lambda a: (estimates[a]["ucb"], -arms.index(a)))
+    e = estimates[arm]
+    reason = (f"{arm}: highest UCB {e['ucb']:.4f} ({what} {e['mean_value']:.4f} per 1k sequences over "
+              f"{e['plays']} round{'s' * (e['plays'] > 1)}, plus exploration)")
+    benched = [a for a in arms if estimates[a]["benched"]]
+    if benched and len(open_arms) < len(arms):
+        reason += f"; benched after two rollbacks in a row: {', '.join(benched)}"
+    elif benched:
+        reason += f"; every arm was rolled back twice in a row ({', '.join(benched)}): chosen among all"
+    return arm, reason
+
+
+def _choose(cfg: Config, history: list[dict], rnd: int) -> tuple[str, dict]:
+    arms = cfg.controller.arms
+    plays = {a: [h for h in history if h["arm"] == a] for a in arms}
+    estimates = _estimates(cfg, arms, history)
     if cfg.controller.policy == "random":
-        arm = arms[derive_seed(cfg.seed, rnd, "arm") % len(arms)]
+        arm = _drawn(cfg, arms, rnd)
         return arm, {"arm": arm, "reason": f"{arm}: drawn at random (controller.policy random, the baseline)",
                      "estimates": estimates}
     last = history[-1] if history else None
@@ -122,14 +152,64 @@ def _choose(cfg: Config, history: list[dict], rnd: int) -> tuple[str, dict]:
                  if cfg.controller.first == "verified" else "in the order listed")
         reason = f"{arm}: not tried yet (each arm is tried once, {order})"
         return arm, {"arm": arm, "reason": reason, "estimates": estimates}
-    open_arms = [a for a in arms if not estimates[a]["benched"]] or arms
-    arm = max(open_arms, key=lambda a: (estimates[a]["ucb"], -arms.index(a)))
-    e = estimates[arm]
-    reason = (f"{arm}: highest UCB {e['ucb']:.4f} (mean dev gain {e['mean_value']:.4f} per 1k sequences over "
-              f"{e['plays']} round{'s' * (e['plays'] > 1)}, plus exploration)")
-    benched = [a for a in arms if estimates[a]["benched"]]
-    if benched and len(open_arms) < len(arms):
-        reason += f"; benched after two rollbacks in a row: {', '.join(benched)}"
-    elif benched:
-        reason += f"; every arm was rolled back twice in a row ({', '.join(benched)}): chosen among all"
+    arm, reason = _best(arms, estimates, "mean dev gain")
     return arm, {"arm": arm, "reason": reason, "estimates": estimates}
+
+
+def skill_accuracy(dev: dict) -> dict[str, float]:
+    """Mean dev accuracy over difficulties, per skill (an eval manifest's `dev`)."""
+    return {s: sum(a.values()) / len(a) for s, a in dev.items()}
+
+
+def module_rounds(cfg: Config, run, before: int) -> list[dict]:
+    """Every finished round before `before` of a modular run whose skill the controller chose: the
+    skill (its arm), the change of that skill's dev accuracy from the model the round started from,
+    the share of its dev errors fixed (`relative`), the sequences trained on (thousands), promotion."""
+    out, cost = [], cfg.update.steps * cfg.update.batch_size / 1000
+    for rnd in range(1, before):
+        acquired, gate = run.done(rnd, "acquire"), run.done(rnd, "gate")
+        if not (acquired and gate and acquired.get("controller")):
+            continue
+        skill, start = acquired["skill"], State.read(run.done(rnd - 1, "gate")).round
+        old, new = (skill_accuracy(run.done(r, "eval")["dev"])[skill] for r in (start, rnd))
+        out.append({"round": rnd, "arm": skill, "gain": round(new - old, 4), "cost": cost,
+                    "relative": (new - old) / (1 - old) if old < 1 else 0.0, "promoted": gate["promoted"]})
+    return out
+
+
+def choose_module(cfg: Config, run, rnd: int) -> dict:
+    """Which skill's experience round `rnd` of a modular run learns (`modules.order: controller`), and so
+    which module trains, as stored: arm (the skill), reason, estimates per skill, and the kept model's
+    dev accuracy per skill (`dev`).
+
+    A skill's value is the dev gain a round on it is expected to bring now: the share of its dev errors
+    its rounds fixed on average, times the share it still gets wrong, over the number of skills (the
+    change of the mean), per 1,000 sequences trained on. Skills never learned go first, in the order
+    of `skills`; then, among the skills with dev errors left, the highest UCB on that value, with the
+    semisup controller's exploration bonus and bench. Win-stay is not used: the expected gain already
+    falls as a skill is learned. Baselines: `controller.policy: random` draws the skill by the round's
+    seed; `weakest` takes the skill with the lowest dev accuracy."""
+    skills = list(dict.fromkeys(cfg.skills))
+    now = skill_accuracy(run.done(State.read(run.done(rnd - 1, "gate")).round, "eval")["dev"])
+    history = module_rounds(cfg, run, rnd)
+    for h in history:
+        h["value"] = h["relative"] * (1 - now[h["arm"]]) / len(skills) / h["cost"]
+    estimates = _estimates(cfg, skills, history)
+    untried = [s for s in skills if not estimates[s]["plays"]]
+    if cfg.controller.policy == "random":
+        arm = _drawn(cfg, skills, rnd)
+        reason = f"{arm}: drawn at random (controller.policy random, the baseline)"
+    elif cfg.controller.policy == "weakest":
+        arm = min(skills, key=lambda s: (now[s], skills.index(s)))
+        reason = f"{arm}: the lowest dev accuracy, {now[arm]:.4f} (controller.policy weakest, a baseline)"
+    elif untried:
+        arm = untried[0]
+        reason = f"{arm}: not learned yet (each skill is learned once first, in the order of skills)"
+    else:
+        solved = [s for s in skills if now[s] == 1]
+        arm, reason = _best([s for s in skills if s not in solved] or skills, estimates,
+                            "expected dev gain: the share of its dev errors its rounds fixed x the share left, over "
+                            "the skills,")
+        if solved and len(solved) < len(skills):
+            reason += f"; no dev errors left: {', '.join(solved)}"
+    return {"arm": arm, "reason": reason, "estimates": estimates, "dev": {s: round(a, 4) for s, a in now.items()}}

@@ -1,17 +1,19 @@
 """One module per skill behind a router: routing, the forgetting metrics, the recipe end to end on
-the shipped modular base, and using the evolved model (generate, export); its kill-and-resume: test_models."""
+the shipped modular base, and using the evolved model (generate, export); which module trains, chosen
+by the controller; its kill-and-resume: test_models."""
 import json
+import signal
 
 import pytest
 import torch
 
-from evolvelm import config
+from evolvelm import config, controller
 from evolvelm.config import ConfigError
 from evolvelm.store.run import Run
 from evolvelm.store.summary import forgetting
 from evolvelm.tasks import get_task
 from evolvelm.update.modules import Router, char_features
-from test_resume import evolvelm
+from test_resume import evolvelm, outcome
 
 SMALL = ["skills=[reverse, shift, reverse]", "rounds=3", "eval.max_difficulty=2", "eval.problems=30",
          "eval.dev_problems=20", "modules.examples=400", "update.steps=150"]
@@ -52,11 +54,82 @@ def test_forgetting_metrics_follow_gem():
     assert f["fwt"] == pytest.approx(0.3 - 0.2)  # q before it was trained vs the base
 
 
+def test_forgetting_counts_a_skill_never_learned_in_the_mean_only():
+    acc = lambda *xs: {s: {1: x} for s, x in zip(["p", "q"], xs)}
+    f = forgetting([{"promoted": True, "accuracy": acc(0.1, 0.2)}, {"promoted": True, "accuracy": acc(0.9, 0.3)},
+                    {"promoted": True, "accuracy": acc(0.8, 0.3)}], ["p", "p"], ["p", "q"])
+    assert f["skills"] == ["p", "q"] and f["acc"] == pytest.approx(0.8) and f["mean"] == pytest.approx(0.55)
+    assert f["bwt"] == pytest.approx(0.8 - 0.9) and f["fwt"] is None
+
+
 def test_modular_recipe_needs_one_round_per_skill():
     with pytest.raises(ConfigError, match="rounds must be 3"):
         config.load("modular-skills", ["skills=[reverse, shift, copy]", "rounds=2"])
     with pytest.raises(ConfigError, match="modules.method"):
         config.load("modular-skills", ["modules.method=mixture"])
+    # unless the controller chooses each round's skill: then any number of rounds, and only this recipe
+    assert config.load("modular-skills", ["skills=[reverse, shift]", "rounds=5", "modules.order=controller"]).rounds == 5
+    with pytest.raises(ConfigError, match="modules.order"):
+        config.load("lmsi", ["modules.order=controller"])
+
+
+class Modules:
+    """A modular run's manifest as the controller reads it: rounds of (skill, dev accuracy per skill after
+    the round, promoted), from a base with dev accuracy `base`."""
+
+    def __init__(self, base, rounds):
+        self.info = {(0, "gate"): {"model": "m", "round": 0, "promoted": True},
+                     (0, "eval"): {"dev": {s: {"1": a} for s, a in base.items()}}}
+        kept = 0
+        for rnd, (skill, dev, promoted) in enumerate(rounds, 1):
+            self.info[(rnd, "acquire")] = {"skill": skill, "controller": {"arm": skill}}
+            self.info[(rnd, "eval")] = {"dev": {s: {"1": a} for s, a in dev.items()}}
+            kept = rnd if promoted else kept
+            self.info[(rnd, "gate")] = {"model": "m", "round": kept, "promoted": promoted}
+
+    def done(self, rnd, stage):
+        return self.info.get((rnd, stage))
+
+
+def test_the_controller_learns_each_skill_once_then_where_the_expected_gain_is_highest():
+    cfg = config.load("modular-skills", ["skills=[reverse, shift, copy]", "rounds=9", "modules.order=controller",
+                                         "controller.policy=ucb", "controller.explore=0", "update.steps=10",
+                                         "update.batch_size=100"])
+    base = {"reverse": 0.2, "shift": 0.0, "copy": 0.5}
+    d = controller.choose_module(cfg, Modules(base, []), 1)
+    assert d["arm"] == "reverse" and d["reason"].startswith("reverse: not learned yet") and d["dev"] == base
+    history = [("reverse", {**base, "reverse": 0.6}, True), ("shift", {**base, "reverse": 0.6, "shift": 0.1}, True)]
+    assert controller.choose_module(cfg, Modules(base, history), 3)["arm"] == "copy"
+    # each skill learned once: reverse fixed half its errors (0.4 of 0.8) and has 0.4 left, shift 0.1 of its
+    # errors with 0.9 left, copy all of them; expected gains over 3 skills per 1k sequences trained on
+    history.append(("copy", {"reverse": 0.6, "shift": 0.1, "copy": 1.0}, True))
+    d = controller.choose_module(cfg, Modules(base, history), 4)
+    e = d["estimates"]
+    assert e["reverse"]["mean_value"] == pytest.approx(0.5 * 0.4 / 3, abs=1e-4)
+    assert e["shift"]["mean_value"] == pytest.approx(0.1 * 0.9 / 3, abs=1e-4)
+    assert d["arm"] == "reverse" and "highest UCB" in d["reason"] and "no dev errors left: copy" in d["reason"]
+    # a round on reverse that lost a quarter of its errors' worth (0.6 -> 0.5), rolled back: its mean falls below shift's
+    history.append(("reverse", {"reverse": 0.5, "shift": 0.1, "copy": 1.0}, False))
+    assert controller.choose_module(cfg, Modules(base, history), 5)["arm"] == "shift"
+    # a solved skill is not chosen while another has dev errors left, even where those lost (its value is 0)
+    worse = {"reverse": 0.1, "shift": 0.2, "copy": 1.0}
+    solved = [("copy", {**base, "shift": 0.3, "copy": 1.0}, True), ("reverse", {**worse, "shift": 0.3}, True),
+              ("shift", worse, True)]
+    d = controller.choose_module(cfg, Modules({**base, "shift": 0.3}, solved), 4)
+    assert d["estimates"]["copy"]["mean_value"] == 0 > max(d["estimates"][s]["mean_value"] for s in ("reverse", "shift"))
+    assert d["arm"] == "reverse" and "no dev errors left: copy" in d["reason"]
+    random = config.load("modular-skills", ["skills=[reverse, shift, copy]", "rounds=9", "modules.order=controller",
+                                            "controller.policy=random"])
+    run = Modules(base, [("reverse", base, True)] * 11)
+    picks = [controller.choose_module(random, run, rnd) for rnd in range(1, 13)]
+    assert {d["arm"] for d in picks} == {"reverse", "shift", "copy"} and all("drawn at random" in d["reason"] for d in picks)
+    assert picks == [controller.choose_module(random, run, rnd) for rnd in range(1, 13)]
+    weakest = config.load("modular-skills", ["skills=[reverse, shift, copy]", "rounds=9", "modules.order=controller",
+                                             "controller.policy=weakest"])
+    d = controller.choose_module(weakest, Modules(base, history), 5)
+    assert d["arm"] == "shift" and "lowest dev accuracy, 0.1000" in d["reason"]
+    with pytest.raises(ConfigError, match="weakest"):
+        config.load("lmsi", ["controller.policy=weakest"])
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +190,33 @@ def test_shared_adapter_baseline_forgets(tmp_path):
     state = Run.open(tmp_path / "run").done(2, "gate")
     assert state["modules"] == {} and state["adapter"].endswith("0002/update/model")
     assert summary["forgetting"]["bwt"] < -0.5  # one adapter trained on shift loses reverse
+
+
+CHOSEN = ["skills=[reverse, shift]", "rounds=3", "modules.order=controller", "controller.policy=ucb", *SMALL[3:]]
+
+
+def test_the_controller_chooses_which_module_trains_and_says_why(tmp_path):
+    run_dir = tmp_path / "run"
+    out = evolvelm("run", "modular-skills", *CHOSEN, "--run-dir", str(run_dir), timeout=600)
+    assert out.returncode == 0, out.stderr
+    run = Run.open(run_dir)
+    decisions = [run.done(r, "acquire")["controller"] for r in (1, 2, 3)]
+    assert [d["arm"] for d in decisions[:2]] == ["reverse", "shift"]  # each skill once, in order
+    assert "highest UCB" in decisions[2]["reason"] and decisions[2]["estimates"]["reverse"]["plays"] == 1
+    third = decisions[2]["arm"]
+    assert run.done(3, "acquire")["skill"] == third  # the round's experience is of the chosen skill...
+    assert {r["skill"] for r in run.query("SELECT DISTINCT skill FROM samples WHERE round=3")} == {third}
+    assert (run.done(3, "refine")["module"], run.done(3, "refine")["opened"]) == (third, False)  # ...and trains its module
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [r["controller"]["arm"] for r in summary["rounds"][1:]] == [d["arm"] for d in decisions]
+    f = summary["forgetting"]
+    assert f["skills"] == ["reverse", "shift"] and f["mean"] == pytest.approx(sum(f["matrix"][-1]) / 2, abs=1e-4)
+    assert evolvelm("report", str(run_dir)).returncode == 0
+    page = (run_dir / "report.html").read_text()
+    assert "Skill per round" in page and decisions[2]["reason"].split(" (")[0] in page
+    killed = tmp_path / "killed"  # killed and resumed: the same decisions, samples and verdicts
+    out = evolvelm("run", "modular-skills", *CHOSEN, "--run-dir", str(killed),
+                   env={"EVOLVELM_KILL_AT": "3:update:before-manifest"}, timeout=600)
+    assert out.returncode == -signal.SIGKILL
+    assert evolvelm("resume", str(killed), timeout=600).returncode == 0
+    assert outcome(killed) == outcome(run_dir)

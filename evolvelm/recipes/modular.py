@@ -3,9 +3,12 @@
     evolvelm run modular-skills
 
 `skills` is the sequence: round r receives `modules.examples` labelled problems of skills[r-1]
-(the experience that arrives; drawn away from every held-out split). Round 0 evaluates the base
-model. Every later round runs, in order:
-    acquire  the round's experience, stored as samples with its provenance ("labelled" data)
+(the experience that arrives; drawn away from every held-out split). With `modules.order:
+controller`, `skills` is a set and `rounds` any number: each round the controller chooses the skill
+whose experience arrives, and so the module that trains (evolvelm.controller.choose_module). Round 0
+evaluates the base model. Every later round runs, in order:
+    acquire  the round's experience, stored as samples with its provenance ("labelled" data), and the
+             controller's decision with its reason
     refine   the router decides where it belongs: the module most of its inputs route to, or, when
              most inputs fit no module, a new module named after the skill; one verdict per sample
     update   modular: train only that module (continued, or fresh from the frozen base), then refit
@@ -30,7 +33,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from evolvelm import sandbox
+from evolvelm import controller, sandbox
 from evolvelm.acquire.sampling import derive_seed, draw_problems
 from evolvelm.backends.hf import HFBackend
 from evolvelm.config import Config
@@ -67,22 +70,30 @@ def model_for(cfg: Config, run: Run, state: State):
 
 
 def acquire(cfg: Config, run: Run, rnd: int, held: dict) -> None:
-    """The round's experience: labelled problems of its skill, spread over the difficulties it has (a
-    skill from data may have fewer than eval.max_difficulty, or none: all at difficulty 1)."""
-    t0, skill = time.time(), cfg.skills[rnd - 1]
+    """The round's experience: labelled problems of its skill (skills[rnd-1], or the controller's choice
+    with its decision), spread over the difficulties it has (a skill from data may have fewer than
+    eval.max_difficulty, or none: all at difficulty 1)."""
+    t0 = time.time()
+    decision = controller.choose_module(cfg, run, rnd) if cfg.modules.order == "controller" else None
+    skill = decision["arm"] if decision else cfg.skills[rnd - 1]
     fmt = prompt_format(cfg, resolve(cfg.model.path, run))  # stored: how training will render each prompt
     levels = [d for d in range(1, cfg.eval.max_difficulty + 1) if get_task(skill).space(d)]
     samples = [Sample(rnd, skill, p.difficulty, p.prompt, p.answer, "labelled", 0, 0, 0.0, 0.0, p.answer,
                       rendered=fmt.render(p.prompt))
                for d in levels
                for p in draw_problems(skill, d, max(1, cfg.modules.examples // len(levels)), cfg.seed, rnd, held[skill][d])]
-    run.commit(rnd, "acquire", {"skill": skill, "acquired": len(samples), "seconds": round(time.time() - t0, 2)},
-               samples=samples)
+    run.commit(rnd, "acquire", {"skill": skill, "acquired": len(samples), "seconds": round(time.time() - t0, 2),
+                                **({"controller": decision} if decision else {})}, samples=samples)
+
+
+def skill_of(run: Run, rnd: int) -> str:
+    """The skill round `rnd` learned (as its acquisition stored it)."""
+    return run.done(rnd, "acquire")["skill"]
 
 
 def refine(cfg: Config, run: Run, rnd: int, state: State) -> None:
     """Route the round's experience: the module it updates, or a new one when it fits none."""
-    t0, skill = time.time(), cfg.skills[rnd - 1]
+    t0, skill = time.time(), skill_of(run, rnd)
     samples = run.samples(rnd)
     routes = [None] * len(samples)
     if cfg.modules.method == "modular" and state.router:
@@ -139,7 +150,7 @@ def _train(cfg: Config, run: Run, model_ref: str, adapter_ref: str | None, metho
                                  seed=seed, warmup=u.warmup, desc=f"update round {rnd}", quiet=quiet)
     out.mkdir(parents=True)
     sft.save(model, base_dir, out, card={"round": rnd, "method": method, "base": model_ref, "parent": adapter_ref,
-                                         "skill": cfg.skills[rnd - 1], "examples": len(examples),
+                                         "skill": skill_of(run, rnd), "examples": len(examples),
                                          "loss_first": losses[0], "loss_last": losses[-1]})
     return losses
 
@@ -178,7 +189,7 @@ def evaluate(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> dict
             "calibration": cal, "model_version": answerer.version, **sandbox.info(skills)}
     if isinstance(model, ModularModel):
         learned = run.promoted_rounds(rnd) + ([rnd] if rnd else [])  # the rounds this state was trained on
-        owner = {cfg.skills[r - 1]: run.done(r, "refine")["module"] for r in learned}
+        owner = {skill_of(run, r): run.done(r, "refine")["module"] for r in learned}
         info["router"] = router_accuracy(model, skills, owner, e)
     answerer.close()
     run.commit(rnd, "eval", {**info, "seconds": round(time.time() - t0, 2)}, evals=rows)
@@ -230,6 +241,6 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
             where = f"{'opened' if refined['opened'] else 'updated'} module {refined['module']}" \
                 if cfg.modules.method == "modular" else cfg.modules.method
             mean = {s: round(sum(a.values()) / len(a), 3) for s, a in r["accuracy"].items()}
-            tqdm.write(f"round {rnd} ({cfg.skills[rnd - 1]}, {where}): {'promoted' if r['promoted'] else 'ROLLED BACK'}  "
+            tqdm.write(f"round {rnd} ({skill_of(run, rnd)}, {where}): {'promoted' if r['promoted'] else 'ROLLED BACK'}  "
                        f"accuracy {mean}  ({r['reason']})")
     return json.loads((run.root / "summary.json").read_text())

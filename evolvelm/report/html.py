@@ -62,7 +62,7 @@ def plots(summary: dict) -> list[tuple[str, str]]:
             for j, v in enumerate(row):
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8)
         ax.set_xticks(range(len(f["skills"])), f["skills"])
-        ax.set_yticks(range(len(f["matrix"])), ["base"] + [f"after {s}" for s in summary["skills"]][:len(f["matrix"]) - 1])
+        ax.set_yticks(range(len(f["matrix"])), ["base"] + [f"after {s}" for s in f.get("sequence", summary["skills"])][:len(f["matrix"]) - 1])
         ax.set(title=f"Forgetting matrix: ACC {f['acc']}, BWT {f['bwt']}, FWT {f['fwt']}", xlabel="evaluated skill")
         out.append(("Accuracy on every skill after every round", _png(fig)))
         plt.close(fig)
@@ -209,9 +209,14 @@ def _tables(summary: dict) -> str:
     if chosen:
         rows = [[r["round"], r["controller"]["arm"], "yes" if r["promoted"] else "ROLLED BACK", r["controller"]["reason"]]
                 for r in chosen]
-        out += ("<h2>Strategy per round</h2><p>The controller's choice among <code>controller.arms</code>, by "
-                "measured dev gain per 1,000 sequences processed (win-stay over UCB1 by default), and why.</p>"
-                + _html_table(["round", "strategy", "promoted", "why"], rows))
+        if "forgetting" in summary:  # modular: modules.order controller
+            out += ("<h2>Skill per round</h2><p>The controller's choice of the skill each round learns, and so of the "
+                    "module that trains (<code>modules.order: controller</code>), by expected dev gain per 1,000 "
+                    "sequences trained on, and why.</p>" + _html_table(["round", "skill", "promoted", "why"], rows))
+        else:
+            out += ("<h2>Strategy per round</h2><p>The controller's choice among <code>controller.arms</code>, by "
+                    "measured dev gain per 1,000 sequences processed (win-stay over UCB1 by default), and why.</p>"
+                    + _html_table(["round", "strategy", "promoted", "why"], rows))
     prediction = summary.get("semisup", {}).get("prediction")
     if prediction:
         names = {"controller": "controller", "self": "model", "self_change": "model's change",

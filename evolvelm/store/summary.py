@@ -37,7 +37,11 @@ def summarize(run: Run, cfg: Config) -> dict:
             **({"judge": judge_line(refine["judge"])} if refine.get("judge") else {}),
         })
     promoted = [r for r in rounds if r["promoted"]]
-    extra = {"forgetting": forgetting(rounds, cfg.skills)} if cfg.recipe == "modular" and rounds else {}
+    if cfg.recipe == "modular" and rounds:  # the skills in the order the rounds learned them (modules.order)
+        extra = {"forgetting": forgetting(rounds, [run.done(r["round"], "acquire")["skill"] for r in rounds[1:]],
+                                          cfg.skills)}
+    else:
+        extra = {}
     if cfg.recipe == "knowledge":
         name = corpus(cfg)
         other = [s for s in cfg.skills if s != name] + ([] if name else ["population"])
@@ -65,17 +69,19 @@ def judge_line(judging: dict) -> dict:
             "reason": judging["reason"], "adversarial": a["adversarial"], "all": a["all"]}
 
 
-def forgetting(rounds: list[dict], sequence: list[str]) -> dict:
-    """GEM's forgetting matrix and metrics over a skill sequence (round r learns sequence[r-1]).
+def forgetting(rounds: list[dict], sequence: list[str], skills: list[str] | None = None) -> dict:
+    """GEM's forgetting matrix and metrics over a skill sequence (round r learns sequence[r-1]), on
+    `skills` (default: those of the sequence; a skill never learned counts in `mean` only).
 
     matrix[i][j]: mean test accuracy over difficulties on skill j of the model kept after round i
     (a rolled-back round keeps the previous row; row 0 is the base model). With T skills, learned
     first in round t_j: ACC = mean_j matrix[last][j]; BWT = mean over skills learned before the last
     round of matrix[last][j] - matrix[t_j][j]; FWT = mean over skills after the first of
     matrix[t_j - 1][j] - matrix[0][j] (accuracy before training on j, against the base model).
+    mean: mean over every skill of matrix[last][j], learned or not. sequence: as given.
     """
-    skills = list(dict.fromkeys(sequence))
-    first = {s: sequence.index(s) + 1 for s in skills}
+    skills = list(dict.fromkeys(skills or sequence))
+    first = {s: sequence.index(s) + 1 for s in skills if s in sequence}
     matrix: list[list[float]] = []
     for r in rounds:
         if r["promoted"] or not matrix:
@@ -84,8 +90,8 @@ def forgetting(rounds: list[dict], sequence: list[str]) -> dict:
             matrix.append(matrix[-1])
     last = len(matrix) - 1
     mean = lambda xs: round(sum(xs) / len(xs), 4) if xs else None
-    learned = [j for j, s in enumerate(skills) if first[s] <= last]
-    return {"skills": skills, "matrix": matrix,
+    learned = [j for j, s in enumerate(skills) if first.get(s, last + 1) <= last]
+    return {"skills": skills, "sequence": sequence, "matrix": matrix, "mean": mean(matrix[last]),
             "acc": mean([matrix[last][j] for j in learned]),
             "bwt": mean([matrix[last][j] - matrix[first[skills[j]]][j] for j in learned if first[skills[j]] < last]),
             "fwt": mean([matrix[first[skills[j]] - 1][j] - matrix[0][j] for j in learned if first[skills[j]] > 1])}

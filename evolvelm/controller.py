@@ -207,9 +207,7 @@ def choose_module(cfg: Config, run, rnd: int) -> dict:
         reason = f"{arm}: not learned yet (each skill is learned once first, in the order of skills)"
     else:
         solved = [s for s in skills if now[s] == 1]
-        arm, reason = _best([s for s in skills if s not in solved] or skills, estimates,
-                            "expected dev gain: the share of its dev errors its rounds fixed x the share left, over "
-                            "the skills,")
+        arm, reason = _best([s for s in skills if s not in solved] or skills, estimates, "expected dev gain")
         if solved and len(solved) < len(skills):
             reason += f"; no dev errors left: {', '.join(solved)}"
     return {"arm": arm, "reason": reason, "estimates": estimates, "dev": {s: round(a, 4) for s, a in now.items()}}

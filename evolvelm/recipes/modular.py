@@ -237,7 +237,9 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
             run.commit(rnd, "gate", {**(candidate if ok else state).info(), "promoted": ok, "reason": reason, "decision": "", "seconds": 0.0})
         summary = write_summary(run, cfg)
         if not quiet:
-            r, refined = summary["rounds"][-1], run.done(rnd, "refine")
+            r, refined, decision = summary["rounds"][-1], run.done(rnd, "refine"), run.done(rnd, "acquire").get("controller")
+            if decision:
+                tqdm.write(f"round {rnd} chose {decision['reason']}")
             where = f"{'opened' if refined['opened'] else 'updated'} module {refined['module']}" \
                 if cfg.modules.method == "modular" else cfg.modules.method
             mean = {s: round(sum(a.values()) / len(a), 3) for s, a in r["accuracy"].items()}

@@ -100,7 +100,7 @@ def run_modules(r: Run) -> list[str]:
 
 
 def choose(args, workdir: Path) -> dict:
-    """Which module trains each round: the controller against the fixed order and a random skill."""
+    """Which module trains each round: the controller against the fixed order and the baselines."""
     finals: dict[str, list[float]] = {}
     out: dict = {"rounds": args.rounds, "steps": args.steps, "seeds": args.seeds, "runs": {}}
     print(f"{'ordering':10s} {'seed':>4s} {'final':>7s}  {'skills chosen':{9 * args.rounds}s} {'wall s':>7s}")
@@ -115,7 +115,8 @@ def choose(args, workdir: Path) -> dict:
             out["runs"][f"{name}:{seed}"] = {"final": final, "chosen": chosen, "summary": summary}
             print(f"{name:10s} {seed:4d} {final:7.4f}  {' '.join(chosen):{9 * args.rounds}s} "
                   f"{summary['bench_seconds']:7.1f}", flush=True)
-    print(f"\n{'ordering':10s} {'mean':>7s} {'SE':>7s}   final mean test accuracy over the four skills, {len(args.seeds)} seeds")
+    print(f"\n{'ordering':10s} {'mean':>7s} {'SE':>7s}   final mean test accuracy over the four skills, "
+          f"{len(args.seeds)} seeds")
     for name, xs in finals.items():
         print(f"{name:10s} {mean_se(xs)[0]:7.4f} {mean_se(xs)[1]:7.4f}")
     for other in [n for n in finals if n != "controller"] if "controller" in finals else []:
@@ -132,7 +133,7 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     ap.add_argument("--out", type=Path, help="write every summary and the tables as JSON")
     ap.add_argument("--choose", action="store_true", help="which module trains: the controller against the "
-                                                          "fixed order and a random skill (see above)")
+                                                          "fixed order and the baselines (see above)")
     ap.add_argument("--orderings", nargs="+", default=list(ORDERINGS), choices=list(ORDERINGS))
     ap.add_argument("--rounds", type=int, default=8, help="--choose: rounds per run")
     ap.add_argument("--steps", type=int, default=60, help="--choose: update.steps per round")

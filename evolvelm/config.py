@@ -137,7 +137,7 @@ class ModulesConfig:
                                      # evenly over difficulties 1..eval.max_difficulty
     order: str = "sequence"          # sequence: round r learns skills[r-1] | controller: each round the controller
                                      # chooses the skill, so the module that trains, by expected dev gain
-                                     # (evolvelm.controller.choose_module; controller.policy random: the baseline)
+                                     # (evolvelm.controller.choose_module; baselines: controller.policy)
 
 
 @dataclass
@@ -252,7 +252,8 @@ CHOICES = {"model.backend": sorted(BACKENDS), "model.dtype": ["auto", "float32",
            "model.chat": ["auto", "on", "off"], "update.method": ["full", "lora"], "recipe": ["ladder", "modular", "knowledge", "semisup"],
            "semisup.method": ["lmsi", "star", "rest-em", "semievol", "pairs", "memory", "labeled"],
            "knowledge.method": ["distill", "sft-qa", "sft-doc", "icl", "retrieval"],
-           "modules.method": ["modular", "shared", "replay", "full"], "modules.order": ["sequence", "controller"], "modules.router": ["hidden", "chars"],
+           "modules.method": ["modular", "shared", "replay", "full"], "modules.router": ["hidden", "chars"],
+           "modules.order": ["sequence", "controller"],
            "acquire.schedule": ["fixed", "adaptive"], "judge.backend": ["hf", "openai"],
            "judge.method": ["generate", "logprobs"], "judge.mode": ["score", "samples", "reference"]}
 
@@ -406,8 +407,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"controller.policy: ucb, stay or random (weakest: modules.order controller only), got "
                           f"{cfg.controller.policy!r}")
     if cfg.controller.policy == "weakest" and cfg.modules.order != "controller":
-        raise ConfigError("controller.policy: weakest (the skill with the lowest dev accuracy) chooses modules; it needs "
-                          "recipe modular with modules.order controller")
+        raise ConfigError("controller.policy: weakest (the skill with the lowest dev accuracy) chooses modules; "
+                          "it needs recipe modular with modules.order controller")
     if cfg.controller.first not in ("verified", "listed"):
         raise ConfigError(f"controller.first: verified or listed, got {cfg.controller.first!r}")
     if cfg.modules.order == "controller" and cfg.recipe != "modular":

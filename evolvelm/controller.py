@@ -98,7 +98,8 @@ def _estimates(cfg: Config, arms: list[str], history: list[dict]) -> dict:
     for a in arms:
         values = [h["value"] for h in plays[a]]
         mean = sum(values) / len(values) if values else None
-        bonus = cfg.controller.explore * scale * math.sqrt(2 * math.log(max(len(history), 1)) / len(values)) if values else None
+        bonus = (cfg.controller.explore * scale * math.sqrt(2 * math.log(max(len(history), 1)) / len(values))
+                 if values else None)
         benched = len(plays[a]) >= 2 and not any(h["promoted"] for h in plays[a][-2:])
         relative = [h["relative"] for h in plays[a]]
         estimates[a] = {"plays": len(values), "mean_value": None if mean is None else round(mean, 5),

@@ -122,7 +122,8 @@ def test_the_controller_learns_each_skill_once_then_where_the_expected_gain_is_h
                                             "controller.policy=random"])
     run = Modules(base, [("reverse", base, True)] * 11)
     picks = [controller.choose_module(random, run, rnd) for rnd in range(1, 13)]
-    assert {d["arm"] for d in picks} == {"reverse", "shift", "copy"} and all("drawn at random" in d["reason"] for d in picks)
+    assert {d["arm"] for d in picks} == {"reverse", "shift", "copy"}
+    assert all("drawn at random" in d["reason"] for d in picks)
     assert picks == [controller.choose_module(random, run, rnd) for rnd in range(1, 13)]
     weakest = config.load("modular-skills", ["skills=[reverse, shift, copy]", "rounds=9", "modules.order=controller",
                                              "controller.policy=weakest"])
@@ -206,7 +207,8 @@ def test_the_controller_chooses_which_module_trains_and_says_why(tmp_path):
     third = decisions[2]["arm"]
     assert run.done(3, "acquire")["skill"] == third  # the round's experience is of the chosen skill...
     assert {r["skill"] for r in run.query("SELECT DISTINCT skill FROM samples WHERE round=3")} == {third}
-    assert (run.done(3, "refine")["module"], run.done(3, "refine")["opened"]) == (third, False)  # ...and trains its module
+    refined = run.done(3, "refine")
+    assert (refined["module"], refined["opened"]) == (third, False)  # ...and trains its module
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [r["controller"]["arm"] for r in summary["rounds"][1:]] == [d["arm"] for d in decisions]
     f = summary["forgetting"]

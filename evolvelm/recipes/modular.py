@@ -237,7 +237,8 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
             run.commit(rnd, "gate", {**(candidate if ok else state).info(), "promoted": ok, "reason": reason, "decision": "", "seconds": 0.0})
         summary = write_summary(run, cfg)
         if not quiet:
-            r, refined, decision = summary["rounds"][-1], run.done(rnd, "refine"), run.done(rnd, "acquire").get("controller")
+            r, refined = summary["rounds"][-1], run.done(rnd, "refine")
+            decision = run.done(rnd, "acquire").get("controller")
             if decision:
                 tqdm.write(f"round {rnd} chose {decision['reason']}")
             where = f"{'opened' if refined['opened'] else 'updated'} module {refined['module']}" \

@@ -62,7 +62,8 @@ def plots(summary: dict) -> list[tuple[str, str]]:
             for j, v in enumerate(row):
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8)
         ax.set_xticks(range(len(f["skills"])), f["skills"])
-        ax.set_yticks(range(len(f["matrix"])), ["base"] + [f"after {s}" for s in f.get("sequence", summary["skills"])][:len(f["matrix"]) - 1])
+        learned = f.get("sequence", summary["skills"])  # the skill each round learned
+        ax.set_yticks(range(len(f["matrix"])), ["base"] + [f"after {s}" for s in learned][:len(f["matrix"]) - 1])
         ax.set(title=f"Forgetting matrix: ACC {f['acc']}, BWT {f['bwt']}, FWT {f['fwt']}", xlabel="evaluated skill")
         out.append(("Accuracy on every skill after every round", _png(fig)))
         plt.close(fig)

@@ -193,7 +193,8 @@ def test_shared_adapter_baseline_forgets(tmp_path):
     assert summary["forgetting"]["bwt"] < -0.5  # one adapter trained on shift loses reverse
 
 
-CHOSEN = ["skills=[reverse, shift]", "rounds=3", "modules.order=controller", "controller.policy=ucb", *SMALL[3:]]
+CHOSEN = ["skills=[reverse, shift]", "rounds=3", "modules.order=controller", "controller.policy=ucb", *SMALL[2:5],
+          "modules.examples=200", "update.steps=40"]
 
 
 def test_the_controller_chooses_which_module_trains_and_says_why(tmp_path):

@@ -130,7 +130,6 @@ def _best(arms: list[str], estimates: dict, what: str) -> tuple[str, str]:
 
 def _choose(cfg: Config, history: list[dict], rnd: int) -> tuple[str, dict]:
     arms = cfg.controller.arms
-    plays = {a: [h for h in history if h["arm"] == a] for a in arms}
     estimates = _estimates(cfg, arms, history)
     if cfg.controller.policy == "random":
         arm = _drawn(cfg, arms, rnd)
@@ -144,7 +143,7 @@ def _choose(cfg: Config, history: list[dict], rnd: int) -> tuple[str, dict]:
         reason = (f"{arm}: its last round gained {last['gain']:+.4f} on dev ({gate}; win-stay: an arm plays "
                   f"again while its rounds gain)")
         return arm, {"arm": arm, "reason": reason, "estimates": estimates}
-    untried = [a for a in arms if not plays[a]]
+    untried = [a for a in arms if not estimates[a]["plays"]]
     if cfg.controller.first == "verified":
         untried.sort(key=lambda a: a not in VERIFIED)  # stable: the order listed within each group
     if untried:
@@ -157,9 +156,9 @@ def _choose(cfg: Config, history: list[dict], rnd: int) -> tuple[str, dict]:
     return arm, {"arm": arm, "reason": reason, "estimates": estimates}
 
 
-def skill_accuracy(dev: dict) -> dict[str, float]:
-    """Mean dev accuracy over difficulties, per skill (an eval manifest's `dev`)."""
-    return {s: sum(a.values()) / len(a) for s, a in dev.items()}
+def skill_accuracy(acc: dict) -> dict[str, float]:
+    """Mean accuracy over difficulties, per skill (an eval manifest's `dev`, a summary round's `accuracy`)."""
+    return {s: sum(a.values()) / len(a) for s, a in acc.items()}
 
 
 def module_rounds(cfg: Config, run, before: int) -> list[dict]:

@@ -243,7 +243,7 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
                 tqdm.write(f"round {rnd} chose {decision['reason']}")
             where = f"{'opened' if refined['opened'] else 'updated'} module {refined['module']}" \
                 if cfg.modules.method == "modular" else cfg.modules.method
-            mean = {s: round(sum(a.values()) / len(a), 3) for s, a in r["accuracy"].items()}
+            mean = {s: round(a, 3) for s, a in controller.skill_accuracy(r["accuracy"]).items()}
             tqdm.write(f"round {rnd} ({skill_of(run, rnd)}, {where}): {'promoted' if r['promoted'] else 'ROLLED BACK'}  "
                        f"accuracy {mean}  ({r['reason']})")
     return json.loads((run.root / "summary.json").read_text())

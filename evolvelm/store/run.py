@@ -49,9 +49,10 @@ STAGES = ["acquire", "refine", "update", "eval", "gate"]
 
 
 def _failpoint(name: str) -> None:
-    """Crash-test hook: SIGKILL this process at `name` when EVOLVELM_KILL_AT equals it (tests only)."""
+    """Crash-test hook: SIGKILL this process at `name` when EVOLVELM_KILL_AT equals it, or send it the signal
+    EVOLVELM_KILL_SIGNAL names (SIGINT: a Ctrl-C at that moment) (tests only)."""
     if os.environ.get("EVOLVELM_KILL_AT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, os.environ.get("EVOLVELM_KILL_SIGNAL", "SIGKILL")))
 
 
 class CorruptRun(ConfigError):

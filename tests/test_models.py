@@ -84,7 +84,7 @@ def test_chat_generation_scoring_and_seeds_agree(chat_model):
     assert all(v < 0 for x in scored for v in x)
 
 
-def test_generation_batches_on_a_gpu_hold_what_fits_in_its_free_memory(chat_model, monkeypatch):
+def test_generation_batches_hold_what_fits_in_a_gpus_free_memory_or_half_the_machines(chat_model, monkeypatch):
     import torch
 
     from evolvelm.backends import hf
@@ -93,9 +93,16 @@ def test_generation_batches_on_a_gpu_hold_what_fits_in_its_free_memory(chat_mode
     cache = backend.base(input_ids=torch.tensor([[5] * 30]), use_cache=True).past_key_values
     built = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
     assert hf.kv_bytes(backend.base.config, 30, 4) == built  # the cache the model really builds
-    assert backend.rows_that_fit(1000, 200) == 64  # on the CPU: model.batch_size, whatever the lengths
+    assert backend.rows_that_fit(1000, 200) == 64  # a model this small: model.batch_size, whatever the lengths
     per_row = hf.generation_bytes(backend.base.config, 12, 20, 4)
     assert hf.generation_bytes(backend.base.config, 24, 20, 4) > per_row < hf.generation_bytes(backend.base.config, 12, 40, 4)
+    machine = {"SC_PAGE_SIZE": per_row, "SC_PHYS_PAGES": 20}  # on the CPU: half the machine's memory
+    monkeypatch.setattr(hf.os, "sysconf", machine.__getitem__)
+    assert backend.rows_that_fit(12, 20) == 10 and backend.rows_that_fit(24, 40) < 10
+    prompts = [f"C{'a' * n}=" for n in (1, 8, 2, 7, 3, 6, 4, 5, 9, 10, 11, 12)]
+    rows = backend.rows_that_fit(max(len(backend.format.prompt_ids(p)) for p in prompts), 20)
+    assert 1 < rows < 10 and [len(b) for b in backend.batches(prompts, 20)] == [rows] * (12 // rows) + [12 % rows] * (12 % rows > 0)
+    monkeypatch.undo()
     backend.device = "cuda:0"  # as a GPU process sees it: the free memory bounds the rows
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 * per_row, 100 * per_row))
     assert backend.rows_that_fit(12, 20) == 8  # 80% of 10 rows' worth

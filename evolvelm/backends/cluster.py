@@ -70,9 +70,9 @@ class Worker:
         return self.backend.version
 
     # each answer comes with the version that produced it, so that the pool can check every batch
-    def batches(self, prompts: list[str], size: int) -> tuple[str, list[list[int]]]:
+    def batches(self, prompts: list[str], size: int, max_new_tokens: int) -> tuple[str, list[list[int]]]:
         plan = getattr(self.backend, "batches", None)
-        return self.backend.version, (plan(prompts) if plan else
+        return self.backend.version, (plan(prompts, max_new_tokens) if plan else
                                       [list(range(i, min(i + size, len(prompts)))) for i in range(0, len(prompts), size)])
 
     def generate(self, prompts, seeds, temperature, max_new_tokens) -> tuple[str, list[Generation]]:
@@ -315,7 +315,7 @@ class RayBackend:
                  max_new_tokens: int) -> list[Generation]:
         if not prompts:
             return []
-        (groups,) = self.pool.map("batches", [(prompts, self.pool.batch_size)])
+        (groups,) = self.pool.map("batches", [(prompts, self.pool.batch_size, max_new_tokens)])
         parts = self.pool.map("generate", [([prompts[i] for i in g], [seeds[i] for i in g], temperature, max_new_tokens)
                                            for g in groups])
         out: list[Generation | None] = [None] * len(prompts)

@@ -6,6 +6,8 @@ left-padded), which is what makes batching pay on real tokenizers; results come 
 """
 from __future__ import annotations
 
+import os
+
 import torch
 from transformers import AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
@@ -55,12 +57,12 @@ def batches(lengths: list[int], size: int) -> list[list[int]]:
 
 def generation_bytes(config, prompt: int, new: int, itemsize: int) -> int:
     """Memory one row of a generation batch takes at most: its KV cache (keys and values of every
-    layer over prompt + new tokens), one layer's activations over the prompt (prefill), and the
-    logits of every new token, kept by generate (model dtype) and made log-probs (float32, twice)."""
+    layer over prompt + new tokens), one layer's activations over the prompt (prefill), the logits of
+    every new token, kept by generate (model dtype), and one step's made log-probs (float32, twice)."""
     config = config.get_text_config()
     width = getattr(config, "intermediate_size", None) or 4 * config.hidden_size
     activations = prompt * (4 * config.hidden_size + 2 * width + config.num_attention_heads * prompt) * itemsize
-    logits = new * config.vocab_size * (itemsize + 8)
+    logits = (new * itemsize + 8) * config.vocab_size
     return kv_bytes(config, prompt + new, itemsize) + activations + logits
 
 
@@ -104,18 +106,22 @@ class HFBackend:
             self.model, self.adapter, self.version = self.base, None, self._base_version
 
     def rows_that_fit(self, longest: int, max_new_tokens: int) -> int:
-        """Rows per generation batch: `model.batch_size`, and on a GPU no more than fit in 80% of its
-        free memory (`generation_bytes` per row). The same for every batch of a call, so the
-        batches stay a function of the prompts' lengths."""
-        if not str(self.device).startswith("cuda"):
-            return self.batch_size
-        free, _ = torch.cuda.mem_get_info(torch.device(self.device))
+        """Rows per generation batch: `model.batch_size`, and no more than fit (`generation_bytes` per
+        row) in 80% of a GPU's free memory, or on the CPU in half the machine's memory (its total, so
+        that a machine always batches alike; a large vocabulary, Gemma's 262k, makes the logits
+        generate keeps the most of it). The same for every batch of a call, so the batches stay a
+        function of the prompts' lengths."""
+        if str(self.device).startswith("cuda"):
+            free = 0.8 * torch.cuda.mem_get_info(torch.device(self.device))[0]
+        else:
+            free = 0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         per_row = generation_bytes(self.base.config, longest, max_new_tokens, self.base.dtype.itemsize)
-        return max(1, min(self.batch_size, int(0.8 * free) // per_row))
+        return max(1, min(self.batch_size, int(free) // per_row))
 
-    def batches(self, prompts: list[str]) -> list[list[int]]:
+    def batches(self, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
         """The indices of the prompts `generate` answers together, batch by batch."""
-        return batches([len(self.format.prompt_ids(p)) for p in prompts], self.batch_size)
+        lengths = [len(self.format.prompt_ids(p)) for p in prompts]
+        return batches(lengths, self.rows_that_fit(max(lengths, default=0), max_new_tokens))
 
     def generate(self, prompts: list[str], seeds: list[int], temperature: float,
                  max_new_tokens: int) -> list[Generation]:
@@ -143,9 +149,13 @@ class HFBackend:
                 **({"stop_strings": stop, "tokenizer": tok} if stop else {}),
             )
             new = res.sequences[:, x.shape[1]:]
-            dist = torch.stack(res.logits, 1).float().log_softmax(-1)
-            logp = dist.gather(-1, new[..., None])[..., 0]
-            best = dist.topk(top, -1) if top else None
+            logp, best = [], []  # step by step: a float32 copy of every step's logits at once is rows x tokens x vocabulary
+            for t, step in enumerate(res.logits):
+                dist = step.float().log_softmax(-1)
+                logp.append(dist.gather(-1, new[:, t, None])[:, 0])
+                if top:
+                    best.append(dist.topk(top, -1))
+            logp = torch.stack(logp, 1)
             for k, (r, row, lp) in enumerate(zip(rows, new.tolist(), logp.tolist())):
                 n = next((j + 1 for j, t in enumerate(row) if t in fmt.stop_ids), len(row))
                 finished = n > 0 and row[n - 1] in fmt.stop_ids
@@ -153,8 +163,7 @@ class HFBackend:
                 if stop:
                     finished = finished or any(s in text for s in stop)
                     n, text = self._cut(row[:n], text, stop)
-                likeliest = [] if best is None else [
-                    list(zip(i, v)) for i, v in zip(best.indices[k, :n].tolist(), best.values[k, :n].tolist())]
+                likeliest = [list(zip(b.indices[k].tolist(), b.values[k].tolist())) for b in best[:n]]
                 out[r] = Generation(text, lp[:n], seeds[r], tok.decode(ids[r]), row[:n], finished, likeliest)
         return out
 

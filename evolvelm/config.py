@@ -30,8 +30,8 @@ class ModelConfig:
     chat: str = "auto"               # prompts through the model's chat template: auto (when it has one) | on | off
     system: str = ""                 # chat: a system message before every prompt (empty: the template's default)
     stop: list[str] = field(default_factory=list)  # generation also ends at any of these strings (cut from answers)
-    batch_size: int = 512            # prompts per generation batch (on a GPU, fewer where they would not fit
-                                     # in 80% of its free memory: hf.generation_bytes per row)
+    batch_size: int = 512            # prompts per generation batch (fewer where they would not fit in 80% of
+                                     # a GPU's free memory or half the machine's: hf.generation_bytes per row)
     voters: list[str] = field(default_factory=list)  # independently seeded checkpoints that evolve beside the
                                      # model and vote with it in `model_vote` (zoo:NAME or paths)
     base_url: str = ""               # backend openai: the endpoint, e.g. http://127.0.0.1:8000/v1 (`evolvelm serve

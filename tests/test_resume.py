@@ -13,8 +13,11 @@ from evolvelm.store.run import STAGES, Run
 
 
 def evolvelm(*args, env=None, timeout=120):
+    """The CLI with the default SIGINT handling a terminal gives (a shell's background job, such as a
+    suite started with `&`, ignores SIGINT, and Python then leaves it ignored)."""
     return subprocess.run([sys.executable, "-m", "evolvelm.cli", *args, "-q"], env={**os.environ, **(env or {})},
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def outcome(run_dir):
@@ -72,14 +75,10 @@ def test_kill_at_random_moments_then_resume(tmp_path, fake_recipe):
 
 def test_ctrl_c_exits_130_and_the_run_resumes(tmp_path, fake_recipe, reference):
     """A Ctrl-C just after round 1's acquisition is committed (sent by the run to itself, so that it
-    always arrives mid-run): exit 130, the resume command printed, and the resumed run is the reference.
-    The run gets the default SIGINT handling a terminal gives (a shell's background job, such as a
-    suite started with `&`, ignores SIGINT, and Python then leaves it ignored)."""
+    always arrives mid-run): exit 130, the resume command printed, and the resumed run is the reference."""
     run_dir = tmp_path / "run"
-    out = subprocess.run([sys.executable, "-m", "evolvelm.cli", "run", str(fake_recipe), "--run-dir", str(run_dir), "-q"],
-                         env={**os.environ, "EVOLVELM_KILL_AT": "1:acquire:after-manifest", "EVOLVELM_KILL_SIGNAL": "SIGINT"},
-                         capture_output=True, text=True, timeout=120,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    out = evolvelm("run", str(fake_recipe), "--run-dir", str(run_dir),
+                   env={"EVOLVELM_KILL_AT": "1:acquire:after-manifest", "EVOLVELM_KILL_SIGNAL": "SIGINT"})
     assert out.returncode == 130 and f"evolvelm resume {run_dir}" in out.stderr
     assert not (run_dir / "rounds/0001/refine").exists()
     assert evolvelm("resume", str(run_dir)).returncode == 0

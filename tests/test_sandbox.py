@@ -223,9 +223,12 @@ needs_cgroups = pytest.mark.skipif(not HAVE_CGROUPS, reason=f"no usable cgroups:
 def test_many_workers_touching_memory_stay_within_the_programs_budget(level, how):
     """Two dozen children (or threads), each touching 200 MB: every child is under the per-process
     address-space limit, and without a cgroup they held about 5 GB of the host together. The slot's
-    cgroup holds all of them to `memory_mb`: the kernel kills inside it (verdict `memory`), and the
-    program's processes, watched from the host while it runs, never hold more than the budget + 10%.
-    Threads share one address space, so its limit stops them first (MemoryError, the same verdict)."""
+    cgroup holds all of them to `memory_mb`: the kernel kills inside it (verdict `memory`), its peak
+    stays within the budget, and the program's processes, watched from the host while it runs, never
+    hold more than 1.5x it (uncontained: about 5 GB). The host's sum is read one process at a time
+    while they fork, touch and die, so it can count a page twice (once 440 MB here, with the cgroup's
+    peak at 384). Threads share one address space, so its limit stops them first (MemoryError, the
+    same verdict)."""
     box = Sandbox(level, Limits(wall_s=20.0, cpu_s=20, memory_mb=384, processes=64), workers=1)
     assert box.describe()["cgroup"] in ("v1", "v2") and "memory_total" not in box.describe()["unbounded"]
     code = f"""
@@ -261,7 +264,7 @@ else:
     r, drop, most = watching(lambda: run(box, code))
     peak = box.cgroups[0].peak()
     print(f"verdict {r.verdict}; program's processes at most {most:.0f} MB; host free memory fell {drop:.0f} MB")
-    assert r.verdict == "memory" and most <= 384 * 1.1 and (peak is None or peak <= 384 << 20), (r, most, peak)
+    assert r.verdict == "memory" and most <= 384 * 1.5 and (peak is None or peak <= 384 << 20), (r, most, peak)
     # Free memory is the whole host's: other work moves it (alone here it fell 0-470 MB, 546 once in
     # CI), so this bound is loose; uncontained, the program took about 5 GB.
     assert drop < 3 * 384, (r, drop)

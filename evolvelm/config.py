@@ -191,6 +191,9 @@ class ControllerConfig:
                                      # baseline), or else ucb on expected gain
     first: str = "verified"          # arms not tried yet: verified (those whose kept answers the checker verifies,
                                      # star, rest-em, pairs, before votes and consistency) | listed (as in arms)
+    settings: dict = field(default_factory=dict)  # per arm, settings on top of its strategy (sections acquire,
+                                     # refine, update, semisup), e.g. {pairs: {update: {lr: 2.0e-4}}}: the arm as
+                                     # its recipe would run with them (ARMS; pairs trains at lr 1e-4 without)
 
 
 @dataclass
@@ -296,11 +299,21 @@ def _apply(obj, data: dict, prefix: str = "") -> None:
             if not isinstance(value, dict):
                 raise ConfigError(f"{name}: expected a mapping with keys {[f.name for f in dataclasses.fields(typ)]}")
             _apply(getattr(obj, key), value, f"{name}.")
+        elif typ is dict and isinstance(value, dict):  # a mapping setting: merged, so an override adds to a recipe's
+            setattr(obj, key, _merged(getattr(obj, key), value))
         else:
             value = _check_type(name, value, typ)
             if name in CHOICES and value not in CHOICES[name]:
                 raise ConfigError(f"{name}: {value!r} is not one of {CHOICES[name]}")
             setattr(obj, key, value)
+
+
+def _merged(old: dict, new: dict) -> dict:
+    """`old` with `new` on top, nested mappings merged key by key."""
+    out = dict(old)
+    for k, v in new.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -403,6 +416,7 @@ def validate(cfg: Config) -> None:
         if cfg.semisup.temperatures or cfg.semisup.thresholds or "judge" in cfg.refine.chain:
             raise ConfigError("controller.arms: the controller chooses each round's strategy; B-STaR's choices "
                               "(semisup.temperatures, thresholds) and the judge filter are strategies of their own")
+    _check_arm_settings(cfg)
     if cfg.controller.policy not in ("ucb", "stay", "random", "weakest"):
         raise ConfigError(f"controller.policy: ucb, stay or random (weakest: modules.order controller only), got "
                           f"{cfg.controller.policy!r}")
@@ -497,6 +511,26 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"update.new_weight: must be in (0, 1], got {cfg.update.new_weight}")
     if not 0 <= cfg.update.original_weight <= 1 - cfg.update.new_weight:
         raise ConfigError(f"update.original_weight: must be in [0, 1 - update.new_weight], got {cfg.update.original_weight}")
+
+
+def _check_arm_settings(cfg: Config) -> None:
+    """controller.settings: mappings of the sections an arm sets, for arms the controller plays, that
+    leave each arm a valid run (pairs: a LoRA adapter)."""
+    from evolvelm.controller import config_for
+
+    sections = ["acquire", "refine", "update", "semisup"]
+    for arm, settings in cfg.controller.settings.items():
+        if arm not in cfg.controller.arms:
+            raise ConfigError(f"controller.settings: {arm!r} is not one of controller.arms {cfg.controller.arms}")
+        if not isinstance(settings, dict) or set(settings) - set(sections):
+            raise ConfigError(f"controller.settings.{arm}: a mapping of the sections {sections}, got {settings!r}")
+        try:
+            played = config_for(cfg, arm)
+        except ConfigError as e:
+            raise ConfigError(f"controller.settings.{arm}: {e}") from e
+        if arm == "pairs" and played.update.method != "lora":
+            raise ConfigError("controller.settings.pairs: pairs trains a LoRA adapter (the DPO reference is the base with "
+                              "it disabled); update.method must stay lora")
 
 
 def _reads_weights(cfg: Config) -> bool:

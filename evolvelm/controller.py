@@ -56,8 +56,9 @@ VERIFIED = {a for a, s in ARMS.items() if "oracle" in s["refine"]["chain"]}  # k
 
 
 def config_for(cfg: Config, arm: str) -> Config:
-    """The run's config with one arm's strategy in place of the recipe's."""
-    return overridden(cfg, ARMS[arm])
+    """The run's config with one arm's strategy in place of the recipe's, and `controller.settings`
+    for that arm on top."""
+    return overridden(overridden(cfg, ARMS[arm]), cfg.controller.settings.get(arm, {}))
 
 
 def played(cfg: Config, run, before: int) -> list[dict]:

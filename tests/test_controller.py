@@ -76,6 +76,30 @@ def test_each_arm_is_its_shipped_recipes_strategy(recipe):
         assert {k: v for k, v in played.items() if k != "controller"} == {k: v for k, v in shipped.items() if k != "controller"}, arm
 
 
+def test_an_arms_own_settings_go_on_top_of_its_strategy(tmp_path):
+    """controller.settings: an arm played as its recipe would run with them; a recipe's settings and the
+    command line's merge; the cost the controller charges an arm follows its own update."""
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("recipe: semisup\nskills: [chain]\nmodel: {path: zoo:chain}\nupdate: {steps: 10, batch_size: 10}\n"
+                      "controller: {arms: [lmsi, pairs], settings: {lmsi: {acquire: {samples: 6}}}}\n")
+    cfg = config.load(recipe, ["controller.settings.pairs.update.lr=2e-4", "controller.settings.pairs.update.steps=50"])
+    assert cfg.controller.settings == {"lmsi": {"acquire": {"samples": 6}}, "pairs": {"update": {"lr": "2e-4", "steps": 50}}}
+    pairs, lmsi = controller.config_for(cfg, "pairs"), controller.config_for(cfg, "lmsi")
+    assert (pairs.update.lr, pairs.update.steps, pairs.update.method, pairs.acquire.samples) == (2e-4, 50, "lora", 8)
+    assert (lmsi.acquire.samples, lmsi.update.lr, lmsi.update.steps) == (6, cfg.update.lr, 10)
+    assert config.load(recipe, []).controller.settings == {"lmsi": {"acquire": {"samples": 6}}}
+    assert controller.config_for(config.load(recipe, []), "pairs").update.lr == 1e-4  # the pairs recipe's
+    _, d = controller.choose(cfg, History([("pairs", 3, True), ("lmsi", 6, True)]), 3)
+    e = d["estimates"]  # 1k answers each, plus 50 x 10 pairs of two sequences (pairs) or 10 x 10 (lmsi)
+    assert e["pairs"]["mean_value"] == pytest.approx(0.3 / 2.0, abs=1e-4) and e["lmsi"]["mean_value"] == pytest.approx(0.3 / 1.1, abs=1e-4)
+    for bad, match in [(["controller.settings.star.update.lr=1e-3"], r"'star' is not one of controller.arms \['lmsi', 'pairs'\]"),
+                       (["controller.settings.pairs.update.lrr=1"], r"controller.settings.pairs: unknown config key 'update.lrr'"),
+                       (["controller.settings.pairs.model.path=x"], r"controller.settings.pairs: a mapping of the sections"),
+                       (["controller.settings.pairs.update.method=full"], "update.method must stay lora")]:
+        with pytest.raises(ConfigError, match=bad and match):
+            config.load(recipe, bad)
+
+
 def test_arms_whose_answers_the_checker_verifies_are_tried_first_by_default():
     cfg = config.load("lmsi", ["controller.arms=[lmsi,semievol,pairs,star]"])
     assert cfg.controller.first == "verified"

@@ -504,9 +504,8 @@ def validate(cfg: Config) -> None:
     if cfg.gate.z < 0 or (cfg.gate.z and cfg.recipe != "semisup"):
         raise ConfigError(f"gate.z: the paired dev gate is the semisup recipe's and z must be >= 0; got {cfg.gate.z} "
                           f"for recipe {cfg.recipe!r}")
-    if cfg.recipe == "semisup" and cfg.semisup.method == "pairs" and cfg.update.method != "lora":
-        raise ConfigError("update.method: semisup.method=pairs trains a LoRA adapter against the base with the "
-                          "adapter disabled (the DPO reference); set update.method=lora")
+    if cfg.recipe == "semisup":
+        _check_pairs_adapter(cfg, "update.method")
     if not 0 < cfg.update.new_weight <= 1:
         raise ConfigError(f"update.new_weight: must be in (0, 1], got {cfg.update.new_weight}")
     if not 0 <= cfg.update.original_weight <= 1 - cfg.update.new_weight:
@@ -528,9 +527,14 @@ def _check_arm_settings(cfg: Config) -> None:
             played = config_for(cfg, arm)
         except ConfigError as e:
             raise ConfigError(f"controller.settings.{arm}: {e}") from e
-        if arm == "pairs" and played.update.method != "lora":
-            raise ConfigError("controller.settings.pairs: pairs trains a LoRA adapter (the DPO reference is the base with "
-                              "it disabled); update.method must stay lora")
+        _check_pairs_adapter(played, f"controller.settings.{arm}")
+
+
+def _check_pairs_adapter(cfg: Config, key: str) -> None:
+    """semisup.method pairs trains a LoRA adapter: its DPO reference is the base with the adapter disabled."""
+    if cfg.semisup.method == "pairs" and cfg.update.method != "lora":
+        raise ConfigError(f"{key}: semisup.method=pairs trains a LoRA adapter against the base with the adapter "
+                          f"disabled (the DPO reference): update.method must stay lora, got {cfg.update.method!r}")
 
 
 def _reads_weights(cfg: Config) -> bool:

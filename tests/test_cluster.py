@@ -38,8 +38,9 @@ def kill_worker_after(pool_of, batches: int, which: int = 1) -> threading.Thread
     def kill():
         while not (pool := pool_of()) or pool.done < batches:
             time.sleep(0.002)
-        os.kill(pool.info()[which]["pid"], signal.SIGKILL)
-        kill.killed = True
+        info = pool.info()[which]
+        os.kill(info["pid"], signal.SIGKILL)
+        kill.killed, kill.adapters = True, info["adapters"]
     kill.killed = False
     thread = threading.Thread(target=kill, daemon=True)
     thread.start()
@@ -71,6 +72,7 @@ def test_two_workers_answer_as_one_process_and_a_killed_worker_is_replaced_servi
     again = remote.generate(PROMPTS, SEEDS, 1.0, 12)
     killer.join(5)
     assert killer.result.killed and pool.restarts == 1
+    assert not Path(killer.result.adapters).exists()  # what the killed worker received goes with it
     same(again, want)
     assert again != HFBackend(base, batch_size=8).generate(PROMPTS, SEEDS, 1.0, 12)  # the adapter matters
     remote.close()
@@ -96,7 +98,7 @@ def test_a_run_on_two_workers_stores_what_one_process_stores_even_when_a_worker_
     killer = kill_worker_after(lambda: cluster.POOLS[0] if cluster.POOLS else None, 2, which=0)
     assert main([*args, "cluster.address=local", "cluster.workers=2", "--run-dir", str(tmp_path / "two")]) == 0
     killer.join(5)
-    assert killer.result.killed
+    assert killer.result.killed and not Path(killer.result.adapters).exists()
     assert outcome(tmp_path / "two") == outcome(tmp_path / "one")
     assert not cluster.POOLS  # the run's workers stop with it
 

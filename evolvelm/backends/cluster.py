@@ -82,7 +82,10 @@ class Worker:
         return self.backend.version, self.backend.logprobs(prompts, completions)
 
     def info(self) -> dict:
-        return {"pid": os.getpid(), "context": getattr(self.backend, "context", None), "adapters": self.dir}
+        import ray
+
+        return {"pid": os.getpid(), "context": getattr(self.backend, "context", None), "adapters": self.dir,
+                "node": ray.get_runtime_context().get_node_id()}
 
     def close(self) -> None:
         """Remove the adapters received (ray.kill gives the process no chance to)."""
@@ -117,6 +120,7 @@ class Pool:
         self.workers = [self.actor.remote(*self.args) for _ in range(workers)]
         versions = ray.get([w.serve.remote(None) for w in self.workers])
         self.base_version = self.version = self._check(versions, None, versions[0])
+        self.homes = [(i["node"], i["adapters"]) for i in self.info()]  # where each worker keeps its adapters
 
     def _check(self, versions: list[str], adapter: str | None, base: str | None = None) -> str:
         """The served-version check: every worker serves the base weights, or base + this adapter."""
@@ -142,9 +146,21 @@ class Pool:
         import ray
 
         ray.kill(self.workers[i])
+        self._remove_files(i)
         self.workers[i] = self.actor.remote(*self.args)
         self._check([ray.get(self.workers[i].serve.remote(self.adapter_ref))], self.adapter)
+        info = ray.get(self.workers[i].info.remote())
+        self.homes[i] = (info["node"], info["adapters"])
         self.restarts += 1
+
+    def _remove_files(self, i: int) -> None:
+        """Remove the adapters dead worker i received, where it ran on this machine (a killed process
+        removes nothing; on another machine they stay until its temporary files are cleared)."""
+        import ray
+
+        node, folder = self.homes[i]
+        if node == ray.get_runtime_context().get_node_id():
+            shutil.rmtree(folder, ignore_errors=True)
 
     def map(self, method: str, tasks: list[tuple]) -> list:
         """method(*task) for every task, each on the next free worker; results in task order. A batch
@@ -189,10 +205,11 @@ class Pool:
 
         try:
             ray.get([w.close.remote() for w in self.workers], timeout=30)
-        except Exception:  # a dead or stuck worker: its files are left, the pool still goes
+        except Exception:  # a dead or stuck worker: the pool still goes
             pass
-        for w in self.workers:
+        for i, w in enumerate(self.workers):
             ray.kill(w)
+            self._remove_files(i)
         POOLS.remove(self)
 
 

@@ -334,7 +334,7 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
     if not run.done(0, "eval"):
         evaluate(cfg, run, 0, base_state(cfg), quiet)
     if not run.done(0, "gate"):
-        run.commit(0, "gate", {**base_state(cfg).info(), "promoted": True, "reason": "base model", "decision": "", "seconds": 0.0})
+        run.commit_gate(0, base_state(cfg), True, "base model")
     write_summary(run, cfg)
 
     for rnd in range(1, cfg.rounds + 1):
@@ -351,7 +351,7 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
             evaluate(cfg, run, rnd, candidate, quiet)
         if not run.done(rnd, "gate"):
             ok, reason = gate(run.done(0, "eval")["dev"], run.done(rnd, "eval")["dev"], 0.0, cfg.gate.tolerance)
-            run.commit(rnd, "gate", {**(candidate if ok else state).info(), "promoted": ok, "reason": reason, "decision": "", "seconds": 0.0})
+            run.commit_gate(rnd, candidate if ok else state, ok, reason)
         summary = write_summary(run, cfg)
         if not quiet:
             kn = summary["knowledge"]

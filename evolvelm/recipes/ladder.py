@@ -217,7 +217,7 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
     if not run.done(0, "eval"):
         evaluate(cfg, run, 0, base, quiet)
     if not run.done(0, "gate"):
-        run.commit(0, "gate", {**base.info(), "promoted": True, "reason": "base model", "decision": "go on", "seconds": 0.0})
+        run.commit_gate(0, base, True, "base model", "go on")
     summary = write_summary(run, cfg)
 
     for rnd in range(1, cfg.rounds + 1):
@@ -254,8 +254,7 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
             reason += _agreement_reasons(run, rnd)
             step, strict, decision = next_attempt(cfg, state, ok)
             kept = candidate if ok else state
-            run.commit(rnd, "gate", {**replace(kept, step=step, strict=strict).info(), "promoted": ok, "reason": reason,
-                                     "decision": decision, "seconds": 0.0})
+            run.commit_gate(rnd, replace(kept, step=step, strict=strict), ok, reason, decision)
         summary = write_summary(run, cfg)
         if not quiet:
             r = summary["rounds"][-1]

@@ -216,7 +216,7 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
     if not run.done(0, "eval"):
         evaluate(cfg, run, 0, base, quiet)
     if not run.done(0, "gate"):
-        run.commit(0, "gate", {**base.info(), "promoted": True, "reason": "base model", "decision": "", "seconds": 0.0})
+        run.commit_gate(0, base, True, "base model")
     write_summary(run, cfg)
 
     for rnd in range(1, cfg.rounds + 1):
@@ -234,7 +234,7 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
         if not run.done(rnd, "gate"):
             prev, new = run.done(state.round, "eval"), run.done(rnd, "eval")
             ok, reason = gate(prev["dev"], new["dev"], cfg.eval.threshold, cfg.gate.tolerance)
-            run.commit(rnd, "gate", {**(candidate if ok else state).info(), "promoted": ok, "reason": reason, "decision": "", "seconds": 0.0})
+            run.commit_gate(rnd, candidate if ok else state, ok, reason)
         summary = write_summary(run, cfg)
         if not quiet:
             r, refined = summary["rounds"][-1], run.done(rnd, "refine")

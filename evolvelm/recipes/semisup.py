@@ -496,8 +496,8 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
     if not run.done(0, "eval"):
         evaluate(cfg, run, 0, base_state(cfg), quiet)
     if not run.done(0, "gate"):  # the labeled set's provenance goes with the base model
-        run.commit(0, "gate", {**base_state(cfg).info(), "promoted": True, "reason": "base model", "decision": "", "seconds": 0.0,
-                               "labeled": {"file": str(labeled_path(cfg, run)), "problems": len(labeled)}})
+        run.commit_gate(0, base_state(cfg), True, "base model",
+                        labeled={"file": str(labeled_path(cfg, run)), "problems": len(labeled)})
     write_summary(run, cfg)
 
     for rnd in range(1, cfg.rounds + 1):
@@ -519,7 +519,7 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
             evaluate(rcfg, run, rnd, candidate, quiet)
         if not run.done(rnd, "gate"):
             ok, reason = paired_gate(dev_right(run, state.round), dev_right(run, rnd), cfg.gate.z, cfg.gate.tolerance)
-            run.commit(rnd, "gate", {**(candidate if ok else state).info(), "promoted": ok, "reason": reason, "decision": "", "seconds": 0.0})
+            run.commit_gate(rnd, candidate if ok else state, ok, reason)
         summary = write_summary(run, cfg)
         if not quiet:
             r = summary["rounds"][-1]

@@ -172,6 +172,12 @@ class Run:
             con.execute("INSERT INTO manifest VALUES (?,?,?,?)", (rnd, stage, json.dumps(info), time.time()))
         _failpoint(f"{rnd}:{stage}:after-manifest")
 
+    def commit_gate(self, rnd: int, kept, promoted: bool, reason: str, decision: str = "", **more) -> None:
+        """Commit round `rnd`'s gate: the model kept from here on (a State: the round's candidate when it
+        is promoted, else the model the round started from; round 0: the base model), and why."""
+        self.commit(rnd, "gate", {**kept.info(), "promoted": promoted, "reason": reason, "decision": decision,
+                                  "seconds": 0.0, **more})
+
     def record_checker_errors(self, failures: list[dict]) -> Path:
         """Append the completions a checker raised on to `checker_errors.jsonl`, each with the last stage
         committed before it (the stage that raised is not committed: `resume` redoes it)."""

@@ -523,8 +523,10 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
         summary = write_summary(run, cfg)
         if not quiet:
             r = summary["rounds"][-1]
+            alone = update.get("new_examples") == 0 and "skipped" not in update and rcfg.semisup.method != "labeled"
             tqdm.write(("" if decision is None else f"round {rnd} chose {decision['reason']}\n") +
                        f"round {rnd}: {'promoted' if r['promoted'] else 'ROLLED BACK'}  test accuracy "
                        f"{summary['semisup']['accuracy'][-1]}  kept {r['kept']}/{r['acquired']}  "
-                       f"label precision {r['label_precision']}")
+                       f"label precision {r['label_precision']}" + ("  (nothing kept: trained on the labeled set alone)"
+                                                                    if alone else ""))
     return json.loads((run.root / "summary.json").read_text())

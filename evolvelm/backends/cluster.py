@@ -120,7 +120,7 @@ class Pool:
         self.workers = [self.actor.remote(*self.args) for _ in range(workers)]
         versions = ray.get([w.serve.remote(None) for w in self.workers])
         self.base_version = self.version = self._check(versions, None, versions[0])
-        self.homes = [(i["node"], i["adapters"]) for i in self.info()]  # where each worker keeps its adapters
+        self.homes = self.info()  # per worker: the machine (node) and folder it keeps its adapters in
 
     def _check(self, versions: list[str], adapter: str | None, base: str | None = None) -> str:
         """The served-version check: every worker serves the base weights, or base + this adapter."""
@@ -149,8 +149,7 @@ class Pool:
         self._remove_files(i)
         self.workers[i] = self.actor.remote(*self.args)
         self._check([ray.get(self.workers[i].serve.remote(self.adapter_ref))], self.adapter)
-        info = ray.get(self.workers[i].info.remote())
-        self.homes[i] = (info["node"], info["adapters"])
+        self.homes[i] = ray.get(self.workers[i].info.remote())
         self.restarts += 1
 
     def _remove_files(self, i: int) -> None:
@@ -158,9 +157,8 @@ class Pool:
         removes nothing; on another machine they stay until its temporary files are cleared)."""
         import ray
 
-        node, folder = self.homes[i]
-        if node == ray.get_runtime_context().get_node_id():
-            shutil.rmtree(folder, ignore_errors=True)
+        if self.homes[i]["node"] == ray.get_runtime_context().get_node_id():
+            shutil.rmtree(self.homes[i]["adapters"], ignore_errors=True)
 
     def map(self, method: str, tasks: list[tuple]) -> list:
         """method(*task) for every task, each on the next free worker; results in task order. A batch

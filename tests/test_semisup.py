@@ -181,6 +181,18 @@ def test_rest_em_and_the_labeled_baseline_train_from_where_they_should(tmp_path)
     assert out.returncode == 0, out.stderr
     run = Run.open(tmp_path / "lab")
     assert run.done(1, "update")["new_examples"] == 0 and run.done(1, "update")["examples"] == 350
+    assert not json.loads((run.root / "summary.json").read_text())["rounds"][1]["labeled_only"]  # the baseline's way, not a round that kept nothing
+
+
+def test_a_round_that_keeps_nothing_trains_on_the_labeled_set_and_says_so(tmp_path):
+    out = evolvelm("run", "lmsi", *SMALL, "rounds=1", "refine.chain=[random]", "refine.keep_share=0",
+                   "--run-dir", str(tmp_path / "run"), timeout=600)
+    assert out.returncode == 0, out.stderr
+    run = Run.open(tmp_path / "run")
+    assert run.done(1, "refine")["kept"] == 0 and run.done(1, "update")["examples"] == 350
+    assert json.loads((run.root / "summary.json").read_text())["rounds"][1]["labeled_only"]
+    assert evolvelm("report", str(tmp_path / "run")).returncode == 0
+    assert "0 (trained on the labeled set alone)" in (tmp_path / "run" / "report.html").read_text()
 
 
 def test_semievol_answers_after_demonstrations_and_keeps_by_consistency(tmp_path):

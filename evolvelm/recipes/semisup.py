@@ -325,6 +325,7 @@ def update_stage(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> 
     start = base_state(cfg) if cfg.semisup.method == "rest-em" else state
     trained = train_round(cfg, run, rnd, start.members[0], 0, examples, run.staging(rnd, "update"), quiet)
     run.commit(rnd, "update", {**trained, "examples": len(examples), "new_examples": n_new, "from": start.round,
+                               "labeled_only": n_new == 0 and cfg.semisup.method != "labeled",  # the round kept nothing
                                "seconds": round(time.time() - t0, 2)})
 
 
@@ -523,10 +524,9 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
         summary = write_summary(run, cfg)
         if not quiet:
             r = summary["rounds"][-1]
-            alone = update.get("new_examples") == 0 and "skipped" not in update and rcfg.semisup.method != "labeled"
             tqdm.write(("" if decision is None else f"round {rnd} chose {decision['reason']}\n") +
                        f"round {rnd}: {'promoted' if r['promoted'] else 'ROLLED BACK'}  test accuracy "
                        f"{summary['semisup']['accuracy'][-1]}  kept {r['kept']}/{r['acquired']}  "
                        f"label precision {r['label_precision']}" + ("  (nothing kept: trained on the labeled set alone)"
-                                                                    if alone else ""))
+                                                                    if r["labeled_only"] else ""))
     return json.loads((run.root / "summary.json").read_text())

@@ -24,6 +24,7 @@ def summarize(run: Run, cfg: Config) -> dict:
             "round": rnd, "promoted": gate["promoted"], "reason": gate["reason"], "frontier": ev["frontier"],
             "accuracy": acc, "levels": gate["levels"],
             "acquired": acquire.get("acquired", 0), "kept": refine.get("kept", 0),
+            "labeled_only": (run.done(rnd, "update") or {}).get("labeled_only", False),
             "unanimity": acquire.get("unanimity", {}), "feedback": acquire.get("feedback", {}),
             "kept_retries": refine.get("kept_retries", 0), "strictness": refine.get("strictness"),
             "label_precision": refine.get("label_precision"), "filters": refine.get("filters", {}),

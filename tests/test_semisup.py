@@ -181,7 +181,8 @@ def test_rest_em_and_the_labeled_baseline_train_from_where_they_should(tmp_path)
     assert out.returncode == 0, out.stderr
     run = Run.open(tmp_path / "lab")
     assert run.done(1, "update")["new_examples"] == 0 and run.done(1, "update")["examples"] == 350
-    assert not json.loads((run.root / "summary.json").read_text())["rounds"][1]["labeled_only"]  # the baseline's way, not a round that kept nothing
+    # training on the labeled set alone is this baseline's way, not a round that kept nothing
+    assert not json.loads((run.root / "summary.json").read_text())["rounds"][1]["labeled_only"]
 
 
 def test_a_round_that_keeps_nothing_trains_on_the_labeled_set_and_says_so(tmp_path):

@@ -176,8 +176,9 @@ def _fmt(x: float | None) -> str:
 
 def _tables(summary: dict) -> str:
     """The rounds (with the gate's and the avalanche guard's decisions) and label precision per filter."""
+    kept = lambda r: f"{r['kept']} (trained on the labeled set alone)" if r.get("labeled_only") else r["kept"]
     rounds = [[r["round"], "yes" if r["promoted"] else "ROLLED BACK", r["frontier"], r["levels"], r.get("unanimity", {}),
-               r["acquired"], f"{r['kept']} (trained on the labeled set alone)" if r.get("labeled_only") else r["kept"], _fmt(r["label_precision"]), r["reason"], r.get("decision", "")]
+               r["acquired"], kept(r), _fmt(r["label_precision"]), r["reason"], r.get("decision", "")]
               for r in summary["rounds"]]
     out = _html_table(["round", "promoted", "frontier", "trained level", "unanimous share per difficulty", "acquired",
                        "kept", "label precision", "gate", "next round"], rounds)

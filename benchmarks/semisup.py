@@ -152,7 +152,7 @@ def rows(summary: dict) -> list[dict]:
                     "temperature": r["temperature"], "vote_agreement": r["vote_agreement"],
                     **{k: next(iter(r["calibration"].values()), {}).get(k)
                        for k in ("ece", "auroc", "recalibrated_ece", "recalibrated_auroc")},
-                    "arm": (r.get("controller") or {}).get("arm")})
+                    "arm": (r.get("controller") or {}).get("arm"), "gate": r["reason"]})
     return out
 
 
@@ -240,7 +240,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0],
                     help="run seeds (sampling, training, unlabeled draws); the final accuracy is their mean")
-    ap.add_argument("--out", type=Path, help="write the tables as JSON")
+    ap.add_argument("--out", type=Path, help="write the tables as JSON (with each round's gate reason: dev problems newly right and wrong)")
     ap.add_argument("--jobs", type=int, default=1,
                     help="runs (arm x seed) at once, each in its own process with its share of the CPU cores "
                          "(on a GPU they share it)")

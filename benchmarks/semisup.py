@@ -48,8 +48,9 @@ the labeled set alone, the baseline):
                per 1k sequences (evolvelm.controller), trying them first in that order;
                controller-stay: win-stay, lose-shift over UCB1 (controller.policy stay), trying the
                arms the checker verifies first (controller.first verified: star, pairs, then lmsi,
-               semievol); controller-stay-listed: the same in the listed order; controller-random:
-               the arm drawn at random
+               semievol); controller-stay-listed: the same in the listed order; controller-probe:
+               controller-stay, and while an arm gains each checked arm not tried yet gets one round
+               (controller.probe verified); controller-random: the arm drawn at random
 Printed per arm and round: test accuracy pooled over every held-out problem (kept model, and the
 round's candidate), pass@1, pass@k,
 distinct right rationales per problem, answer diversity, precision of the kept labels (final answer)
@@ -99,6 +100,8 @@ ARMS = {"labeled": ("lmsi", ["semisup.method=labeled"]), "lmsi": ("lmsi", []),
         "controller-stay": ("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "controller.policy=stay"]),
         "controller-stay-listed": ("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "controller.policy=stay",
                                             "controller.first=listed"]),
+        "controller-probe": ("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "controller.policy=stay",
+                                      "controller.probe=verified"]),
         "controller-random": ("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "controller.policy=random"])}
 
 

@@ -191,6 +191,10 @@ class ControllerConfig:
                                      # baseline), or else ucb on expected gain
     first: str = "verified"          # arms not tried yet: verified (those whose kept answers the checker verifies,
                                      # star, rest-em, pairs, before votes and consistency) | listed (as in arms)
+    probe: str = "none"              # policy stay: while the arm played gains, give one round to each arm of this
+                                     # group not tried yet (verified | all | none), in the order of `first`; a
+                                     # probe that gains plays on, one that does not hands back to the arm it
+                                     # interrupted
     settings: dict = field(default_factory=dict)  # per arm, settings on top of its strategy (sections acquire,
                                      # refine, update, semisup), e.g. {pairs: {update: {lr: 2.0e-4}}}: the arm as
                                      # its recipe would run with them (ARMS; pairs trains at lr 1e-4 without)
@@ -425,6 +429,8 @@ def validate(cfg: Config) -> None:
                           "it needs recipe modular with modules.order controller")
     if cfg.controller.first not in ("verified", "listed"):
         raise ConfigError(f"controller.first: verified or listed, got {cfg.controller.first!r}")
+    if cfg.controller.probe not in ("none", "verified", "all"):
+        raise ConfigError(f"controller.probe: none, verified or all, got {cfg.controller.probe!r}")
     if cfg.modules.order == "controller" and cfg.recipe != "modular":
         raise ConfigError(f"modules.order: the controller chooses the skill of each round of recipe modular; got recipe "
                           f"{cfg.recipe!r} (semisup chooses strategies: controller.arms)")

@@ -14,7 +14,10 @@ come from the store, never from the clock, so a resumed run makes the same decis
 `controller.policy: stay` (win-stay, lose-shift), plays the last round's arm again when that round's
 candidate gained on dev (promoted or not: the value above, not the gate's verdict) and the arm is not
 benched, and falls back to UCB1 otherwise: in a short run, trying every arm before exploiting one
-costs most of the rounds. UCB1 (`ucb` alone): arms never tried go first, those whose kept answers
+costs most of the rounds. With `controller.probe` (`verified` or `all`; default `none`), an arm that
+gains yields one round to each arm of that group not tried yet: a probe that gains plays on
+(win-stay), one that does not hands the next round back to the arm it interrupted; so a run that
+found a good arm first still measures the others it trusts, at one round each. UCB1 (`ucb` alone): arms never tried go first, those whose kept answers
 the checker verifies (star, rest-em, pairs) before those that keep answers by votes or consistency
 (`controller.first: verified`, as a wrong vote that passes the gate can decide a short run; `listed`:
 the order of `controller.arms`); then the highest mean value plus `controller.explore` x the largest
@@ -136,17 +139,32 @@ def _choose(cfg: Config, history: list[dict], rnd: int) -> tuple[str, dict]:
         arm = _drawn(cfg, arms, rnd)
         return arm, {"arm": arm, "reason": f"{arm}: drawn at random (controller.policy random, the baseline)",
                      "estimates": estimates}
-    last = history[-1] if history else None
-    if (cfg.controller.policy == "stay" and last and last["gain"] > 0 and last["arm"] in arms
-            and not estimates[last["arm"]]["benched"]):
-        arm = last["arm"]
-        gate = "promoted" if last["promoted"] else "rolled back by the gate, which asks for more"
-        reason = (f"{arm}: its last round gained {last['gain']:+.4f} on dev ({gate}; win-stay: an arm plays "
-                  f"again while its rounds gain)")
-        return arm, {"arm": arm, "reason": reason, "estimates": estimates}
     untried = [a for a in arms if not estimates[a]["plays"]]
     if cfg.controller.first == "verified":
         untried.sort(key=lambda a: a not in VERIFIED)  # stable: the order listed within each group
+    probes = {"none": [], "verified": [a for a in untried if a in VERIFIED], "all": untried}[cfg.controller.probe]
+    last = history[-1] if history else None
+    gained = lambda h: h["arm"] in arms and h["gain"] > 0 and not estimates[h["arm"]]["benched"]  # noqa: E731
+    if cfg.controller.policy == "stay" and last and gained(last):
+        gate = "promoted" if last["promoted"] else "rolled back by the gate, which asks for more"
+        if probes:
+            arm = probes[0]
+            reason = (f"{arm}: a probe, not tried yet ({last['arm']}'s last round gained {last['gain']:+.4f} on dev, "
+                      f"{gate}; controller.probe {cfg.controller.probe}: while an arm gains, each arm not tried yet "
+                      f"gets one round)")
+        else:
+            arm = last["arm"]
+            reason = (f"{arm}: its last round gained {last['gain']:+.4f} on dev ({gate}; win-stay: an arm plays "
+                      f"again while its rounds gain)")
+        return arm, {"arm": arm, "reason": reason, "estimates": estimates}
+    if (cfg.controller.policy == "stay" and cfg.controller.probe != "none" and len(history) > 1
+            and last["arm"] in (arms if cfg.controller.probe == "all" else VERIFIED & set(arms))
+            and estimates[last["arm"]]["plays"] == 1
+            and history[-2]["arm"] != last["arm"] and gained(history[-2])):
+        arm = history[-2]["arm"]  # the last round was a probe (a first play right after a gain) and did not gain
+        reason = (f"{arm}: back after the probe of {last['arm']}, which did not gain on dev ({last['gain']:+.4f}); "
+                  f"{arm}'s last round gained {history[-2]['gain']:+.4f}")
+        return arm, {"arm": arm, "reason": reason, "estimates": estimates}
     if untried:
         arm = untried[0]
         order = ("arms whose kept answers the checker verifies first, then the others, each in the order listed"

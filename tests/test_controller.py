@@ -131,6 +131,25 @@ def test_win_stay_plays_an_arm_again_while_it_gains_and_shifts_when_it_does_not(
     assert controller.choose(ucb, History([("lmsi", 3, True)]), 2)[0] == "star"  # plain UCB1 tries every arm first
 
 
+def test_a_probe_gives_each_checked_arm_one_round_while_the_first_still_gains():
+    cfg = config.load("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "controller.probe=verified"])
+    assert controller.choose(cfg, History([]), 1)[0] == "star"
+    arm, d = controller.choose(cfg, History([("star", 3, True)]), 2)  # star gains, yet pairs gets a round
+    assert arm == "pairs" and d["reason"].startswith("pairs: a probe, not tried yet (star's last round gained +0.3000")
+    assert controller.choose(cfg, History([("star", 3, True), ("pairs", 5, True)]), 3)[0] == "pairs"  # it gained: stay
+    arm, d = controller.choose(cfg, History([("star", 3, True), ("pairs", 2, False)]), 3)  # it lost: back to star
+    assert arm == "star" and d["reason"].startswith("star: back after the probe of pairs, which did not gain")
+    assert controller.choose(cfg, History([("star", 3, True), ("pairs", 2, False), ("star", 5, True)]), 4)[0] == "star"
+    assert controller.choose(cfg, History([("star", 0, False)]), 2)[0] == "pairs"  # lose-shift, as without probes
+    assert controller.choose(cfg, History([("star", 0, False), ("pairs", 0, False)]), 3)[0] == "lmsi"  # not a probe
+    every = config.load("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "controller.probe=all"])
+    assert controller.choose(every, History([("star", 3, True), ("pairs", 2, False), ("star", 5, True)]), 4)[0] == "lmsi"
+    none = config.load("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]"])
+    assert none.controller.probe == "none" and controller.choose(none, History([("star", 3, True)]), 2)[0] == "star"
+    with pytest.raises(ConfigError, match="controller.probe"):
+        config.load("lmsi", ["controller.arms=[lmsi,star]", "controller.probe=some"])
+
+
 def test_in_context_memory_is_an_arm_that_costs_no_training():
     cfg = config.load("lmsi", ["controller.arms=[lmsi,memory]", "controller.policy=ucb", "update.steps=10", "update.batch_size=10"])
     assert controller.config_for(cfg, "memory").semisup.method == "memory"

@@ -17,12 +17,13 @@ benched, and falls back to UCB1 otherwise: in a short run, trying every arm befo
 costs most of the rounds. With `controller.probe` (`verified` or `all`; default `none`), an arm that
 gains yields one round to each arm of that group not tried yet: a probe that gains plays on
 (win-stay), one that does not hands the next round back to the arm it interrupted; so a run that
-found a good arm first still measures the others it trusts, at one round each. UCB1 (`ucb` alone): arms never tried go first, those whose kept answers
-the checker verifies (star, rest-em, pairs) before those that keep answers by votes or consistency
-(`controller.first: verified`, as a wrong vote that passes the gate can decide a short run; `listed`:
-the order of `controller.arms`); then the highest mean value plus `controller.explore` x the largest
-value seen x sqrt(2 ln(rounds) / plays). `random` draws the arm by the round's seed (the baseline a
-choice must beat). An arm whose last two rounds were both rolled back is benched while any other is
+found a good arm first still measures the others it trusts, at one round each (measured in
+docs/self_guided.md: closer to the best arm where the first is not it, behind where it is). UCB1
+(`ucb` alone): arms never tried go first, those whose kept answers the checker verifies (star,
+rest-em, pairs) before those that keep answers by votes or consistency (`controller.first: verified`,
+as a wrong vote that passes the gate can decide a short run; `listed`: the order of `controller.arms`);
+then the highest mean value plus `controller.explore` x the largest value seen x sqrt(2 ln(rounds) /
+plays). `random` draws the arm by the round's seed (the baseline a choice must beat). An arm whose last two rounds were both rolled back is benched while any other is
 not, and the reason says so. Every decision, its estimates and a one-line reason go to the acquire
 manifest, summary.json (`rounds[].controller`) and the report.
 

@@ -193,8 +193,8 @@ class ControllerConfig:
                                      # star, rest-em, pairs, before votes and consistency) | listed (as in arms)
     probe: str = "none"              # policy stay: while the arm played gains, give one round to each arm of this
                                      # group not tried yet (verified | all | none), in the order of `first`; a
-                                     # probe that gains plays on, one that does not hands back to the arm it
-                                     # interrupted
+                                     # probe the gate promotes plays on, one it rolls back hands back to the
+                                     # arm it interrupted; arms outside the group wait until none tried gains
     settings: dict = field(default_factory=dict)  # per arm, settings on top of its strategy (sections acquire,
                                      # refine, update, semisup), e.g. {pairs: {update: {lr: 2.0e-4}}}: the arm as
                                      # its recipe would run with them (ARMS; pairs trains at lr 1e-4 without)

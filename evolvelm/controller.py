@@ -15,10 +15,10 @@ come from the store, never from the clock, so a resumed run makes the same decis
 candidate gained on dev (promoted or not: the value above, not the gate's verdict) and the arm is not
 benched, and falls back to UCB1 otherwise: in a short run, trying every arm before exploiting one
 costs most of the rounds. With `controller.probe` (`verified` or `all`; default `none`), an arm that
-gains yields one round to each arm of that group not tried yet: a probe that gains plays on
-(win-stay), one that does not hands the next round back to the arm it interrupted; so a run that
-found a good arm first still measures the others it trusts, at one round each (measured in
-docs/self_guided.md: closer to the best arm where the first is not it, behind where it is). UCB1
+gains yields one round to each arm of that group not tried yet: a probe the gate promotes plays on
+(win-stay), one it rolls back hands the next round back to the arm it interrupted, and arms outside
+the group are tried only once no arm tried gains on average; so a run that found a good arm first
+still measures the others it trusts, at one round each (measured in docs/self_guided.md). UCB1
 (`ucb` alone): arms never tried go first, those whose kept answers the checker verifies (star,
 rest-em, pairs) before those that keep answers by votes or consistency (`controller.first: verified`,
 as a wrong vote that passes the gate can decide a short run; `listed`: the order of `controller.arms`);
@@ -136,44 +136,45 @@ def _best(arms: list[str], estimates: dict, what: str) -> tuple[str, str]:
 def _choose(cfg: Config, history: list[dict], rnd: int) -> tuple[str, dict]:
     arms = cfg.controller.arms
     estimates = _estimates(cfg, arms, history)
+    decided = lambda arm, reason: (arm, {"arm": arm, "reason": reason, "estimates": estimates})  # noqa: E731
     if cfg.controller.policy == "random":
         arm = _drawn(cfg, arms, rnd)
-        return arm, {"arm": arm, "reason": f"{arm}: drawn at random (controller.policy random, the baseline)",
-                     "estimates": estimates}
+        return decided(arm, f"{arm}: drawn at random (controller.policy random, the baseline)")
     untried = [a for a in arms if not estimates[a]["plays"]]
     if cfg.controller.first == "verified":
         untried.sort(key=lambda a: a not in VERIFIED)  # stable: the order listed within each group
-    probes = {"none": [], "verified": [a for a in untried if a in VERIFIED], "all": untried}[cfg.controller.probe]
+    probe = cfg.controller.probe
+    group = {"none": set(), "verified": VERIFIED & set(arms), "all": set(arms)}[probe]
+    stay = cfg.controller.policy == "stay"
     last = history[-1] if history else None
     gained = lambda h: h["arm"] in arms and h["gain"] > 0 and not estimates[h["arm"]]["benched"]  # noqa: E731
-    if cfg.controller.policy == "stay" and last and gained(last):
+    probed = (stay and len(history) > 1 and last["arm"] in group and estimates[last["arm"]]["plays"] == 1
+              and history[-2]["arm"] != last["arm"] and gained(history[-2]))  # the last round was a probe
+    if probed and not last["promoted"]:
+        arm = history[-2]["arm"]  # a probe plays on only when the gate promotes it
+        why = "did not gain on dev" if last["gain"] <= 0 else "gained too little on dev for the gate"
+        return decided(arm, f"{arm}: back after the probe of {last['arm']}, which {why} ({last['gain']:+.4f}); "
+                            f"{arm}'s last round gained {history[-2]['gain']:+.4f}")
+    if stay and last and gained(last):
         gate = "promoted" if last["promoted"] else "rolled back by the gate, which asks for more"
+        probes = [a for a in untried if a in group]
         if probes:
-            arm = probes[0]
-            reason = (f"{arm}: a probe, not tried yet ({last['arm']}'s last round gained {last['gain']:+.4f} on dev, "
-                      f"{gate}; controller.probe {cfg.controller.probe}: while an arm gains, each arm not tried yet "
-                      f"gets one round)")
-        else:
-            arm = last["arm"]
-            reason = (f"{arm}: its last round gained {last['gain']:+.4f} on dev ({gate}; win-stay: an arm plays "
-                      f"again while its rounds gain)")
-        return arm, {"arm": arm, "reason": reason, "estimates": estimates}
-    if (cfg.controller.policy == "stay" and cfg.controller.probe != "none" and len(history) > 1
-            and last["arm"] in (arms if cfg.controller.probe == "all" else VERIFIED & set(arms))
-            and estimates[last["arm"]]["plays"] == 1
-            and history[-2]["arm"] != last["arm"] and gained(history[-2])):
-        arm = history[-2]["arm"]  # the last round was a probe (a first play right after a gain) and did not gain
-        reason = (f"{arm}: back after the probe of {last['arm']}, which did not gain on dev ({last['gain']:+.4f}); "
-                  f"{arm}'s last round gained {history[-2]['gain']:+.4f}")
-        return arm, {"arm": arm, "reason": reason, "estimates": estimates}
-    if untried:
-        arm = untried[0]
+            return decided(probes[0], f"{probes[0]}: a probe, not tried yet ({last['arm']}'s last round gained "
+                                      f"{last['gain']:+.4f} on dev, {gate}; controller.probe {probe}: while an arm "
+                                      f"gains, each arm not tried yet gets one round)")
+        return decided(last["arm"], f"{last['arm']}: its last round gained {last['gain']:+.4f} on dev ({gate}; "
+                                    f"win-stay: an arm plays again while its rounds gain)")
+    tried = [a for a in arms if estimates[a]["plays"]]
+    gainers = [a for a in tried if not estimates[a]["benched"] and estimates[a]["mean_value"] > 0]
+    if untried and not (group and gainers and not group & set(untried)):
         order = ("arms whose kept answers the checker verifies first, then the others, each in the order listed"
                  if cfg.controller.first == "verified" else "in the order listed")
-        reason = f"{arm}: not tried yet (each arm is tried once, {order})"
-        return arm, {"arm": arm, "reason": reason, "estimates": estimates}
-    arm, reason = _best(arms, estimates, "mean dev gain")
-    return arm, {"arm": arm, "reason": reason, "estimates": estimates}
+        return decided(untried[0], f"{untried[0]}: not tried yet (each arm is tried once, {order})")
+    arm, reason = _best(tried, estimates, "mean dev gain")
+    if untried:
+        reason += (f"; not tried: {', '.join(untried)}, outside controller.probe's group ({probe}), tried only "
+                   f"once no arm tried gains on average")
+    return decided(arm, reason)
 
 
 def skill_accuracy(acc: dict) -> dict[str, float]:

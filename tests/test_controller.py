@@ -139,7 +139,12 @@ def test_a_probe_gives_each_checked_arm_one_round_while_the_first_still_gains():
     assert controller.choose(cfg, History([("star", 3, True), ("pairs", 5, True)]), 3)[0] == "pairs"  # it gained: stay
     arm, d = controller.choose(cfg, History([("star", 3, True), ("pairs", 2, False)]), 3)  # it lost: back to star
     assert arm == "star" and d["reason"].startswith("star: back after the probe of pairs, which did not gain")
+    arm, d = controller.choose(cfg, History([("star", 3, True), ("pairs", 4, False)]), 3)  # a gain the gate did not take
+    assert arm == "star" and "which gained too little on dev for the gate (+0.1000)" in d["reason"]
     assert controller.choose(cfg, History([("star", 3, True), ("pairs", 2, False), ("star", 5, True)]), 4)[0] == "star"
+    arm, d = controller.choose(cfg, History([("star", 3, True), ("pairs", 2, False), ("star", 2, False)]), 4)
+    assert arm == "star" and "not tried: lmsi, semievol, outside controller.probe's group (verified)" in d["reason"]
+    assert controller.choose(cfg, History([("star", 3, True), ("pairs", 2, False), ("star", 0, False)]), 4)[0] == "lmsi"
     assert controller.choose(cfg, History([("star", 0, False)]), 2)[0] == "pairs"  # lose-shift, as without probes
     assert controller.choose(cfg, History([("star", 0, False), ("pairs", 0, False)]), 3)[0] == "lmsi"  # not a probe
     every = config.load("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "controller.probe=all"])

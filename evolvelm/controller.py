@@ -166,7 +166,8 @@ def _choose(cfg: Config, history: list[dict], rnd: int) -> tuple[str, dict]:
                                     f"win-stay: an arm plays again while its rounds gain)")
     tried = [a for a in arms if estimates[a]["plays"]]
     gainers = [a for a in tried if not estimates[a]["benched"] and estimates[a]["mean_value"] > 0]
-    if untried and not (group and gainers and not group & set(untried)):
+    waiting = bool(group and gainers and not group & set(untried))  # with a probe, arms outside its group wait
+    if untried and not waiting:
         order = ("arms whose kept answers the checker verifies first, then the others, each in the order listed"
                  if cfg.controller.first == "verified" else "in the order listed")
         return decided(untried[0], f"{untried[0]}: not tried yet (each arm is tried once, {order})")

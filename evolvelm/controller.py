@@ -12,20 +12,21 @@ comparison, whether or not the round was promoted), per 1,000 sequences processe
 plus sequences trained on: update.steps x update.batch_size, twice that for preference pairs). Both
 come from the store, never from the clock, so a resumed run makes the same decisions. The default,
 `controller.policy: stay` (win-stay, lose-shift), plays the last round's arm again when that round's
-candidate gained on dev (promoted or not: the value above, not the gate's verdict) and the arm is not
-benched, and falls back to UCB1 otherwise: in a short run, trying every arm before exploiting one
-costs most of the rounds. With `controller.probe` (`verified` or `all`; default `none`), an arm that
-gains yields one round to each arm of that group not tried yet: a probe the gate promotes plays on
-(win-stay), one it rolls back hands the next round back to the arm it interrupted, and arms outside
-the group are tried only once no arm tried gains on average; so a run that found a good arm first
-still measures the others it trusts, at one round each (measured in docs/self_guided.md). UCB1
+candidate gained on dev (promoted or not: the value above, not the gate's verdict) and the arm is
+not benched, and falls back to UCB1 otherwise: in a short run, trying every arm before exploiting
+one costs most of the rounds. With `controller.probe` (`verified` or `all`; default `none`), an arm
+that gains yields one round to each arm of that group not tried yet: a probe the gate promotes plays
+on (win-stay), one it rolls back hands the next round back to the arm it interrupted, and arms
+outside the group are tried only once no arm tried gains on average; so a run that found a good arm
+first still measures the others it trusts, at one round each (measured in docs/self_guided.md). UCB1
 (`ucb` alone): arms never tried go first, those whose kept answers the checker verifies (star,
-rest-em, pairs) before those that keep answers by votes or consistency (`controller.first: verified`,
-as a wrong vote that passes the gate can decide a short run; `listed`: the order of `controller.arms`);
-then the highest mean value plus `controller.explore` x the largest value seen x sqrt(2 ln(rounds) /
-plays). `random` draws the arm by the round's seed (the baseline a choice must beat). An arm whose last two rounds were both rolled back is benched while any other is
-not, and the reason says so. Every decision, its estimates and a one-line reason go to the acquire
-manifest, summary.json (`rounds[].controller`) and the report.
+rest-em, pairs) before those that keep answers by votes or consistency (`controller.first:
+verified`, as a wrong vote that passes the gate can decide a short run; `listed`: the order of
+`controller.arms`); then the highest mean value plus `controller.explore` x the largest value seen x
+sqrt(2 ln(rounds) / plays). `random` draws the arm by the round's seed (the baseline a choice must
+beat). An arm whose last two rounds were both rolled back is benched while any other is not, and the
+reason says so. Every decision, its estimates and a one-line reason go to the acquire manifest,
+summary.json (`rounds[].controller`) and the report.
 
 In a modular run (`modules.order: controller`) the controller chooses which module trains instead:
 the skill whose experience the round learns (`choose_module`).
@@ -165,8 +166,8 @@ def _choose(cfg: Config, history: list[dict], rnd: int) -> tuple[str, dict]:
         return decided(last["arm"], f"{last['arm']}: its last round gained {last['gain']:+.4f} on dev ({gate}; "
                                     f"win-stay: an arm plays again while its rounds gain)")
     tried = [a for a in arms if estimates[a]["plays"]]
-    gainers = [a for a in tried if not estimates[a]["benched"] and estimates[a]["mean_value"] > 0]
-    waiting = bool(group and gainers and not group & set(untried))  # with a probe, arms outside its group wait
+    waiting = (bool(group) and not group & set(untried)  # with a probe, arms outside its group wait while one gains
+               and any(not estimates[a]["benched"] and estimates[a]["mean_value"] > 0 for a in tried))
     if untried and not waiting:
         order = ("arms whose kept answers the checker verifies first, then the others, each in the order listed"
                  if cfg.controller.first == "verified" else "in the order listed")

@@ -194,7 +194,7 @@ def test_shared_adapter_baseline_forgets(tmp_path):
 
 
 CHOSEN = ["skills=[reverse, shift]", "rounds=3", "modules.order=controller", "controller.policy=ucb", *SMALL[2:5],
-          "modules.examples=200", "update.steps=40"]
+          "modules.examples=60", "update.steps=10"]
 
 
 def test_the_controller_chooses_which_module_trains_and_says_why(tmp_path):

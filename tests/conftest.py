@@ -9,6 +9,10 @@ import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# pytest-xdist workers share the cores: each gets its share of threads (the tiny models gain little
+# from a second thread, and two workers at full threads slow each other several times over)
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 # converted GGUF models (SmolLM2) are cached here across test sessions, never in the user's cache
 os.environ.setdefault("EVOLVELM_CACHE", os.path.join(tempfile.gettempdir(), "evolvelm-test-cache"))
 

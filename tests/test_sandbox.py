@@ -31,15 +31,15 @@ if os.environ.get("CI") == "true" and not HAVE_BWRAP:
     raise RuntimeError("bubblewrap is missing on CI; .ci/run must install it")
 needs_bwrap = pytest.mark.skipif(not HAVE_BWRAP, reason="bubblewrap not installed (apt-get install bubblewrap)")
 LIMITS = Limits(wall_s=3.0, cpu_s=3, memory_mb=256, output_bytes=4096, processes=16)
-UIDS = range(sandbox.UID_BASE, sandbox.UID_BASE + 4096)  # every uid a slot may get
 
 
-def survivors() -> list[int]:
-    """Processes of any slot uid, zombies included (the sandbox reaps what it started)."""
+def survivors(box: Sandbox) -> list[int]:
+    """Processes of the box's slot uids, zombies included (the sandbox reaps what it started). Only
+    its own: other tests (pytest-xdist workers) run sandboxes beside it, on uids of their own."""
     out = []
     for p in Path("/proc").iterdir():
         try:
-            if p.name.isdigit() and p.stat().st_uid in UIDS:
+            if p.name.isdigit() and p.stat().st_uid in box.uids:
                 out.append(int(p.name))
         except OSError:
             pass
@@ -53,7 +53,7 @@ def box(request):
 
 def run(box, code, **kw):
     r = box.run(textwrap.dedent(code), **kw)
-    assert survivors() == [], f"processes survived {r}"
+    assert survivors(box) == [], f"processes survived {r}"
     return r
 
 
@@ -416,7 +416,7 @@ def test_pool_runs_in_parallel_slots_in_order(box):
     assert {int(r[1]) for r in results} == set(box.uids)  # one uid per slot
     spans = sorted((float(r[2]), float(r[3])) for r in results)
     assert any(b[0] < a[1] for a, b in zip(spans, spans[1:]))  # two ran at the same time
-    assert survivors() == []
+    assert survivors(box) == []
 
 
 def test_two_sandboxes_never_share_a_uid():

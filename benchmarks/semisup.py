@@ -50,7 +50,9 @@ the labeled set alone, the baseline):
                arms the checker verifies first (controller.first verified: star, pairs, then lmsi,
                semievol); controller-stay-listed: the same in the listed order; controller-probe:
                controller-stay, and while an arm gains each checked arm not tried yet gets one round
-               (controller.probe verified); controller-random: the arm drawn at random
+               (controller.probe verified); controller-same: the probe trained beside the arm that
+               gained, from the same model, the one that gains more on dev going on
+               (controller.same_start); controller-random: the arm drawn at random
 Printed per arm and round: test accuracy pooled over every held-out problem (kept model, and the
 round's candidate), pass@1, pass@k,
 distinct right rationales per problem, answer diversity, precision of the kept labels (final answer)
@@ -102,6 +104,8 @@ ARMS = {"labeled": ("lmsi", ["semisup.method=labeled"]), "lmsi": ("lmsi", []),
                                             "controller.first=listed"]),
         "controller-probe": ("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "controller.policy=stay",
                                       "controller.probe=verified"]),
+        "controller-same": ("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "controller.policy=stay",
+                                     "controller.probe=verified", "controller.same_start=true"]),
         "controller-random": ("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "controller.policy=random"])}
 
 

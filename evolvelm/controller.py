@@ -66,23 +66,33 @@ def config_for(cfg: Config, arm: str) -> Config:
     return overridden(overridden(cfg, ARMS[arm]), cfg.controller.settings.get(arm, {}))
 
 
+def measured(cfg: Config, run, rnd: int, arm: str, start: int) -> dict:
+    """What round `rnd` of `run` measured of `arm`, trained from round `start`'s model: its dev gain, its
+    cost (thousands of sequences) and the share of the remaining dev errors it fixed (`relative`)."""
+    acquired, update = run.done(rnd, "acquire"), run.done(rnd, "update")
+    old, new = dev_right(run, start), dev_right(run, rnd)
+    gain = (sum(new) - sum(old)) / len(new)
+    errors = 1 - sum(old) / len(old)  # what was left to gain: relative gains shrink less as the model improves
+    u = config_for(cfg, arm).update
+    trained = 0 if update.get("skipped") or arm == "memory" else u.steps * u.batch_size * (2 if arm == "pairs" else 1)
+    cost = (acquired["acquired"] + trained) / 1000
+    return {"gain": round(gain, 4), "cost": round(cost, 3), "relative": gain / errors if errors else 0.0}
+
+
 def played(cfg: Config, run, before: int) -> list[dict]:
-    """Every finished round before `before` that an arm played: its arm, value, gain, cost, promotion."""
+    """Every finished round before `before` that an arm played: its arm, value, gain, cost, promotion;
+    in a same-start probe's round, the arm it did not keep first (never promoted)."""
     out = []
     for rnd in range(1, before):
-        acquired, update, gate = (run.done(rnd, s) for s in ("acquire", "update", "gate"))
+        acquired, gate = run.done(rnd, "acquire"), run.done(rnd, "gate")
         if not (acquired and gate and acquired.get("controller")):
             continue
-        arm = acquired["controller"]["arm"]
-        start = State.read(run.done(rnd - 1, "gate")).round
-        old, new = dev_right(run, start), dev_right(run, rnd)
-        gain = (sum(new) - sum(old)) / len(new)
-        errors = 1 - sum(old) / len(old)  # what was left to gain: relative gains shrink less as the model improves
-        u = config_for(cfg, arm).update
-        trained = 0 if update.get("skipped") or arm == "memory" else u.steps * u.batch_size * (2 if arm == "pairs" else 1)
-        cost = (acquired["acquired"] + trained) / 1000
-        out.append({"round": rnd, "arm": arm, "gain": round(gain, 4), "cost": round(cost, 3), "value": gain / cost,
-                    "relative": gain / errors if errors else 0.0, "promoted": gate["promoted"]})
+        decision = acquired["controller"]
+        arm = decision["arm"]
+        trials = {a: t for a, t in decision.get("trials", {}).items() if a != arm}
+        for a, t in [*trials.items(), (arm, measured(cfg, run, rnd, arm, State.read(run.done(rnd - 1, "gate")).round))]:
+            out.append({"round": rnd, "arm": a, "gain": t["gain"], "cost": t["cost"], "value": t["gain"] / t["cost"],
+                        "relative": t["relative"], "promoted": gate["promoted"] and a == arm})
     return out
 
 
@@ -91,8 +101,26 @@ def choose(cfg: Config, run, rnd: int) -> tuple[str, dict]:
     predicted share of the remaining dev errors the round will fix (`predict`)."""
     history = played(cfg, run, rnd)
     arm, decision = _choose(cfg, history, rnd)
+    return arm, {**decision, "predict": predict(history, arm)}
+
+
+def predict(history: list[dict], arm: str) -> float | None:
+    """The share of the remaining dev errors `arm` fixed on average (untried: every arm's; none: None)."""
     mine = [h["relative"] for h in history if h["arm"] == arm] or [h["relative"] for h in history]
-    return arm, {**decision, "predict": round(sum(mine) / len(mine), 4) if mine else None}
+    return round(sum(mine) / len(mine), 4) if mine else None
+
+
+def same_start(decision: dict, trials: dict[str, dict], history: list[dict]) -> dict:
+    """A same-start probe's decision once both arms trained from the round's model (`trials`: each arm's
+    `measured`): the arm whose candidate gets more dev problems right, the one that gained first on a
+    tie, goes on as the round's own."""
+    arms = [decision["versus"], decision["arm"]]
+    arm = max(arms, key=lambda a: (trials[a]["gain"], -arms.index(a)))
+    other = arms[1 - arms.index(arm)]
+    g = lambda a: f"{trials[a]['gain']:+.4f}"  # noqa: E731
+    return {**decision, "arm": arm, "trials": trials, "predict": predict(history, arm),
+            "reason": f"{arm}: dev gain {g(arm)}, {other} {g(other)}, both trained from the round's model "
+                      f"(a same-start probe; {decision['reason']})"}
 
 
 def _estimates(cfg: Config, arms: list[str], history: list[dict]) -> dict:
@@ -137,7 +165,7 @@ def _best(arms: list[str], estimates: dict, what: str) -> tuple[str, str]:
 def _choose(cfg: Config, history: list[dict], rnd: int) -> tuple[str, dict]:
     arms = cfg.controller.arms
     estimates = _estimates(cfg, arms, history)
-    decided = lambda arm, reason: (arm, {"arm": arm, "reason": reason, "estimates": estimates})  # noqa: E731
+    decided = lambda arm, reason, **more: (arm, {"arm": arm, "reason": reason, "estimates": estimates, **more})  # noqa: E731
     if cfg.controller.policy == "random":
         arm = _drawn(cfg, arms, rnd)
         return decided(arm, f"{arm}: drawn at random (controller.policy random, the baseline)")
@@ -149,7 +177,7 @@ def _choose(cfg: Config, history: list[dict], rnd: int) -> tuple[str, dict]:
     stay = cfg.controller.policy == "stay"
     last = history[-1] if history else None
     gained = lambda h: h["arm"] in arms and h["gain"] > 0 and not estimates[h["arm"]]["benched"]  # noqa: E731
-    probed = (stay and len(history) > 1 and last["arm"] in group and estimates[last["arm"]]["plays"] == 1
+    probed = (stay and not cfg.controller.same_start and len(history) > 1 and last["arm"] in group and estimates[last["arm"]]["plays"] == 1
               and history[-2]["arm"] != last["arm"] and gained(history[-2]))  # the last round was a probe
     if probed and not last["promoted"]:
         arm = history[-2]["arm"]  # a probe plays on only when the gate promotes it
@@ -160,9 +188,12 @@ def _choose(cfg: Config, history: list[dict], rnd: int) -> tuple[str, dict]:
         gate = "promoted" if last["promoted"] else "rolled back by the gate, which asks for more"
         probes = [a for a in untried if a in group]
         if probes:
-            return decided(probes[0], f"{probes[0]}: a probe, not tried yet ({last['arm']}'s last round gained "
-                                      f"{last['gain']:+.4f} on dev, {gate}; controller.probe {probe}: while an arm "
-                                      f"gains, each arm not tried yet gets one round)")
+            reason = (f"a probe, not tried yet ({last['arm']}'s last round gained {last['gain']:+.4f} on dev, {gate}; "
+                      f"controller.probe {probe}: while an arm gains, each arm not tried yet gets one round")
+            if cfg.controller.same_start:  # both from this round's model; run_recipe keeps the better
+                return decided(probes[0], f"{probes[0]}: {reason}, trained beside {last['arm']} from the same model)",
+                               versus=last["arm"])
+            return decided(probes[0], f"{probes[0]}: {reason})")
         return decided(last["arm"], f"{last['arm']}: its last round gained {last['gain']:+.4f} on dev ({gate}; "
                                     f"win-stay: an arm plays again while its rounds gain)")
     tried = [a for a in arms if estimates[a]["plays"]]

@@ -23,8 +23,8 @@ class History:
         self.info = {(0, "gate"): {"model": "m", "round": 0, "promoted": True},
                      (0, "eval"): {"round": 0, "dev_right": {"s": {"1": "0" * dev}}}}
         kept = 0
-        for rnd, (arm, right, promoted) in enumerate(rounds, 1):
-            self.info[(rnd, "acquire")] = {"acquired": 1000, "controller": {"arm": arm}}
+        for rnd, (arm, right, promoted, *trials) in enumerate(rounds, 1):  # trials: a same-start probe's
+            self.info[(rnd, "acquire")] = {"acquired": 1000, "controller": {"arm": arm, **({"trials": trials[0]} if trials else {})}}
             self.info[(rnd, "update")] = {}
             self.info[(rnd, "eval")] = {"round": rnd, "dev_right": {"s": {"1": "1" * right + "0" * (dev - right)}}}
             kept = rnd if promoted else kept
@@ -153,6 +153,30 @@ def test_a_probe_gives_each_checked_arm_one_round_while_the_first_still_gains():
     assert none.controller.probe == "none" and controller.choose(none, History([("star", 3, True)]), 2)[0] == "star"
     with pytest.raises(ConfigError, match="controller.probe"):
         config.load("lmsi", ["controller.arms=[lmsi,star]", "controller.probe=some"])
+
+
+def test_a_same_start_probe_trains_beside_the_arm_that_gained_and_the_better_goes_on():
+    cfg = config.load("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "controller.probe=verified",
+                               "controller.same_start=true", "update.steps=10", "update.batch_size=10"])
+    arm, d = controller.choose(cfg, History([("star", 3, True)]), 2)  # star gains: pairs is trained beside it
+    assert (arm, d["versus"]) == ("pairs", "star") and "trained beside star from the same model" in d["reason"]
+    trials = {"star": {"gain": 0.0, "cost": 1.1, "relative": 0.0}, "pairs": {"gain": 0.2, "cost": 1.2, "relative": 0.2857}}
+    final = controller.same_start(d, trials, [])
+    assert final["arm"] == "pairs" and final["reason"].startswith("pairs: dev gain +0.2000, star +0.0000, both trained from the round's model")
+    assert controller.same_start(d, {**trials, "pairs": trials["star"]}, [])["arm"] == "star"  # a tie: the arm that gained
+    # the round as stored: pairs' own (5 of 10 dev right from 3) and star's trial, never promoted
+    history = History([("star", 3, True), ("pairs", 5, True, {"star": trials["star"]})])
+    rows = controller.played(cfg, history, 3)
+    assert [(h["round"], h["arm"], h["promoted"]) for h in rows] == [(1, "star", True), (2, "star", False), (2, "pairs", True)]
+    assert rows[1]["value"] == 0.0 and rows[2]["gain"] == 0.2
+    arm, d = controller.choose(cfg, history, 3)  # pairs gained: it stays; star's trial counts as a play
+    assert arm == "pairs" and d["estimates"]["star"]["plays"] == 2 and "versus" not in d
+    # the probe lost and star was kept: star goes on, no arm of the group is left to probe
+    kept = History([("star", 3, True), ("star", 5, True, {"pairs": {"gain": 0.0, "cost": 2.0, "relative": 0.0}})])
+    arm, d = controller.choose(cfg, kept, 3)
+    assert arm == "star" and "versus" not in d and d["reason"].startswith("star: its last round gained +0.2000")
+    with pytest.raises(ConfigError, match="controller.same_start"):
+        config.load("lmsi", ["controller.arms=[lmsi,star]", "controller.same_start=true"])
 
 
 def test_in_context_memory_is_an_arm_that_costs_no_training():
@@ -308,3 +332,42 @@ def test_curriculum_settings_are_checked():
         config.load("copy-ladder", ["acquire.curriculum=[0.2,0.8]"])
     with pytest.raises(ConfigError, match="curriculum_pool 1"):
         config.load("lmsi", ["acquire.curriculum=[0.2,0.8]", "acquire.curriculum_pool=1"])
+
+
+SAME_START = ["controller.arms=[star,pairs]", "controller.probe=verified", "controller.same_start=true"]
+
+
+def test_a_same_start_probe_keeps_the_arm_that_gained_more_and_resumes_identically(tmp_path):
+    """Round 1's star gains on dev (with these settings), so round 2 trains star and pairs from the same
+    model in forks of the run; the one that gains more is adopted as round 2, the other stays under
+    trials/. Killed inside the first fork's update, the resumed run redoes the probe and ends as an
+    uninterrupted run does."""
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert evolvelm("run", "lmsi", *SMALL, *SAME_START, "--run-dir", str(whole), timeout=600).returncode == 0
+    run = Run.open(whole)
+    first, d = run.done(1, "acquire")["controller"], run.done(2, "acquire")["controller"]
+    assert first["arm"] == "star" and d["versus"] == "star" and set(d["trials"]) == {"star", "pairs"}
+    gains = {a: t["gain"] for a, t in d["trials"].items()}
+    assert d["arm"] == ("pairs" if gains["pairs"] > gains["star"] else "star")
+    loser = ({"star", "pairs"} - {d["arm"]}).pop()
+    assert d["reason"].startswith(f"{d['arm']}: dev gain {gains[d['arm']]:+.4f}, {loser} {gains[loser]:+.4f}, both trained")
+    # round 2 is the winner's own: its gain as measured in its fork, its filters, its update from round 1's start
+    start = Run.open(whole).done(1, "gate")["round"]
+    assert controller.measured(run.config(), run, 2, d["arm"], start)["gain"] == gains[d["arm"]]
+    filters = {r["filter"] for r in run.query("SELECT DISTINCT filter FROM verdicts WHERE round=2")}
+    assert filters == ({"oracle", "dedup"} if d["arm"] == "star" else {"oracle"})
+    assert ("pairs" in run.done(2, "update")) == (d["arm"] == "pairs")
+    trials = whole / "trials"
+    assert [p.name for p in trials.iterdir()] == [f"0002-{loser}"]
+    other = Run(trials / f"0002-{loser}")
+    assert other.done(2, "acquire")["controller"]["arm"] == loser and other.samples(2)
+    assert len(run.samples(2)) == run.done(2, "acquire")["acquired"]  # the winner's samples alone
+    assert [h["arm"] for h in controller.played(run.config(), run, 3)] == ["star", loser, d["arm"]]
+    summary = json.loads((whole / "summary.json").read_text())
+    assert summary["rounds"][2]["controller"]["arm"] == d["arm"]
+    out = evolvelm("run", "lmsi", *SMALL, *SAME_START, "--run-dir", str(killed),
+                   env={"EVOLVELM_KILL_AT": "2:update:before-manifest"}, timeout=600)
+    assert out.returncode == -signal.SIGKILL and (killed / "trials" / "0002-star").is_dir()
+    assert evolvelm("resume", str(killed), timeout=600).returncode == 0
+    assert outcome(killed) == outcome(whole)
+    assert Run(killed / "trials" / f"0002-{loser}").done(2, "eval")["dev"] == other.done(2, "eval")["dev"]

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import time
 from collections import defaultdict
 from dataclasses import replace
@@ -486,6 +487,29 @@ def recalibrate(seen: dict, skill: str, conf: list[float], kind: str = "token") 
     return recalibrated([c[i] for d in order for c in dev[d]], [m == "1" for d in order for m in marks[d]], conf)
 
 
+def same_start(cfg: Config, run: Run, rnd: int, state: State, exclude: dict, quiet: bool, decision: dict) -> dict:
+    """A same-start probe (`controller.same_start`): round `rnd` of the arm that gained and of the probe,
+    each in a fork of the run under RUN_DIR/trials/, both from the round's model; the one that gains
+    more on dev becomes the round's own (its stages adopted, the decision with both measurements in
+    its acquire manifest), the other stays under trials/ with its samples. Redone whole if the run
+    stops before the adoption."""
+    trials, forks = {}, {}
+    for arm in (decision["versus"], decision["arm"]):
+        rcfg, fork = controller.config_for(cfg, arm), run.fork(run.root / "trials" / f"{rnd:04d}-{arm}", rnd)
+        if not quiet:
+            tqdm.write(f"round {rnd}: {arm} from round {state.round}'s model (a same-start probe)")
+        acquire(rcfg, fork, rnd, state, exclude, quiet, {**decision, "arm": arm})
+        refine(rcfg, fork, rnd, state, quiet)
+        update_stage(rcfg, fork, rnd, state, quiet)
+        evaluate(rcfg, fork, rnd, state.after(fork.done(rnd, "update"), round=rnd), quiet)
+        trials[arm], forks[arm] = controller.measured(cfg, fork, rnd, arm, state.round), fork
+    final = controller.same_start(decision, trials, controller.played(cfg, run, rnd))
+    stages = ["acquire", "refine", "update", "eval"]
+    run.adopt(forks[final["arm"]], rnd, stages, {"acquire": {**forks[final["arm"]].done(rnd, "acquire"), "controller": final}})
+    shutil.rmtree(forks[final["arm"]].root)
+    return final
+
+
 def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
     """Run (or resume) every round in `run`; returns the summary."""
     sandbox.configure_from(cfg.sandbox)  # for skills whose checker runs the answers (`code`)
@@ -507,6 +531,8 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
         if cfg.controller.arms:  # decided once: a resumed round reads the decision its acquisition stored
             acquired = run.done(rnd, "acquire")
             decision = acquired["controller"] if acquired else controller.choose(cfg, run, rnd)[1]
+            if "versus" in decision and not acquired:
+                decision = same_start(cfg, run, rnd, state, exclude, quiet, decision)
             rcfg = controller.config_for(cfg, decision["arm"])
         if not run.done(rnd, "acquire"):
             acquire(rcfg, run, rnd, state, exclude, quiet, decision)

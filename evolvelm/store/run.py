@@ -178,6 +178,44 @@ class Run:
         self.commit(rnd, "gate", {**kept.info(), "promoted": promoted, "reason": reason, "decision": decision,
                                   "seconds": 0.0, **more})
 
+    def fork(self, root: Path, rnd: int) -> "Run":
+        """A scratch copy of this run as it stands before round `rnd`, in `root` (anything there before is
+        removed): the store copied, every other file and earlier round linked, so stages of round `rnd`
+        run there as here, and `adopt` can take them back."""
+        shutil.rmtree(root, ignore_errors=True)
+        (root / "rounds").mkdir(parents=True)
+        with closing(self.connect()) as src, closing(sqlite3.connect(root / "store.sqlite")) as dst:
+            src.backup(dst)
+        for entry in self.root.iterdir():
+            if entry.name not in ("store.sqlite", "rounds", "trials", "summary.json", "report.html") and "sqlite" not in entry.name:
+                (root / entry.name).symlink_to(os.path.relpath(entry, root))
+        for entry in (self.root / "rounds").iterdir() if (self.root / "rounds").is_dir() else ():
+            if entry.name.isdigit() and int(entry.name) < rnd:
+                (root / "rounds" / entry.name).symlink_to(os.path.relpath(entry, root / "rounds"))
+        return Run(root)
+
+    def adopt(self, other: "Run", rnd: int, stages: list[str], info: dict[str, dict]) -> None:
+        """Make `other`'s committed `stages` of round `rnd` this run's own (`other` forked from it): move
+        their directories here, then insert their rows and manifest entries, with `info` in place of
+        theirs where given, in one transaction. Directories moved before a crash have no manifest entry
+        here, so a resumed run treats them as leftovers."""
+        for stage in stages:
+            src, dst = other.stage_dir(rnd, stage), self.stage_dir(rnd, stage)
+            if dst.exists():
+                shutil.rmtree(dst)
+            if src.exists():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                src.rename(dst)
+        with closing(self.connect()) as con:
+            con.execute("ATTACH DATABASE ? AS other", (str(other.db),))
+            with con:
+                for table, column in (("samples", "round"), ("verdicts", "round"), ("evals", "round")):
+                    con.execute(f"INSERT INTO {table} SELECT * FROM other.{table} WHERE {column}=?", (rnd,))
+                for stage in stages:
+                    entry = other.done(rnd, stage)
+                    con.execute("INSERT INTO manifest VALUES (?,?,?,?)", (rnd, stage, json.dumps(info.get(stage, entry)), time.time()))
+        _failpoint(f"{rnd}:adopt:after-manifest")
+
     def record_checker_errors(self, failures: list[dict]) -> Path:
         """Append the completions a checker raised on to `checker_errors.jsonl`, each with the last stage
         committed before it (the stage that raised is not committed: `resume` redoes it)."""

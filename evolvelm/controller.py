@@ -18,7 +18,12 @@ one costs most of the rounds. With `controller.probe` (`verified` or `all`; defa
 that gains yields one round to each arm of that group not tried yet: a probe the gate promotes plays
 on (win-stay), one it rolls back hands the next round back to the arm it interrupted, and arms
 outside the group are tried only once no arm tried gains on average; so a run that found a good arm
-first still measures the others it trusts, at one round each (measured in docs/self_guided.md). UCB1
+first still measures the others it trusts, at one round each (measured in docs/self_guided.md). With
+`controller.same_start`, the probe round trains the probe and the arm that gained side by side from
+the round's model, each in a fork of the run (`Run.fork`), and the one that gains more on dev becomes
+the round's own (`Run.adopt`; the other's round stays under RUN_DIR/trials/ and counts as a play,
+never promoted): the two are compared from the same model, where the sequential probe compares one
+arm's earlier round with the other's later one. UCB1
 (`ucb` alone): arms never tried go first, those whose kept answers the checker verifies (star,
 rest-em, pairs) before those that keep answers by votes or consistency (`controller.first:
 verified`, as a wrong vote that passes the gate can decide a short run; `listed`: the order of

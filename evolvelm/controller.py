@@ -124,8 +124,7 @@ def same_start(decision: dict, trials: dict[str, dict], history: list[dict]) -> 
     other = arms[1 - arms.index(arm)]
     g = lambda a: f"{trials[a]['gain']:+.4f}"  # noqa: E731
     return {**decision, "arm": arm, "trials": trials, "predict": predict(history, arm),
-            "reason": f"{arm}: dev gain {g(arm)}, {other} {g(other)}, both trained from the round's model "
-                      f"(a same-start probe; {decision['reason']})"}
+            "reason": f"{arm}: dev gain {g(arm)}, {other} {g(other)}, both from the round's model; {decision['reason']}"}
 
 
 def _estimates(cfg: Config, arms: list[str], history: list[dict]) -> dict:
@@ -182,8 +181,9 @@ def _choose(cfg: Config, history: list[dict], rnd: int) -> tuple[str, dict]:
     stay = cfg.controller.policy == "stay"
     last = history[-1] if history else None
     gained = lambda h: h["arm"] in arms and h["gain"] > 0 and not estimates[h["arm"]]["benched"]  # noqa: E731
-    probed = (stay and not cfg.controller.same_start and len(history) > 1 and last["arm"] in group and estimates[last["arm"]]["plays"] == 1
-              and history[-2]["arm"] != last["arm"] and gained(history[-2]))  # the last round was a probe
+    probed = (stay and not cfg.controller.same_start and len(history) > 1 and last["arm"] in group
+              and estimates[last["arm"]]["plays"] == 1 and history[-2]["arm"] != last["arm"]
+              and gained(history[-2]))  # the last round was a (sequential) probe
     if probed and not last["promoted"]:
         arm = history[-2]["arm"]  # a probe plays on only when the gate promotes it
         why = "did not gain on dev" if last["gain"] <= 0 else "gained too little on dev for the gate"
@@ -193,12 +193,12 @@ def _choose(cfg: Config, history: list[dict], rnd: int) -> tuple[str, dict]:
         gate = "promoted" if last["promoted"] else "rolled back by the gate, which asks for more"
         probes = [a for a in untried if a in group]
         if probes:
-            reason = (f"a probe, not tried yet ({last['arm']}'s last round gained {last['gain']:+.4f} on dev, {gate}; "
-                      f"controller.probe {probe}: while an arm gains, each arm not tried yet gets one round")
+            gained_by = f"{last['arm']}'s last round gained {last['gain']:+.4f} on dev, {gate}"
             if cfg.controller.same_start:  # both from this round's model; run_recipe keeps the better
-                return decided(probes[0], f"{probes[0]}: {reason}, trained beside {last['arm']} from the same model)",
-                               versus=last["arm"])
-            return decided(probes[0], f"{probes[0]}: {reason})")
+                return decided(probes[0], f"{probes[0]}: a probe, not tried yet, trained beside {last['arm']} from the "
+                                          f"same model ({gained_by}; controller.probe {probe})", versus=last["arm"])
+            return decided(probes[0], f"{probes[0]}: a probe, not tried yet ({gained_by}; controller.probe {probe}: while "
+                                      f"an arm gains, each arm not tried yet gets one round)")
         return decided(last["arm"], f"{last['arm']}: its last round gained {last['gain']:+.4f} on dev ({gate}; "
                                     f"win-stay: an arm plays again while its rounds gain)")
     tried = [a for a in arms if estimates[a]["plays"]]

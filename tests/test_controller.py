@@ -24,7 +24,8 @@ class History:
                      (0, "eval"): {"round": 0, "dev_right": {"s": {"1": "0" * dev}}}}
         kept = 0
         for rnd, (arm, right, promoted, *trials) in enumerate(rounds, 1):  # trials: a same-start probe's
-            self.info[(rnd, "acquire")] = {"acquired": 1000, "controller": {"arm": arm, **({"trials": trials[0]} if trials else {})}}
+            decision = {"arm": arm, **({"trials": trials[0]} if trials else {})}
+            self.info[(rnd, "acquire")] = {"acquired": 1000, "controller": decision}
             self.info[(rnd, "update")] = {}
             self.info[(rnd, "eval")] = {"round": rnd, "dev_right": {"s": {"1": "1" * right + "0" * (dev - right)}}}
             kept = rnd if promoted else kept
@@ -162,7 +163,8 @@ def test_a_same_start_probe_trains_beside_the_arm_that_gained_and_the_better_goe
     assert (arm, d["versus"]) == ("pairs", "star") and "trained beside star from the same model" in d["reason"]
     trials = {"star": {"gain": 0.0, "cost": 1.1, "relative": 0.0}, "pairs": {"gain": 0.2, "cost": 1.2, "relative": 0.2857}}
     final = controller.same_start(d, trials, [])
-    assert final["arm"] == "pairs" and final["reason"].startswith("pairs: dev gain +0.2000, star +0.0000, both trained from the round's model")
+    assert final["arm"] == "pairs"
+    assert final["reason"].startswith("pairs: dev gain +0.2000, star +0.0000, both from the round's model; pairs: a probe")
     assert controller.same_start(d, {**trials, "pairs": trials["star"]}, [])["arm"] == "star"  # a tie: the arm that gained
     # the round as stored: pairs' own (5 of 10 dev right from 3) and star's trial, never promoted
     history = History([("star", 3, True), ("pairs", 5, True, {"star": trials["star"]})])
@@ -340,9 +342,9 @@ SAME_START = ["controller.arms=[star,pairs]", "controller.probe=verified", "cont
 def test_a_same_start_probe_keeps_the_arm_that_gained_more_and_resumes_identically(tmp_path):
     """Round 1's star gains on dev (with these settings), so round 2 trains star and pairs from the same
     model in forks of the run; the one that gains more is adopted as round 2, the other stays under
-    trials/. Killed inside the first fork's update, the resumed run redoes the probe and ends as an
-    uninterrupted run does."""
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    trials/. Killed inside the first fork's update, the resumed run redoes the probe, and killed right
+    after the adoption it goes on from there; either ends as an uninterrupted run does."""
+    whole = tmp_path / "whole"
     assert evolvelm("run", "lmsi", *SMALL, *SAME_START, "--run-dir", str(whole), timeout=600).returncode == 0
     run = Run.open(whole)
     first, d = run.done(1, "acquire")["controller"], run.done(2, "acquire")["controller"]
@@ -350,7 +352,7 @@ def test_a_same_start_probe_keeps_the_arm_that_gained_more_and_resumes_identical
     gains = {a: t["gain"] for a, t in d["trials"].items()}
     assert d["arm"] == ("pairs" if gains["pairs"] > gains["star"] else "star")
     loser = ({"star", "pairs"} - {d["arm"]}).pop()
-    assert d["reason"].startswith(f"{d['arm']}: dev gain {gains[d['arm']]:+.4f}, {loser} {gains[loser]:+.4f}, both trained")
+    assert d["reason"].startswith(f"{d['arm']}: dev gain {gains[d['arm']]:+.4f}, {loser} {gains[loser]:+.4f}, both from the round's")
     # round 2 is the winner's own: its gain as measured in its fork, its filters, its update from round 1's start
     start = Run.open(whole).done(1, "gate")["round"]
     assert controller.measured(run.config(), run, 2, d["arm"], start)["gain"] == gains[d["arm"]]
@@ -365,9 +367,12 @@ def test_a_same_start_probe_keeps_the_arm_that_gained_more_and_resumes_identical
     assert [h["arm"] for h in controller.played(run.config(), run, 3)] == ["star", loser, d["arm"]]
     summary = json.loads((whole / "summary.json").read_text())
     assert summary["rounds"][2]["controller"]["arm"] == d["arm"]
-    out = evolvelm("run", "lmsi", *SMALL, *SAME_START, "--run-dir", str(killed),
-                   env={"EVOLVELM_KILL_AT": "2:update:before-manifest"}, timeout=600)
-    assert out.returncode == -signal.SIGKILL and (killed / "trials" / "0002-star").is_dir()
-    assert evolvelm("resume", str(killed), timeout=600).returncode == 0
-    assert outcome(killed) == outcome(whole)
-    assert Run(killed / "trials" / f"0002-{loser}").done(2, "eval")["dev"] == other.done(2, "eval")["dev"]
+    for moment in ("2:update:before-manifest", "2:adopt:after-manifest"):  # within the first fork; after adopting
+        killed = tmp_path / moment.replace(":", "-")
+        out = evolvelm("run", "lmsi", *SMALL, *SAME_START, "--run-dir", str(killed), env={"EVOLVELM_KILL_AT": moment},
+                       timeout=600)
+        assert out.returncode == -signal.SIGKILL and (killed / "trials" / "0002-star").is_dir()
+        assert evolvelm("resume", str(killed), timeout=600).returncode == 0
+        assert outcome(killed) == outcome(whole)
+        assert [p.name for p in (killed / "trials").iterdir()] == [f"0002-{loser}"]
+        assert Run(killed / "trials" / f"0002-{loser}").done(2, "eval")["dev"] == other.done(2, "eval")["dev"]

@@ -533,6 +533,8 @@ def run_recipe(cfg: Config, run: Run, quiet: bool = False) -> dict:
             decision = acquired["controller"] if acquired else controller.choose(cfg, run, rnd)[1]
             if "versus" in decision and not acquired:
                 decision = same_start(cfg, run, rnd, state, exclude, quiet, decision)
+            elif "trials" in decision:  # the kept arm's fork, if the run stopped right after adopting it
+                shutil.rmtree(run.root / "trials" / f"{rnd:04d}-{decision['arm']}", ignore_errors=True)
             rcfg = controller.config_for(cfg, decision["arm"])
         if not run.done(rnd, "acquire"):
             acquire(rcfg, run, rnd, state, exclude, quiet, decision)

@@ -187,7 +187,7 @@ class Run:
         with closing(self.connect()) as src, closing(sqlite3.connect(root / "store.sqlite")) as dst:
             src.backup(dst)
         for entry in self.root.iterdir():
-            if entry.name not in ("store.sqlite", "rounds", "trials", "summary.json", "report.html") and "sqlite" not in entry.name:
+            if entry.name not in ("rounds", "trials", "summary.json", "report.html") and "sqlite" not in entry.name:
                 (root / entry.name).symlink_to(os.path.relpath(entry, root))
         for entry in (self.root / "rounds").iterdir() if (self.root / "rounds").is_dir() else ():
             if entry.name.isdigit() and int(entry.name) < rnd:
@@ -212,8 +212,8 @@ class Run:
                 for table, column in (("samples", "round"), ("verdicts", "round"), ("evals", "round")):
                     con.execute(f"INSERT INTO {table} SELECT * FROM other.{table} WHERE {column}=?", (rnd,))
                 for stage in stages:
-                    entry = other.done(rnd, stage)
-                    con.execute("INSERT INTO manifest VALUES (?,?,?,?)", (rnd, stage, json.dumps(info.get(stage, entry)), time.time()))
+                    entry = info.get(stage) or other.done(rnd, stage)
+                    con.execute("INSERT INTO manifest VALUES (?,?,?,?)", (rnd, stage, json.dumps(entry), time.time()))
         _failpoint(f"{rnd}:adopt:after-manifest")
 
     def record_checker_errors(self, failures: list[dict]) -> Path:

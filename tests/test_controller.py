@@ -354,7 +354,7 @@ def test_a_same_start_probe_keeps_the_arm_that_gained_more_and_resumes_identical
     loser = ({"star", "pairs"} - {d["arm"]}).pop()
     assert d["reason"].startswith(f"{d['arm']}: dev gain {gains[d['arm']]:+.4f}, {loser} {gains[loser]:+.4f}, both from the round's")
     # round 2 is the winner's own: its gain as measured in its fork, its filters, its update from round 1's start
-    start = Run.open(whole).done(1, "gate")["round"]
+    start = run.done(1, "gate")["round"]
     assert controller.measured(run.config(), run, 2, d["arm"], start)["gain"] == gains[d["arm"]]
     filters = {r["filter"] for r in run.query("SELECT DISTINCT filter FROM verdicts WHERE round=2")}
     assert filters == ({"oracle", "dedup"} if d["arm"] == "star" else {"oracle"})

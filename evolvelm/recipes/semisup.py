@@ -504,9 +504,9 @@ def same_start(cfg: Config, run: Run, rnd: int, state: State, exclude: dict, qui
         evaluate(rcfg, fork, rnd, state.after(fork.done(rnd, "update"), round=rnd), quiet)
         trials[arm], forks[arm] = controller.measured(cfg, fork, rnd, arm, state.round), fork
     final = controller.same_start(decision, trials, controller.played(cfg, run, rnd))
-    stages = ["acquire", "refine", "update", "eval"]
-    run.adopt(forks[final["arm"]], rnd, stages, {"acquire": {**forks[final["arm"]].done(rnd, "acquire"), "controller": final}})
-    shutil.rmtree(forks[final["arm"]].root)
+    kept = forks[final["arm"]]
+    run.adopt(kept, rnd, ["acquire", "refine", "update", "eval"], {"acquire": {**kept.done(rnd, "acquire"), "controller": final}})
+    shutil.rmtree(kept.root)
     return final
 
 

@@ -209,8 +209,8 @@ class Run:
         with closing(self.connect()) as con:
             con.execute("ATTACH DATABASE ? AS other", (str(other.db),))
             with con:
-                for table, column in (("samples", "round"), ("verdicts", "round"), ("evals", "round")):
-                    con.execute(f"INSERT INTO {table} SELECT * FROM other.{table} WHERE {column}=?", (rnd,))
+                for table in ("samples", "verdicts", "evals"):
+                    con.execute(f"INSERT INTO {table} SELECT * FROM other.{table} WHERE round=?", (rnd,))
                 for stage in stages:
                     entry = info.get(stage) or other.done(rnd, stage)
                     con.execute("INSERT INTO manifest VALUES (?,?,?,?)", (rnd, stage, json.dumps(entry), time.time()))

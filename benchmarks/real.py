@@ -29,7 +29,7 @@ the test answers' confidence (ECE, AUROC; of the sequence, token and recalibrate
 its change, its prediction from the answers it changed, the controller's, and the naive predictors,
 with their mean absolute errors).
 
-    python benchmarks/real.py --methods star --set "controller.arms=[lmsi,star,semievol,pairs]" controller.policy=stay
+    python benchmarks/real.py --methods star --set "controller.arms=[lmsi,star,semievol,pairs]" controller.policy=stay controller.probe=none
 """
 from __future__ import annotations
 

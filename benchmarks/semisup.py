@@ -46,13 +46,14 @@ the labeled set alone, the baseline):
                probability (the predicted success) lies in [0.2, 0.8], the nearest to it when too few do
     controller each round a UCB1 bandit chooses among lmsi, star, semievol and pairs by measured dev gain
                per 1k sequences (evolvelm.controller), trying them first in that order;
-               controller-stay: win-stay, lose-shift over UCB1 (controller.policy stay), trying the
-               arms the checker verifies first (controller.first verified: star, pairs, then lmsi,
-               semievol); controller-stay-listed: the same in the listed order; controller-probe:
-               controller-stay, and while an arm gains each checked arm not tried yet gets one round
-               (controller.probe verified); controller-same: the probe trained beside the arm that
-               gained, from the same model, the one that gains more on dev going on
-               (controller.same_start); controller-random: the arm drawn at random
+               controller-stay: win-stay, lose-shift over UCB1 (controller.policy stay, probe none),
+               trying the arms the checker verifies first (controller.first verified: star, pairs,
+               then lmsi, semievol); controller-stay-listed: the same in the listed order;
+               controller-probe: controller-stay, and while an arm gains each checked arm not tried
+               yet gets the next round (controller.probe verified, same_start false); controller-same
+               (the controller's defaults): the probe trained beside the arm that gained, from the
+               same model, the one that gains more on dev going on (controller.same_start);
+               controller-random: the arm drawn at random
 Printed per arm and round: test accuracy pooled over every held-out problem (kept model, and the
 round's candidate), pass@1, pass@k,
 distinct right rationales per problem, answer diversity, precision of the kept labels (final answer)
@@ -99,11 +100,12 @@ ARMS = {"labeled": ("lmsi", ["semisup.method=labeled"]), "lmsi": ("lmsi", []),
         "lmsi-random": ("lmsi", ["refine.chain=[random,dedup]", "refine.keep_as=vote"]),
         "lmsi-curriculum": ("lmsi", ["acquire.curriculum=[0.2,0.8]"]), "star-curriculum": ("star", ["acquire.curriculum=[0.2,0.8]"]),
         "controller": ("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "controller.policy=ucb", "controller.first=listed"]),
-        "controller-stay": ("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "controller.policy=stay"]),
+        "controller-stay": ("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "controller.policy=stay",
+                                     "controller.probe=none"]),
         "controller-stay-listed": ("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "controller.policy=stay",
-                                            "controller.first=listed"]),
+                                            "controller.probe=none", "controller.first=listed"]),
         "controller-probe": ("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "controller.policy=stay",
-                                      "controller.probe=verified"]),
+                                      "controller.probe=verified", "controller.same_start=false"]),
         "controller-same": ("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "controller.policy=stay",
                                      "controller.probe=verified", "controller.same_start=true"]),
         "controller-random": ("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "controller.policy=random"])}

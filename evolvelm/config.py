@@ -191,13 +191,13 @@ class ControllerConfig:
                                      # baseline), or else ucb on expected gain
     first: str = "verified"          # arms not tried yet: verified (those whose kept answers the checker verifies,
                                      # star, rest-em, pairs, before votes and consistency) | listed (as in arms)
-    probe: str = "none"              # policy stay: while the arm played gains, give one round to each arm of this
-                                     # group not tried yet (verified | all | none), in the order of `first`; a
-                                     # probe the gate promotes plays on, one it rolls back hands back to the
-                                     # arm it interrupted; arms outside the group wait until none tried gains
-    same_start: bool = False         # with probe: a probe round trains the arm that gained and the probe from the
+    probe: str = "verified"          # policy stay: while the arm played gains, give one round to each arm of this
+                                     # group not tried yet (verified | all | none), in the order of `first`; arms
+                                     # outside the group wait until none tried gains
+    same_start: bool = True          # with probe: a probe round trains the arm that gained and the probe from the
                                      # same model and goes on with the one that gains more on dev (the other's
-                                     # round is kept under RUN_DIR/trials/)
+                                     # round is kept under RUN_DIR/trials/); false: the probe plays the next round
+                                     # alone, and plays on if the gate promotes it, else hands back
     settings: dict = field(default_factory=dict)  # per arm, settings on top of its strategy (sections acquire,
                                      # refine, update, semisup), e.g. {pairs: {update: {lr: 2.0e-4}}}: the arm as
                                      # its recipe would run with them (ARMS; pairs trains at lr 1e-4 without)
@@ -434,10 +434,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"controller.first: verified or listed, got {cfg.controller.first!r}")
     if cfg.controller.probe not in ("none", "verified", "all"):
         raise ConfigError(f"controller.probe: none, verified or all, got {cfg.controller.probe!r}")
-    if cfg.controller.same_start and (cfg.controller.probe == "none" or cfg.controller.policy != "stay"):
-        raise ConfigError("controller.same_start: trains a probe beside the arm that gained, from the same model; it "
-                          f"needs controller.probe verified or all and policy stay (got probe {cfg.controller.probe}, "
-                          f"policy {cfg.controller.policy})")
     if cfg.modules.order == "controller" and cfg.recipe != "modular":
         raise ConfigError(f"modules.order: the controller chooses the skill of each round of recipe modular; got recipe "
                           f"{cfg.recipe!r} (semisup chooses strategies: controller.arms)")

@@ -14,16 +14,16 @@ come from the store, never from the clock, so a resumed run makes the same decis
 `controller.policy: stay` (win-stay, lose-shift), plays the last round's arm again when that round's
 candidate gained on dev (promoted or not: the value above, not the gate's verdict) and the arm is
 not benched, and falls back to UCB1 otherwise: in a short run, trying every arm before exploiting
-one costs most of the rounds. With `controller.probe` (`verified` or `all`; default `none`), an arm
-that gains yields one round to each arm of that group not tried yet: a probe the gate promotes plays
-on (win-stay), one it rolls back hands the next round back to the arm it interrupted, and arms
-outside the group are tried only once no arm tried gains on average; so a run that found a good arm
-first still measures the others it trusts, at one round each (measured in docs/self_guided.md). With
-`controller.same_start`, the probe round trains the probe and the arm that gained side by side from
+one costs most of the rounds. With `controller.probe` (`verified`, the default, or `all`; `none`), an
+arm that gains yields one round to each arm of that group not tried yet, and arms outside the group
+are tried only once no arm tried gains on average; so a run that found a good arm first still
+measures the others it trusts, at one round each (measured in docs/self_guided.md). By default
+(`controller.same_start`) the probe round trains the probe and the arm that gained side by side from
 the round's model, each in a fork of the run (`Run.fork`), and the one that gains more on dev becomes
 the round's own (`Run.adopt`; the other's round stays under RUN_DIR/trials/ and counts as a play,
-never promoted): the two are compared from the same model, where the sequential probe compares one
-arm's earlier round with the other's later one. UCB1
+never promoted): the two are compared from the same model. Without it (the sequential probe) the
+probe plays the round alone, plays on if the gate promotes it and hands the next round back to the
+arm it interrupted if not; that compares one arm's earlier round with the other's later one. UCB1
 (`ucb` alone): arms never tried go first, those whose kept answers the checker verifies (star,
 rest-em, pairs) before those that keep answers by votes or consistency (`controller.first:
 verified`, as a wrong vote that passes the gate can decide a short run; `listed`: the order of
@@ -176,9 +176,8 @@ def _choose(cfg: Config, history: list[dict], rnd: int) -> tuple[str, dict]:
     untried = [a for a in arms if not estimates[a]["plays"]]
     if cfg.controller.first == "verified":
         untried.sort(key=lambda a: a not in VERIFIED)  # stable: the order listed within each group
-    probe = cfg.controller.probe
-    group = {"none": set(), "verified": VERIFIED & set(arms), "all": set(arms)}[probe]
-    stay = cfg.controller.policy == "stay"
+    probe, stay = cfg.controller.probe, cfg.controller.policy == "stay"
+    group = {"none": set(), "verified": VERIFIED & set(arms), "all": set(arms)}[probe] if stay else set()
     last = history[-1] if history else None
     gained = lambda h: h["arm"] in arms and h["gain"] > 0 and not estimates[h["arm"]]["benched"]  # noqa: E731
     probed = (stay and not cfg.controller.same_start and len(history) > 1 and last["arm"] in group

@@ -102,7 +102,7 @@ def test_an_arms_own_settings_go_on_top_of_its_strategy(tmp_path):
 
 
 def test_arms_whose_answers_the_checker_verifies_are_tried_first_by_default():
-    cfg = config.load("lmsi", ["controller.arms=[lmsi,semievol,pairs,star]"])
+    cfg = config.load("lmsi", ["controller.arms=[lmsi,semievol,pairs,star]", "controller.probe=none"])
     assert cfg.controller.first == "verified"
     arm, d = controller.choose(cfg, History([]), 1)
     assert arm == "pairs" and "checker verifies first" in d["reason"]
@@ -114,7 +114,7 @@ def test_arms_whose_answers_the_checker_verifies_are_tried_first_by_default():
 
 
 def test_win_stay_plays_an_arm_again_while_it_gains_and_shifts_when_it_does_not():
-    cfg = config.load("lmsi", ["controller.arms=[lmsi,star,semievol]"])  # stay: the default
+    cfg = config.load("lmsi", ["controller.arms=[lmsi,star,semievol]", "controller.probe=none"])  # stay: the default
     assert cfg.controller.policy == "stay"
     arm, d = controller.choose(cfg, History([("lmsi", 3, True)]), 2)
     assert arm == "lmsi" and d["reason"].startswith("lmsi: its last round gained +0.3000 on dev (promoted; win-stay")
@@ -133,8 +133,8 @@ def test_win_stay_plays_an_arm_again_while_it_gains_and_shifts_when_it_does_not(
 
 
 def test_a_probe_gives_each_checked_arm_one_round_while_the_first_still_gains():
-    cfg = config.load("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "controller.probe=verified"])
-    assert controller.choose(cfg, History([]), 1)[0] == "star"
+    cfg = config.load("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "controller.same_start=false"])
+    assert cfg.controller.probe == "verified" and controller.choose(cfg, History([]), 1)[0] == "star"
     arm, d = controller.choose(cfg, History([("star", 3, True)]), 2)  # star gains, yet pairs gets a round
     assert arm == "pairs" and d["reason"].startswith("pairs: a probe, not tried yet (star's last round gained +0.3000")
     assert controller.choose(cfg, History([("star", 3, True), ("pairs", 5, True)]), 3)[0] == "pairs"  # it gained: stay
@@ -150,15 +150,17 @@ def test_a_probe_gives_each_checked_arm_one_round_while_the_first_still_gains():
     assert controller.choose(cfg, History([("star", 0, False), ("pairs", 0, False)]), 3)[0] == "lmsi"  # not a probe
     every = config.load("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "controller.probe=all"])
     assert controller.choose(every, History([("star", 3, True), ("pairs", 2, False), ("star", 5, True)]), 4)[0] == "lmsi"
-    none = config.load("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]"])
-    assert none.controller.probe == "none" and controller.choose(none, History([("star", 3, True)]), 2)[0] == "star"
+    none = config.load("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "controller.probe=none"])
+    assert controller.choose(none, History([("star", 3, True)]), 2)[0] == "star"
+    ucb = config.load("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "controller.policy=ucb"])
+    assert controller.choose(ucb, History([("star", 3, True), ("pairs", 3, True)]), 3)[0] == "lmsi"  # no probe: stay only
     with pytest.raises(ConfigError, match="controller.probe"):
         config.load("lmsi", ["controller.arms=[lmsi,star]", "controller.probe=some"])
 
 
 def test_a_same_start_probe_trains_beside_the_arm_that_gained_and_the_better_goes_on():
-    cfg = config.load("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "controller.probe=verified",
-                               "controller.same_start=true", "update.steps=10", "update.batch_size=10"])
+    cfg = config.load("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "update.steps=10", "update.batch_size=10"])
+    assert (cfg.controller.probe, cfg.controller.same_start) == ("verified", True)  # the default
     arm, d = controller.choose(cfg, History([("star", 3, True)]), 2)  # star gains: pairs is trained beside it
     assert (arm, d["versus"]) == ("pairs", "star") and "trained beside star from the same model" in d["reason"]
     trials = {"star": {"gain": 0.0, "cost": 1.1, "relative": 0.0}, "pairs": {"gain": 0.2, "cost": 1.2, "relative": 0.2857}}
@@ -177,8 +179,6 @@ def test_a_same_start_probe_trains_beside_the_arm_that_gained_and_the_better_goe
     kept = History([("star", 3, True), ("star", 5, True, {"pairs": {"gain": 0.0, "cost": 2.0, "relative": 0.0}})])
     arm, d = controller.choose(cfg, kept, 3)
     assert arm == "star" and "versus" not in d and d["reason"].startswith("star: its last round gained +0.2000")
-    with pytest.raises(ConfigError, match="controller.same_start"):
-        config.load("lmsi", ["controller.arms=[lmsi,star]", "controller.same_start=true"])
 
 
 def test_in_context_memory_is_an_arm_that_costs_no_training():

@@ -153,7 +153,7 @@ def test_a_probe_gives_each_checked_arm_one_round_while_the_first_still_gains():
     none = config.load("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "controller.probe=none"])
     assert controller.choose(none, History([("star", 3, True)]), 2)[0] == "star"
     ucb = config.load("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "controller.policy=ucb"])
-    assert controller.choose(ucb, History([("star", 3, True), ("pairs", 3, True)]), 3)[0] == "lmsi"  # no probe: stay only
+    assert controller.choose(ucb, History([("star", 3, True), ("pairs", 3, True)]), 3)[0] == "lmsi"  # probes are policy stay's: ucb waits for none
     with pytest.raises(ConfigError, match="controller.probe"):
         config.load("lmsi", ["controller.arms=[lmsi,star]", "controller.probe=some"])
 

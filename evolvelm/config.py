@@ -172,6 +172,10 @@ class SemisupConfig:
     beta: float = 0.1                # pairs: DPO temperature
     pairs_per_problem: int = 2       # pairs: (right, wrong) pairs formed per problem at most
     rpo_alpha: float = 0.0           # pairs: weight of the chosen answers' NLL per token beside DPO (RPO); 0: DPO alone
+    learn: str = "completion"        # lmsi, star, rest-em, semievol: what the update learns of each kept answer:
+                                     # completion (its scratchpad and answer) | answer (the final answer alone, as the
+                                     # skill writes an answer with no reasoning; a kept answer the checker would not
+                                     # read back alone is learned whole). Recipe answer-only: star with answer
     temperatures: list[float] = field(default_factory=list)  # B-STaR: choose the sampling temperature among these
                                      # each round by the balance score on a slice of the dev split (empty: fixed)
     thresholds: list[float] = field(default_factory=list)    # B-STaR: ... and refine.vote_agreement among these
@@ -183,7 +187,7 @@ class SemisupConfig:
 class ControllerConfig:
     arms: list[str] = field(default_factory=list)  # semisup: strategies a bandit chooses among each round, by
                                      # measured dev gain per unit of compute (evolvelm.controller): lmsi | star |
-                                     # rest-em | semievol | pairs | memory; empty: the recipe's own every round
+                                     # answer-only | rest-em | semievol | pairs | memory; empty: the recipe's own
     explore: float = 1.0             # UCB's exploration weight (x the largest value seen)
     policy: str = "stay"             # stay (the last arm again while its rounds gain on dev, promoted or not,
                                      # else ucb) | ucb | random (an arm drawn by the round's seed: the baseline);
@@ -261,6 +265,7 @@ class Config:
 CHOICES = {"model.backend": sorted(BACKENDS), "model.dtype": ["auto", "float32", "bfloat16", "float16"],
            "model.chat": ["auto", "on", "off"], "update.method": ["full", "lora"], "recipe": ["ladder", "modular", "knowledge", "semisup"],
            "semisup.method": ["lmsi", "star", "rest-em", "semievol", "pairs", "memory", "labeled"],
+           "semisup.learn": ["completion", "answer"],
            "knowledge.method": ["distill", "sft-qa", "sft-doc", "icl", "retrieval"],
            "modules.method": ["modular", "shared", "replay", "full"], "modules.router": ["hidden", "chars"],
            "modules.order": ["sequence", "controller"],
@@ -514,7 +519,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"gate.z: the paired dev gate is the semisup recipe's and z must be >= 0; got {cfg.gate.z} "
                           f"for recipe {cfg.recipe!r}")
     if cfg.recipe == "semisup":
-        _check_pairs_adapter(cfg, "update.method")
+        _check_strategy(cfg, "")
     if not 0 < cfg.update.new_weight <= 1:
         raise ConfigError(f"update.new_weight: must be in (0, 1], got {cfg.update.new_weight}")
     if not 0 <= cfg.update.original_weight <= 1 - cfg.update.new_weight:
@@ -536,14 +541,20 @@ def _check_arm_settings(cfg: Config) -> None:
             played = config_for(cfg, arm)
         except ConfigError as e:
             raise ConfigError(f"controller.settings.{arm}: {e}") from e
-        _check_pairs_adapter(played, f"controller.settings.{arm}")
+        _check_strategy(played, f"controller.settings.{arm}: ")
 
 
-def _check_pairs_adapter(cfg: Config, key: str) -> None:
-    """semisup.method pairs trains a LoRA adapter: its DPO reference is the base with the adapter disabled."""
+def _check_strategy(cfg: Config, where: str) -> None:
+    """semisup.method pairs trains a LoRA adapter: its DPO reference is the base with the adapter disabled.
+    semisup.learn answer: the methods that fine-tune on kept answers."""
     if cfg.semisup.method == "pairs" and cfg.update.method != "lora":
-        raise ConfigError(f"{key}: semisup.method=pairs trains a LoRA adapter against the base with the adapter "
+        raise ConfigError(f"{where}semisup.method=pairs trains a LoRA adapter against the base with the adapter "
                           f"disabled (the DPO reference): update.method must stay lora, got {cfg.update.method!r}")
+    if cfg.semisup.learn == "answer" and cfg.semisup.method in ("pairs", "memory", "labeled"):
+        raise ConfigError(f"{where}semisup.learn=answer is for the methods that fine-tune on kept answers (lmsi, star, "
+                          f"rest-em, semievol); semisup.method={cfg.semisup.method} learns "
+                          + {"pairs": "preferences", "memory": "nothing: it keeps answers in context",
+                             "labeled": "the labeled set alone"}[cfg.semisup.method])
 
 
 def _reads_weights(cfg: Config) -> bool:

@@ -3,7 +3,8 @@
 
 An arm is a whole strategy, as the shipped recipe of that name sets it (ARMS): how many answers are
 sampled per problem, how they are kept (votes, the checker, consistency) and how they train the model
-(SFT on answers and rationales, retraining from the base, DPO on preference pairs). The problems
+(SFT on answers and rationales or on the final answers alone, retraining from the base, DPO on
+preference pairs, an in-context memory). The problems
 acquired and the evaluation stay the run's own.
 
 Each arm's value is its measured dev gain per unit of compute: the share of dev problems the round's
@@ -55,6 +56,8 @@ from evolvelm.types import State
 ARMS = {  # the strategy each shipped semisup recipe fixes (evolvelm/recipes/<arm>.yaml; a test keeps them equal)
     "lmsi": {"semisup": {"method": "lmsi"}, "acquire": {"samples": 8}, "refine": {"chain": ["vote", "dedup"]}},
     "star": {"semisup": {"method": "star"}, "acquire": {"samples": 4}, "refine": {"chain": ["oracle", "dedup"]}},
+    "answer-only": {"semisup": {"method": "star", "learn": "answer"}, "acquire": {"samples": 4},
+                    "refine": {"chain": ["oracle", "dedup"]}},
     "rest-em": {"semisup": {"method": "rest-em"}, "acquire": {"samples": 8},
                 "refine": {"chain": ["oracle", "dedup", "cap"], "max_per_problem": 4}},
     "semievol": {"semisup": {"method": "semievol"}, "acquire": {"samples": 8}, "refine": {"chain": ["consistency", "dedup"]}},
@@ -68,7 +71,8 @@ VERIFIED = {a for a, s in ARMS.items() if "oracle" in s["refine"]["chain"]}  # k
 def config_for(cfg: Config, arm: str) -> Config:
     """The run's config with one arm's strategy in place of the recipe's, and `controller.settings`
     for that arm on top."""
-    return overridden(overridden(cfg, ARMS[arm]), cfg.controller.settings.get(arm, {}))
+    strategy = {**ARMS[arm], "semisup": {"learn": "completion", **ARMS[arm]["semisup"]}}  # not the recipe's learn
+    return overridden(overridden(cfg, strategy), cfg.controller.settings.get(arm, {}))
 
 
 def measured(cfg: Config, run, rnd: int, arm: str, start: int) -> dict:

@@ -69,7 +69,7 @@ def test_untried_arms_first_then_the_best_value_and_no_arm_rolled_back_twice_in_
     assert e["lmsi"]["benched"] and arm == "star" and "benched after two rollbacks in a row: lmsi" in d["reason"]
 
 
-@pytest.mark.parametrize("recipe", ["lmsi", "star"])
+@pytest.mark.parametrize("recipe", ["lmsi", "star", "answer-only"])
 def test_each_arm_is_its_shipped_recipes_strategy(recipe):
     run = config.load(recipe, [f"controller.arms=[{','.join(controller.ARMS)}]"])
     for arm in controller.ARMS:
@@ -96,7 +96,9 @@ def test_an_arms_own_settings_go_on_top_of_its_strategy(tmp_path):
     for bad, match in [(["controller.settings.star.update.lr=1e-3"], r"'star' is not one of controller.arms \['lmsi', 'pairs'\]"),
                        (["controller.settings.pairs.update.lrr=1"], r"controller.settings.pairs: unknown config key 'update.lrr'"),
                        (["controller.settings.pairs.model.path=x"], r"controller.settings.pairs: a mapping of the sections"),
-                       (["controller.settings.pairs.update.method=full"], "update.method must stay lora")]:
+                       (["controller.settings.pairs.update.method=full"], "update.method must stay lora"),
+                       (["controller.settings.pairs.semisup.learn=answer"], "controller.settings.pairs: semisup.learn=answer is "
+                                                                            "for the methods that fine-tune .* learns preferences")]:
         with pytest.raises(ConfigError, match=bad and match):
             config.load(recipe, bad)
 

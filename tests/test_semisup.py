@@ -45,6 +45,18 @@ def test_chain_scratchpads_and_the_checker_of_the_final_answer():
         assert len(prompt) == d + 3 and len(answer) == 3 * d + 4 and chain_valid(prompt, answer)
 
 
+def test_an_answer_alone_is_written_as_the_skill_reads_it_back():
+    from evolvelm.tasks import Task
+    from evolvelm.tasks.checkers import get_checker
+
+    chain = get_task("chain")
+    assert chain.bare("33,58,20|0") == "|0" and chain.check(Problem("chain", 2, "M352=", "33,58,20|0"), "|0")
+    assert chain.bare("33,58") is None and get_task("copy").bare("abc") == "abc"  # no answer; no scratchpad
+    data = lambda checker: Task("s", None, None, None, final=get_checker(checker).extract)
+    assert data("number").bare("So she has 1,234 left.") == "1234" and data("choice").bare("The answer is (B).") == "B"
+    assert data("regex:#### (\\d+)").bare("3 + 4 = 7\n#### 7") is None  # "7" alone is no answer to that checker
+
+
 def test_vote_counts_final_answers_across_different_rationales():
     group = [s("33,58,20|0", 0), s("22,35,50|0", 1), s("55,52,24|4", 2), s("33,58,20|0", 3)]
     verdicts = vote(group, FilterContext(samples_per_problem=4, vote_agreement=0.75))
@@ -120,6 +132,8 @@ def test_labeled_set_ships_with_the_model_and_is_never_held_out():
 def test_semisup_config_and_labeled_file_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="semisup.method"):
         config.load("lmsi", ["semisup.method=magic"])
+    with pytest.raises(ConfigError, match="semisup.learn=answer is for .* semisup.method=memory learns nothing"):
+        config.load("memory", ["semisup.learn=answer"])
     with pytest.raises(ConfigError, match="labeled_weight"):
         config.load("lmsi", ["semisup.labeled_weight=1.5"])
     bad = tmp_path / "labels.jsonl"
@@ -168,6 +182,24 @@ def test_star_rationalises_failures_with_the_answer_as_hint(tmp_path):
     assert all(h["context"] == hint_prompt(h["prompt"], h["true_answer"][-1]) and h["k"] >= 4 for h in hinted)
     kept = [x for x in run.samples(1) if x.kept]
     assert kept and all(x.completion[-1] == x.true_answer[-1] for x in kept)  # the checker kept them
+
+
+def test_answer_only_learns_the_final_answers_and_each_round_is_replayed_as_it_learned(tmp_path):
+    """A controlled run: round 1 answer-only (the kept scratchpads learned as bare answers), round 2 star
+    (its own whole, round 1's still bare)."""
+    out = evolvelm("run", "star", *SMALL, "controller.arms=[answer-only,star]", "controller.policy=ucb",
+                   "controller.first=listed", "gate.z=0", "gate.tolerance=1.0", "--run-dir", str(tmp_path / "run"), timeout=600)
+    assert out.returncode == 0, out.stderr
+    run, cfg = Run.open(tmp_path / "run"), config.load("star", [])
+    assert [run.done(r, "acquire")["controller"]["arm"] for r in (1, 2)] == ["answer-only", "star"]
+    assert (run.done(1, "update")["learn"], run.done(1, "update")["learned_whole"], run.done(2, "update")["learn"]) == ("answer", 0, "completion")
+    kept = {r: [x for x in run.samples(r) if x.kept] for r in (1, 2)}
+    assert kept[1] and kept[2] and any("," in x.completion for x in kept[1])
+    examples, new = training_mixture(cfg, run, 2)
+    assert [(x.prompt, x.answer) for x in examples] == (
+        [(p.prompt, p.answer) for p in labeled_set(cfg, run)] + [(x.prompt, x.completion) for x in kept[2]]
+        + [(x.prompt, "|" + x.completion.rpartition("|")[2]) for x in kept[1]])
+    assert new == len(kept[2])
 
 
 def test_rest_em_and_the_labeled_baseline_train_from_where_they_should(tmp_path):

@@ -1,7 +1,7 @@
 """Learning from unlabeled data: a few labeled problems, a stream of unlabeled ones, and the model's own
 written-out reasoning (a scratchpad) as the experience it learns from.
 
-    evolvelm run lmsi          # or star, rest-em, semievol, pairs, memory; semisup.method=labeled is the baseline
+    evolvelm run lmsi          # or star, answer-only, rest-em, semievol, pairs, memory; semisup.method=labeled: the baseline
 
 The base model was trained on the labeled set alone (`labeled.jsonl` beside it, or `semisup.labeled_file`;
 a model from elsewhere gets the zoo's labeled set of its skills, which it was not trained on).
@@ -22,8 +22,10 @@ Round 0 evaluates it. Every later round runs, in order:
              the whole scratchpads, and of the majority answer at each vote margin
     update   lmsi, star, semievol: continue from the last promoted model on the labeled set
              (`semisup.labeled_weight`), this round's labels (`update.new_weight` of the rest) and
-             earlier promoted rounds' labels; rest-em: from the base model, on the labeled set and
-             this round's labels only; semievol: the labeled set also after its demonstrations, so
+             earlier promoted rounds' labels (whole scratchpads, or with `semisup.learn: answer`, as
+             answer-only sets, the final answers alone, each round's as it learned them: `learned`);
+             rest-em: from the base model, on the labeled set and this round's labels only;
+             semievol: the labeled set also after its demonstrations, so
              the model keeps reading them; pairs: DPO on (right, wrong) answers of the same problem, the
              LoRA adapter continued, the reference the base with the adapter disabled; memory: no
              training, the round's kept answers join an in-context memory (`remember`): from then on
@@ -288,12 +290,21 @@ def training_mixture(cfg: Config, run: Run, rnd: int) -> tuple[list[Example], in
         labeled += [Example(demonstrations(p.prompt, problems, s.demos) + p.prompt, p.answer) for p in problems]
     if method == "labeled":
         return labeled, 0
-    label = lambda r: [Example(x.prompt, x.completion) for x in run.samples(r) if x.kept]
-    new = label(rnd)
-    old = [] if method == "rest-em" else [x for r in run.promoted_rounds(rnd) for x in label(r)]
+    new = learned(run, rnd, s.learn)
+    old = [] if method == "rest-em" else [x for r in run.promoted_rounds(rnd)
+                                          for x in learned(run, r, run.done(r, "update").get("learn", "completion"))]
     rest = 1.0 - s.labeled_weight
     new_share = rest * cfg.update.new_weight if old else rest
     return weighted([(labeled, s.labeled_weight), (new, new_share), (old, rest - new_share)]), len(new)
+
+
+def learned(run: Run, rnd: int, learn: str) -> list[Example]:
+    """Round `rnd`'s kept answers as training examples, as that round learned them (`semisup.learn`):
+    whole, or the final answer alone (`Task.bare`; whole where the skill would not read it back)."""
+    kept = [x for x in run.samples(rnd) if x.kept]
+    if learn == "answer":
+        return [Example(x.prompt, get_task(x.skill).bare(x.completion) or x.completion) for x in kept]
+    return [Example(x.prompt, x.completion) for x in kept]
 
 
 def preference_pairs(run: Run, rnd: int, per_problem: int) -> list[tuple[str, str, str]]:
@@ -325,7 +336,10 @@ def update_stage(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> 
     examples, n_new = training_mixture(cfg, run, rnd)
     start = base_state(cfg) if cfg.semisup.method == "rest-em" else state
     trained = train_round(cfg, run, rnd, start.members[0], 0, examples, run.staging(rnd, "update"), quiet)
+    if cfg.semisup.learn == "answer":  # kept answers the skill would not read back alone were learned whole
+        trained["learned_whole"] = sum(1 for x in run.samples(rnd) if x.kept and get_task(x.skill).bare(x.completion) is None)
     run.commit(rnd, "update", {**trained, "examples": len(examples), "new_examples": n_new, "from": start.round,
+                               "learn": cfg.semisup.learn,
                                "labeled_only": n_new == 0 and cfg.semisup.method != "labeled",  # the round kept nothing
                                "seconds": round(time.time() - t0, 2)})
 

@@ -51,6 +51,8 @@ class Task:
     # and votes compare only this. None: the whole completion is the answer.
     rationale: Callable[[str, str], bool] | None = None
     # rationale: (prompt, completion) -> whether the scratchpad itself is right (benchmark measurement only)
+    write_answer: Callable[[str], str] | None = None
+    # write_answer: a final answer -> the completion that gives it with no reasoning (`bare`). None: the answer
     variant: Callable[[str, int], tuple[str, Callable[[str], str]]] | None = None
     # variant: (prompt, i) -> the same problem asked another way (i = 1, 2, ...), and the map from an answer
     # to it back to an answer to the prompt. None: the skill has no equivalent prompts (`acquire.variants`).
@@ -76,6 +78,15 @@ class Task:
     def answer_of(self, completion: str) -> str:
         """The final answer a completion gives (all of it, unless the task writes a scratchpad)."""
         return self.final(completion) if self.final else completion
+
+    def bare(self, completion: str) -> str | None:
+        """`completion` with its reasoning left out: the final answer it gives, written alone (chain:
+        "33,58,20|0" -> "|0"; a skill from data: what its checker extracts, "The sum is 1,234." -> "1234").
+        None when it gives no answer, or when the task would not read the same answer back from it (a regex
+        checker that needs the words around the answer)."""
+        answer = self.answer_of(completion)
+        alone = self.write_answer(answer) if self.write_answer else answer
+        return alone if answer and self.answer_of(alone) == answer else None
 
     def max_new_tokens(self, difficulty: int) -> int:
         """How many tokens an answer at `difficulty` may take: what generation stops at."""
@@ -293,7 +304,7 @@ TASKS: dict[str, Task] = {
                      variant=_addition_variant),
     "expr": Task("expr", _expr, lambda d: (d, 2 * d + 1), lambda d: 9 * 10 ** (d - 1), "expr-sandbox-1", _judge_expr),
     "chain": Task("chain", _chain, lambda d: (3 * d + 4, 3 * d + 4), lambda d: 10 ** (d + 1), "final-1",
-                  final=chain_final, rationale=chain_valid),
+                  final=chain_final, rationale=chain_valid, write_answer=lambda a: f"|{a}"),
 }
 
 # Every character any task can emit; the zoo tokenizer is built from this.

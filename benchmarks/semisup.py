@@ -32,6 +32,9 @@ the labeled set alone, the baseline):
     bstar      lmsi with temperature and vote agreement chosen each round by B-STaR's balance score;
                bstar-T: the temperature alone (agreement 6 of 8, as in lmsi)
     star       4 scratchpads; the checker keeps the right ones; failures rationalised with a hint
+    answer-only
+               star's samples and checker, the kept answers learned as their final answers alone
+               (semisup.learn answer: "33,58,20|0" -> "|0")
     rest-em    8 scratchpads; the checker keeps the right ones (4 per problem); retrained from the base
     semievol   8 scratchpads after the 2 nearest labeled examples; consistent or low-NLL answers;
                semievol-noctx: the same without the examples in context (in-weight propagation only)
@@ -53,6 +56,7 @@ the labeled set alone, the baseline):
                yet gets the next round (controller.probe verified, same_start false); controller-same
                (the controller's defaults): the probe trained beside the arm that gained, from the
                same model, the one that gains more on dev going on (controller.same_start);
+               controller-answers: controller-same with answer-only among the arms
                controller-random: the arm drawn at random
 Printed per arm and round: test accuracy pooled over every held-out problem (kept model, and the
 round's candidate), pass@1, pass@k,
@@ -94,7 +98,7 @@ from evolvelm.store.summary import PREDICTORS  # noqa: E402
 ARMS = {"labeled": ("lmsi", ["semisup.method=labeled"]), "lmsi": ("lmsi", []),
         **{f"lmsi-T{t}": ("lmsi", [f"acquire.temperature={t}"]) for t in (0.6, 0.8, 1.2, 1.4, 1.6)}, "bstar": ("bstar", []),
         "bstar-T": ("bstar", ["semisup.thresholds=[0.75]"]),
-        "star": ("star", []), "rest-em": ("rest-em", []), "semievol": ("semievol", []),
+        "star": ("star", []), "answer-only": ("answer-only", []), "rest-em": ("rest-em", []), "semievol": ("semievol", []),
         "semievol-noctx": ("semievol", ["semisup.demos=0"]), "pairs": ("pairs", []), "memory": ("memory", []),
         "lmsi-confidence": ("lmsi", ["refine.chain=[confidence,dedup]", "refine.keep_as=vote"]),
         "lmsi-random": ("lmsi", ["refine.chain=[random,dedup]", "refine.keep_as=vote"]),
@@ -108,6 +112,7 @@ ARMS = {"labeled": ("lmsi", ["semisup.method=labeled"]), "lmsi": ("lmsi", []),
                                       "controller.probe=verified", "controller.same_start=false"]),
         "controller-same": ("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "controller.policy=stay",
                                      "controller.probe=verified", "controller.same_start=true"]),
+        "controller-answers": ("lmsi", ["controller.arms=[lmsi,star,answer-only,semievol,pairs]"]),  # the defaults
         "controller-random": ("lmsi", ["controller.arms=[lmsi,star,semievol,pairs]", "controller.policy=random"])}
 
 

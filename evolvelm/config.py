@@ -194,7 +194,7 @@ class ControllerConfig:
                                      # modules.order controller: random, weakest (the lowest dev accuracy: a
                                      # baseline), or else ucb on expected gain
     first: str = "verified"          # arms not tried yet: verified (those whose kept answers the checker verifies,
-                                     # star, rest-em, pairs, before votes and consistency) | listed (as in arms)
+                                     # star, answer-only, rest-em, pairs, before votes and consistency) | listed (as in arms)
     probe: str = "verified"          # policy stay: while the arm played gains, give one round to each arm of this
                                      # group not tried yet (verified | all | none), in the order of `first`; arms
                                      # outside the group wait until none tried gains

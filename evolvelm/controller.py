@@ -29,7 +29,8 @@ arm it interrupted if not; that compares one arm's earlier round with the other'
 rest-em, pairs) before those that keep answers by votes or consistency (`controller.first:
 verified`, as a wrong vote that passes the gate can decide a short run; `listed`: the order of
 `controller.arms`); then the highest mean value plus `controller.explore` x the largest value seen x
-sqrt(2 ln(rounds) / plays). `random` draws the arm by the round's seed (the baseline a choice must
+sqrt(2 ln(rounds) / plays), the largest gain if any arm gained (one arm's heavy loss, answer-only's on
+chain, would otherwise make the bandit explore every other arm more). `random` draws the arm by the round's seed (the baseline a choice must
 beat). An arm whose last two rounds were both rolled back is benched while any other is not, and the
 reason says so. Every decision, its estimates and a one-line reason go to the acquire manifest,
 summary.json (`rounds[].controller`) and the report.
@@ -132,10 +133,13 @@ def same_start(decision: dict, trials: dict[str, dict], history: list[dict]) -> 
 
 
 def _estimates(cfg: Config, arms: list[str], history: list[dict]) -> dict:
-    """Per arm: plays, mean value, UCB (the mean plus `controller.explore` x the largest value seen x
-    sqrt(2 ln(rounds) / plays)), benched (its last two rounds both rolled back), mean relative gain."""
+    """Per arm: plays, mean value, UCB (the mean plus `controller.explore` x the largest value seen, of
+    the gains if any, x sqrt(2 ln(rounds) / plays)), benched (its last two rounds both rolled back), mean
+    relative gain."""
     plays = {a: [h for h in history if h["arm"] == a] for a in arms}
-    scale = max((abs(h["value"]) for h in history), default=0.0) or 1.0
+    scale = max((h["value"] for h in history), default=0.0)  # the largest gain: one arm's big loss must not
+    if scale <= 0:                                             # make the bandit explore every other arm more
+        scale = max((abs(h["value"]) for h in history), default=0.0) or 1.0
     estimates = {}
     for a in arms:
         values = [h["value"] for h in plays[a]]

@@ -2,6 +2,7 @@
 a semisup run whose strategy a bandit chooses, stored and reported, killed and resumed identically;
 a full fine-tuning round after a LoRA round continues from the adapter's weights."""
 import json
+import math
 import signal
 from dataclasses import asdict
 
@@ -19,9 +20,9 @@ from test_semisup import SMALL
 class History:
     """A run's manifest as the controller reads it: rounds of (arm, dev right answers, promoted)."""
 
-    def __init__(self, rounds, dev=10):
+    def __init__(self, rounds, dev=10, base=0):
         self.info = {(0, "gate"): {"model": "m", "round": 0, "promoted": True},
-                     (0, "eval"): {"round": 0, "dev_right": {"s": {"1": "0" * dev}}}}
+                     (0, "eval"): {"round": 0, "dev_right": {"s": {"1": "1" * base + "0" * (dev - base)}}}}
         kept = 0
         for rnd, (arm, right, promoted, *trials) in enumerate(rounds, 1):  # trials: a same-start probe's
             decision = {"arm": arm, **({"trials": trials[0]} if trials else {})}
@@ -67,6 +68,21 @@ def test_untried_arms_first_then_the_best_value_and_no_arm_rolled_back_twice_in_
     e = d["estimates"]
     assert e["lmsi"]["ucb"] > max(e["star"]["ucb"], e["semievol"]["ucb"])  # it would win...
     assert e["lmsi"]["benched"] and arm == "star" and "benched after two rollbacks in a row: lmsi" in d["reason"]
+
+
+def test_the_exploration_bonus_is_sized_by_the_largest_gain_not_by_a_heavy_loss():
+    """answer-only on chain loses most of the dev set in its one round; that must not make UCB explore every
+    other arm more: the bonus is the largest gain seen (star's) x sqrt(2 ln(rounds) / plays)."""
+    cfg = config.load("lmsi", ["controller.arms=[star,answer-only,pairs]", "controller.policy=ucb", "update.steps=10",
+                               "update.batch_size=10"])
+    history = History([("star", 9, True), ("answer-only", 2, False)], base=8)  # +1 of 10 dev, then -7
+    _, d = controller.choose(cfg, history, 3)
+    star, lost = 0.1 / 1.1, -0.7 / 1.1  # per 1k sequences: 1k answers and 10 x 10 trained
+    e = d["estimates"]
+    assert e["star"]["ucb"] == pytest.approx(star + star * math.sqrt(2 * math.log(2)), abs=1e-4)
+    assert e["answer-only"]["ucb"] == pytest.approx(lost + star * math.sqrt(2 * math.log(2)), abs=1e-4)
+    _, d = controller.choose(cfg, History([("star", 6, False), ("answer-only", 2, False)], base=8), 3)  # no gain yet:
+    assert d["estimates"]["star"]["ucb"] == pytest.approx(-0.2 / 1.1 + 0.6 / 1.1 * math.sqrt(2 * math.log(2)), abs=1e-4)
 
 
 @pytest.mark.parametrize("recipe", ["lmsi", "star", "answer-only"])

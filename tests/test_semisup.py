@@ -200,6 +200,8 @@ def test_answer_only_learns_the_final_answers_and_each_round_is_replayed_as_it_l
         [(p.prompt, p.answer) for p in labeled_set(cfg, run)] + [(x.prompt, x.completion) for x in kept[2]]
         + [(x.prompt, "|" + x.completion.rpartition("|")[2]) for x in kept[1]])
     assert new == len(kept[2])
+    assert evolvelm("report", str(tmp_path / "run")).returncode == 0
+    assert f"{len(kept[1])} (learned as their final answers alone)" in (tmp_path / "run" / "report.html").read_text()
 
 
 def test_rest_em_and_the_labeled_baseline_train_from_where_they_should(tmp_path):

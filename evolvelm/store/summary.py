@@ -25,6 +25,7 @@ def summarize(run: Run, cfg: Config) -> dict:
             "accuracy": acc, "levels": gate["levels"],
             "acquired": acquire.get("acquired", 0), "kept": refine.get("kept", 0),
             "labeled_only": (run.done(rnd, "update") or {}).get("labeled_only", False),
+            "learn": (run.done(rnd, "update") or {}).get("learn"),  # semisup: the kept answers learned whole or bare
             "unanimity": acquire.get("unanimity", {}), "feedback": acquire.get("feedback", {}),
             "kept_retries": refine.get("kept_retries", 0), "strictness": refine.get("strictness"),
             "label_precision": refine.get("label_precision"), "filters": refine.get("filters", {}),

@@ -4,8 +4,7 @@
 An arm is a whole strategy, as the shipped recipe of that name sets it (ARMS): how many answers are
 sampled per problem, how they are kept (votes, the checker, consistency) and how they train the model
 (SFT on answers and rationales or on the final answers alone, retraining from the base, DPO on
-preference pairs, an in-context memory). The problems
-acquired and the evaluation stay the run's own.
+preference pairs, an in-context memory). The problems acquired and the evaluation stay the run's own.
 
 Each arm's value is its measured dev gain per unit of compute: the share of dev problems the round's
 candidate gets right minus the share the model it started from gets right (the gate's paired
@@ -26,12 +25,12 @@ never promoted): the two are compared from the same model. Without it (the seque
 probe plays the round alone, plays on if the gate promotes it and hands the next round back to the
 arm it interrupted if not; that compares one arm's earlier round with the other's later one. UCB1
 (`ucb` alone): arms never tried go first, those whose kept answers the checker verifies (star,
-rest-em, pairs) before those that keep answers by votes or consistency (`controller.first:
+answer-only, rest-em, pairs) before those that keep answers by votes or consistency (`controller.first:
 verified`, as a wrong vote that passes the gate can decide a short run; `listed`: the order of
 `controller.arms`); then the highest mean value plus `controller.explore` x the largest value seen x
 sqrt(2 ln(rounds) / plays), the largest gain if any arm gained (one arm's heavy loss, answer-only's on
-chain, would otherwise make the bandit explore every other arm more). `random` draws the arm by the round's seed (the baseline a choice must
-beat). An arm whose last two rounds were both rolled back is benched while any other is not, and the
+chain, would otherwise make the bandit explore every other arm more). `random` draws the arm by the
+round's seed (the baseline a choice must beat). An arm whose last two rounds were both rolled back is benched while any other is not, and the
 reason says so. Every decision, its estimates and a one-line reason go to the acquire manifest,
 summary.json (`rounds[].controller`) and the report.
 

@@ -25,12 +25,12 @@ Round 0 evaluates it. Every later round runs, in order:
              earlier promoted rounds' labels (whole scratchpads, or with `semisup.learn: answer`, as
              answer-only sets, the final answers alone, each round's as it learned them: `learned`);
              rest-em: from the base model, on the labeled set and this round's labels only;
-             semievol: the labeled set also after its demonstrations, so
-             the model keeps reading them; pairs: DPO on (right, wrong) answers of the same problem, the
-             LoRA adapter continued, the reference the base with the adapter disabled; memory: no
-             training, the round's kept answers join an in-context memory (`remember`): from then on
-             every prompt is answered after its `semisup.demos` nearest memory examples (the labeled
-             set and the kept answers); labeled: the labeled set alone (the baseline)
+             semievol: the labeled set also after its demonstrations, so the model keeps reading
+             them; pairs: DPO on (right, wrong) answers of the same problem, the LoRA adapter
+             continued, the reference the base with the adapter disabled; memory: no training, the
+             round's kept answers join an in-context memory (`remember`): from then on every prompt
+             is answered after its `semisup.demos` nearest memory examples (the labeled set and the
+             kept answers); labeled: the labeled set alone (the baseline)
     eval     greedy accuracy of the final answer per difficulty on the fixed test and dev splits
     gate     promote, or keep the previous model, on the dev split (never the reported test split),
              pooled over difficulties: promote when the candidate's net gain in right dev answers

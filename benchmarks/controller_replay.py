@@ -4,9 +4,10 @@ from its store with the code on the path; the rounds whose arm differs are print
 
     python benchmarks/controller_replay.py runs/ more-runs/
 
-A same-start probe round is compared by its probe, the arm its decision asked for. Decisions come from the store, never
-the clock (evolvelm.controller), so a run made by unchanged code decides the same on replay; a changed
-rule shows here which of the measured runs it would have changed, without running them again.
+A same-start probe round is compared by its probe, the arm its decision asked for. Decisions come from
+the store, never the clock (evolvelm.controller), so a run made by unchanged code decides the same on
+replay; a changed rule shows here which of the measured runs it would have changed, without running
+them again.
 """
 from __future__ import annotations
 

@@ -30,9 +30,9 @@ verified`, as a wrong vote that passes the gate can decide a short run; `listed`
 `controller.arms`); then the highest mean value plus `controller.explore` x the largest value seen x
 sqrt(2 ln(rounds) / plays), the largest gain if any arm gained (one arm's heavy loss, answer-only's on
 chain, would otherwise make the bandit explore every other arm more). `random` draws the arm by the
-round's seed (the baseline a choice must beat). An arm whose last two rounds were both rolled back is benched while any other is not, and the
-reason says so. Every decision, its estimates and a one-line reason go to the acquire manifest,
-summary.json (`rounds[].controller`) and the report.
+round's seed (the baseline a choice must beat). An arm whose last two rounds were both rolled back is
+benched while any other is not, and the reason says so. Every decision, its estimates and a one-line
+reason go to the acquire manifest, summary.json (`rounds[].controller`) and the report.
 
 In a modular run (`modules.order: controller`) the controller chooses which module trains instead:
 the skill whose experience the round learns (`choose_module`).

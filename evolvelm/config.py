@@ -175,7 +175,10 @@ class SemisupConfig:
     learn: str = "completion"        # lmsi, star, rest-em, semievol: what the update learns of each kept answer:
                                      # completion (its scratchpad and answer) | answer (the final answer alone, as the
                                      # skill writes an answer with no reasoning; a kept answer the checker would not
-                                     # read back alone is learned whole). Recipe answer-only: star with answer
+                                     # read back alone is learned whole) | distill (semievol: the model's next-token
+                                     # distributions with the demonstrations in context, the top 64 per token,
+                                     # learned without them by KL). Recipe answer-only: star with answer;
+                                     # recipe context-distill: semievol with distill
     temperatures: list[float] = field(default_factory=list)  # B-STaR: choose the sampling temperature among these
                                      # each round by the balance score on a slice of the dev split (empty: fixed)
     thresholds: list[float] = field(default_factory=list)    # B-STaR: ... and refine.vote_agreement among these
@@ -265,7 +268,7 @@ class Config:
 CHOICES = {"model.backend": sorted(BACKENDS), "model.dtype": ["auto", "float32", "bfloat16", "float16"],
            "model.chat": ["auto", "on", "off"], "update.method": ["full", "lora"], "recipe": ["ladder", "modular", "knowledge", "semisup"],
            "semisup.method": ["lmsi", "star", "rest-em", "semievol", "pairs", "memory", "labeled"],
-           "semisup.learn": ["completion", "answer"],
+           "semisup.learn": ["completion", "answer", "distill"],
            "knowledge.method": ["distill", "sft-qa", "sft-doc", "icl", "retrieval"],
            "modules.method": ["modular", "shared", "replay", "full"], "modules.router": ["hidden", "chars"],
            "modules.order": ["sequence", "controller"],
@@ -471,6 +474,9 @@ def validate(cfg: Config) -> None:
         if cfg.recipe == "modular" and cfg.modules.method == "modular":
             raise ConfigError("model.backend: modular-skills answers through its router with every module loaded "
                               "at once; it needs the hf backend")
+        if cfg.recipe in ("knowledge", "semisup") and _reads_weights(cfg):
+            raise ConfigError("model.backend: context distillation reads the model's next-token distributions in "
+                              "this process (its targets); it needs the hf backend")
     if cfg.cluster.address:
         _check_cluster(cfg)
     if cfg.sandbox.level not in ("auto", "subprocess", "bwrap"):
@@ -546,10 +552,14 @@ def _check_arm_settings(cfg: Config) -> None:
 
 def _check_strategy(cfg: Config, where: str) -> None:
     """semisup.method pairs trains a LoRA adapter: its DPO reference is the base with the adapter disabled.
-    semisup.learn answer: the methods that fine-tune on kept answers."""
+    semisup.learn answer: the methods that fine-tune on kept answers; distill: semievol's, answered in context."""
     if cfg.semisup.method == "pairs" and cfg.update.method != "lora":
         raise ConfigError(f"{where}semisup.method=pairs trains a LoRA adapter against the base with the adapter "
                           f"disabled (the DPO reference): update.method must stay lora, got {cfg.update.method!r}")
+    if cfg.semisup.learn == "distill" and cfg.semisup.method != "semievol":
+        raise ConfigError(f"{where}semisup.learn=distill learns the model's distributions with the demonstrations "
+                          f"semievol answered after, without them; semisup.method={cfg.semisup.method} answers with "
+                          f"none in context: use semisup.method=semievol (or the recipe context-distill)")
     if cfg.semisup.learn == "answer" and cfg.semisup.method in ("pairs", "memory", "labeled"):
         raise ConfigError(f"{where}semisup.learn=answer is for the methods that fine-tune on kept answers (lmsi, star, "
                           f"rest-em, semievol); semisup.method={cfg.semisup.method} learns "
@@ -559,6 +569,10 @@ def _check_strategy(cfg: Config, where: str) -> None:
 
 def _reads_weights(cfg: Config) -> bool:
     """Recipes that read the model's weights in this process, beyond generating and scoring."""
+    if cfg.recipe == "semisup":  # context distillation's targets, in any strategy the run plays
+        from evolvelm.controller import config_for
+
+        return any(c.semisup.learn == "distill" for c in [config_for(cfg, a) for a in cfg.controller.arms] or [cfg])
     return cfg.recipe == "modular" or (cfg.recipe == "knowledge" and cfg.knowledge.method == "distill")
 
 

@@ -4,12 +4,13 @@
 An arm is a whole strategy, as the shipped recipe of that name sets it (ARMS): how many answers are
 sampled per problem, how they are kept (votes, the checker, consistency) and how they train the model
 (SFT on answers and rationales or on the final answers alone, retraining from the base, DPO on
-preference pairs, an in-context memory). The problems acquired and the evaluation stay the run's own.
+preference pairs, context distillation of the model reading demonstrations, an in-context memory). The problems acquired and the evaluation stay the run's own.
 
 Each arm's value is its measured dev gain per unit of compute: the share of dev problems the round's
 candidate gets right minus the share the model it started from gets right (the gate's paired
 comparison, whether or not the round was promoted), per 1,000 sequences processed (answers generated
-plus sequences trained on: update.steps x update.batch_size, twice that for preference pairs). Both
+plus sequences trained on: update.steps x update.batch_size, twice that for preference pairs, plus the
+kept answers a context-distillation teacher read). Both
 come from the store, never from the clock, so a resumed run makes the same decisions. The default,
 `controller.policy: stay` (win-stay, lose-shift), plays the last round's arm again when that round's
 candidate gained on dev (promoted or not: the value above, not the gate's verdict) and the arm is
@@ -61,6 +62,8 @@ ARMS = {  # the strategy each shipped semisup recipe fixes (evolvelm/recipes/<ar
     "rest-em": {"semisup": {"method": "rest-em"}, "acquire": {"samples": 8},
                 "refine": {"chain": ["oracle", "dedup", "cap"], "max_per_problem": 4}},
     "semievol": {"semisup": {"method": "semievol"}, "acquire": {"samples": 8}, "refine": {"chain": ["consistency", "dedup"]}},
+    "context-distill": {"semisup": {"method": "semievol", "learn": "distill"}, "acquire": {"samples": 8},
+                        "refine": {"chain": ["consistency", "dedup"]}},
     "pairs": {"semisup": {"method": "pairs", "beta": 0.1, "pairs_per_problem": 2, "rpo_alpha": 1.0}, "acquire": {"samples": 8},
               "refine": {"chain": ["oracle"]}, "update": {"method": "lora", "lr": 1.0e-4}},
     "memory": {"semisup": {"method": "memory"}, "acquire": {"samples": 8}, "refine": {"chain": ["vote", "dedup"]}},
@@ -84,7 +87,7 @@ def measured(cfg: Config, run, rnd: int, arm: str, start: int) -> dict:
     errors = 1 - sum(old) / len(old)  # what was left to gain: relative gains shrink less as the model improves
     u = config_for(cfg, arm).update
     trained = 0 if update.get("skipped") or arm == "memory" else u.steps * u.batch_size * (2 if arm == "pairs" else 1)
-    cost = (acquired["acquired"] + trained) / 1000
+    cost = (acquired["acquired"] + trained + update.get("distilled", 0)) / 1000
     return {"gain": round(gain, 4), "cost": round(cost, 3), "relative": gain / errors if errors else 0.0}
 
 

@@ -90,7 +90,8 @@ class Example:
     answer: str
     weight: float = 1.0
     target: object = None       # soft targets (context distillation): a [tokens of answer + 1, vocab] tensor of
-                                # probabilities, one row per answer token and end-of-sequence; None: the answer itself
+                                # probabilities, one row per answer token and end-of-sequence, or a sparse
+                                # (probabilities, token ids) pair of [tokens + 1, k] tensors; None: the answer itself
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,7 @@ def test_the_exploration_bonus_is_sized_by_the_largest_gain_not_by_a_heavy_loss(
     assert d["estimates"]["star"]["ucb"] == pytest.approx(-0.2 / 1.1 + 0.6 / 1.1 * math.sqrt(2 * math.log(2)), abs=1e-4)
 
 
-@pytest.mark.parametrize("recipe", ["lmsi", "star", "answer-only"])
+@pytest.mark.parametrize("recipe", ["lmsi", "star", "answer-only", "context-distill"])
 def test_each_arm_is_its_shipped_recipes_strategy(recipe):
     run = config.load(recipe, [f"controller.arms=[{','.join(controller.ARMS)}]"])
     for arm in controller.ARMS:

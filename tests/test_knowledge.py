@@ -56,6 +56,21 @@ def test_soft_one_hot_targets_give_the_cross_entropy():
     assert sft._loss(logits, labels, [(0, 3, uniform)]).item() / 7 != pytest.approx(hard.item(), rel=1e-3)
 
 
+def test_sparse_targets_give_the_kl_on_their_tokens():
+    """A (probabilities, token ids) target is the KL over those tokens: the dense loss where they are the
+    whole vocabulary, in any order; the top k renormalised where they are fewer."""
+    torch.manual_seed(0)
+    logits, labels = torch.randn(1, 5, 7), torch.tensor([[-100, -100, 3, 4, 1]])
+    dense = torch.randn(3, 7).softmax(-1)
+    order = torch.randperm(7).expand(3, 7)
+    sparse = (dense.gather(-1, order), order)
+    assert sft._loss(logits, labels, [(0, 2, sparse)]).item() == pytest.approx(sft._loss(logits, labels, [(0, 2, dense)]).item(), rel=1e-5)
+    p, token = dense.topk(2, -1)
+    p = p / p.sum(-1, keepdim=True)
+    logp = logits[0, 1:4].log_softmax(-1).gather(-1, token)
+    assert sft._loss(logits, labels, [(0, 2, (p, token))]).item() == pytest.approx((p * (p.log() - logp)).sum().item(), rel=1e-5)
+
+
 def test_distillation_changes_the_parameters_and_lowers_the_kl():
     tok = char_tokenizer(ALPHABET + facts.CHARS)
     teacher, student = (build(dict(hidden=32, layers=2, heads=2, rope=True), tok) for _ in range(2))
@@ -63,6 +78,10 @@ def test_distillation_changes_the_parameters_and_lowers_the_kl():
     fmt = PromptFormat(tok)
     targets = distill.distributions(teacher, fmt, ["ctx." + p for p in prompts], answers)
     assert targets[0].shape == (3, len(tok)) and torch.allclose(targets[0].sum(-1), torch.ones(3))
+    top, token = distill.distributions(teacher, fmt, ["ctx." + p for p in prompts], answers, top_k=4)[0]
+    assert top.shape == token.shape == (3, 4) and torch.allclose(top.sum(-1), torch.ones(3))
+    assert torch.equal(token, targets[0].topk(4, -1).indices)
+    assert torch.allclose(top, targets[0].topk(4, -1).values / targets[0].topk(4, -1).values.sum(-1, keepdim=True))
     before = [p.detach().clone() for p in student.parameters()]
     losses = sft.train(student, fmt, distill.soft_examples(prompts, answers, targets), 80, 4, 3e-3, seed=0, quiet=True)
     assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10

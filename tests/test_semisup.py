@@ -134,6 +134,10 @@ def test_semisup_config_and_labeled_file_are_checked(tmp_path):
         config.load("lmsi", ["semisup.method=magic"])
     with pytest.raises(ConfigError, match="semisup.learn=answer is for .* semisup.method=memory learns nothing"):
         config.load("memory", ["semisup.learn=answer"])
+    with pytest.raises(ConfigError, match="semisup.learn=distill .* semisup.method=star answers with none in context"):
+        config.load("star", ["semisup.learn=distill"])
+    with pytest.raises(ConfigError, match="distillation .* needs the hf backend"):
+        config.load("lmsi", ["controller.arms=[star,context-distill]", "model.backend=openai", "model.base_url=http://x/v1"])
     with pytest.raises(ConfigError, match="labeled_weight"):
         config.load("lmsi", ["semisup.labeled_weight=1.5"])
     bad = tmp_path / "labels.jsonl"
@@ -202,6 +206,43 @@ def test_answer_only_learns_the_final_answers_and_each_round_is_replayed_as_it_l
     assert new == len(kept[2])
     assert evolvelm("report", str(tmp_path / "run")).returncode == 0
     assert f"{len(kept[1])} (learned as their final answers alone)" in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_context_distillation_learns_the_teachers_distributions_and_replays_them(tmp_path):
+    """A controlled run: round 1 context-distill (each kept answer with the next-token distributions of
+    the model that answered, reading its demonstrations), round 2 semievol (its own answers as tokens,
+    round 1's with the targets round 1 stored)."""
+    import torch
+
+    from evolvelm.models import backend_for, base_state
+    from evolvelm.update import distill
+
+    out = evolvelm("run", "semievol", *SMALL, "controller.arms=[context-distill,semievol]", "controller.policy=ucb",
+                   "controller.first=listed", "gate.z=0", "gate.tolerance=1.0", "--run-dir", str(tmp_path / "run"), timeout=600)
+    assert out.returncode == 0, out.stderr
+    run, cfg = Run.open(tmp_path / "run"), config.load("semievol", [])
+    assert [run.done(r, "acquire")["controller"]["arm"] for r in (1, 2)] == ["context-distill", "semievol"]
+    kept = {r: [x for x in run.samples(r) if x.kept] for r in (1, 2)}
+    assert kept[1] and kept[2] and run.done(1, "update")["distilled"] == len(kept[1]) and "distilled" not in run.done(2, "update")
+    assert not (run.stage_dir(2, "update") / "targets.safetensors").exists()
+    stored = distill.load_sparse(run.stage_dir(1, "update") / "targets.safetensors")
+    teacher = backend_for(cfg, run, base_state(cfg))  # round 1 started from the base
+    again = distill.distributions(teacher.model, teacher.format, [x.context for x in kept[1]], [x.completion for x in kept[1]],
+                                  top_k=distill.TOP_K)
+    teacher.close()
+    for x, (p, token) in zip(kept[1], again):
+        assert x.context.endswith(x.prompt) and x.context != x.prompt
+        assert torch.equal(stored[x.id][1], token) and torch.allclose(stored[x.id][0], p, atol=1e-5)
+    examples, new = training_mixture(cfg, run, 2)
+    labeled = labeled_set(cfg, run)
+    assert new == len(kept[2]) and len(examples) == 2 * len(labeled) + new + len(kept[1])
+    assert [(x.prompt, x.answer, x.target) for x in examples[2 * len(labeled):-len(kept[1])]] == [
+        (x.prompt, x.completion, None) for x in kept[2]]
+    replayed = examples[-len(kept[1]):]
+    assert [(x.prompt, x.answer) for x in replayed] == [(x.prompt, x.completion) for x in kept[1]]
+    assert all(torch.equal(x.target[1], stored[k.id][1]) for x, k in zip(replayed, kept[1]))
+    assert evolvelm("report", str(tmp_path / "run")).returncode == 0
+    assert f"{len(kept[1])} (learned by context distillation)" in (tmp_path / "run" / "report.html").read_text()
 
 
 def test_rest_em_and_the_labeled_baseline_train_from_where_they_should(tmp_path):

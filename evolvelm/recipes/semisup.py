@@ -65,6 +65,8 @@ from evolvelm.types import Example, Problem, Sample, State
 from evolvelm.update.mixture import weighted
 from evolvelm.update.rounds import train_round
 
+TARGETS = "targets.safetensors"  # semisup.learn distill: the teacher's distributions, in the update's folder
+
 
 def preflight(cfg: Config, run: Run) -> None:
     """Fail on a missing model or a missing or malformed labeled set before anything is created."""
@@ -282,15 +284,16 @@ def refine(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> None:
         "seconds": round(time.time() - t0, 2)}, samples=samples, verdicts=True)
 
 
-def training_mixture(cfg: Config, run: Run, rnd: int) -> tuple[list[Example], int]:
-    """The update's weighted examples and how many of them are this round's labels."""
+def training_mixture(cfg: Config, run: Run, rnd: int, targets: dict | None = None) -> tuple[list[Example], int]:
+    """The update's weighted examples and how many of them are this round's labels (with `semisup.learn:
+    distill`, this round's `targets` from `teach`)."""
     s, method, problems = cfg.semisup, cfg.semisup.method, labeled_set(cfg, run)
     labeled = [Example(p.prompt, p.answer) for p in problems]
     if method == "semievol" and s.demos:  # and after their demonstrations, so the model keeps reading them
         labeled += [Example(demonstrations(p.prompt, problems, s.demos) + p.prompt, p.answer) for p in problems]
     if method == "labeled":
         return labeled, 0
-    new = learned(run, rnd, s.learn)
+    new = learned(run, rnd, s.learn, targets)
     old = [] if method == "rest-em" else [x for r in run.promoted_rounds(rnd)
                                           for x in learned(run, r, run.done(r, "update").get("learn", "completion"))]
     rest = 1.0 - s.labeled_weight
@@ -298,13 +301,37 @@ def training_mixture(cfg: Config, run: Run, rnd: int) -> tuple[list[Example], in
     return weighted([(labeled, s.labeled_weight), (new, new_share), (old, rest - new_share)]), len(new)
 
 
-def learned(run: Run, rnd: int, learn: str) -> list[Example]:
+def learned(run: Run, rnd: int, learn: str, targets: dict | None = None) -> list[Example]:
     """Round `rnd`'s kept answers as training examples, as that round learned them (`semisup.learn`):
-    whole, or the final answer alone (`Task.bare`; whole where the skill would not read it back)."""
+    whole, the final answer alone (`Task.bare`; whole where the skill would not read it back), or whole
+    with the teacher's distributions as soft targets (`targets`, else those its update stored: `teach`)."""
     kept = [x for x in run.samples(rnd) if x.kept]
+    if learn == "distill" and kept:
+        from evolvelm.update import distill
+
+        targets = targets if targets is not None else distill.load_sparse(run.stage_dir(rnd, "update") / TARGETS)
+        return [Example(x.prompt, x.completion, 1.0, targets[x.id]) for x in kept]
     if learn == "answer":
         return [Example(x.prompt, get_task(x.skill).bare(x.completion) or x.completion) for x in kept]
     return [Example(x.prompt, x.completion) for x in kept]
+
+
+def teach(cfg: Config, run: Run, rnd: int, state: State, staging: Path) -> dict:
+    """Context distillation's targets for the round's kept answers, keyed by sample id and saved under
+    `staging`: the next-token distributions (the top `distill.TOP_K` per token) of the model that
+    answered, reading what it answered after (`Sample.context`: semievol's demonstrations)."""
+    from evolvelm.update import distill
+
+    kept = [x for x in run.samples(rnd) if x.kept]
+    if not kept:
+        return {}
+    teacher = backend_for(cfg, run, state)
+    found = distill.distributions(teacher.model, teacher.format, [x.context for x in kept], [x.completion for x in kept],
+                                  cfg.update.batch_size, distill.TOP_K)
+    teacher.close()
+    targets = {x.id: t for x, t in zip(kept, found)}
+    distill.save_sparse(staging / TARGETS, targets)
+    return targets
 
 
 def preference_pairs(run: Run, rnd: int, per_problem: int) -> list[tuple[str, str, str]]:
@@ -333,9 +360,13 @@ def update_stage(cfg: Config, run: Run, rnd: int, state: State, quiet: bool) -> 
         run.commit(rnd, "update", {**trained, "pairs": len(pairs), "new_examples": len(pairs), "from": state.round,
                                    "seconds": round(time.time() - t0, 2)})
         return
-    examples, n_new = training_mixture(cfg, run, rnd)
+    staging = run.staging(rnd, "update")
+    targets = teach(cfg, run, rnd, state, staging) if cfg.semisup.learn == "distill" else None
+    examples, n_new = training_mixture(cfg, run, rnd, targets)
     start = base_state(cfg) if cfg.semisup.method == "rest-em" else state
-    trained = train_round(cfg, run, rnd, start.members[0], 0, examples, run.staging(rnd, "update"), quiet)
+    trained = train_round(cfg, run, rnd, start.members[0], 0, examples, staging, quiet)
+    if targets is not None:  # the answers the teacher read, for the controller's cost
+        trained["distilled"] = len(targets)
     if cfg.semisup.learn == "answer":  # kept answers the skill would not read back alone were learned whole
         trained["learned_whole"] = sum(1 for x in run.samples(rnd) if x.kept and get_task(x.skill).bare(x.completion) is None)
     run.commit(rnd, "update", {**trained, "examples": len(examples), "new_examples": n_new, "from": start.round,

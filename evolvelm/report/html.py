@@ -177,7 +177,8 @@ def _fmt(x: float | None) -> str:
 def _tables(summary: dict) -> str:
     """The rounds (with the gate's and the avalanche guard's decisions) and label precision per filter."""
     kept = lambda r: (f"{r['kept']} (trained on the labeled set alone)" if r.get("labeled_only") else
-                      f"{r['kept']} (learned as their final answers alone)" if r.get("learn") == "answer" else r["kept"])
+                      f"{r['kept']} (learned as their final answers alone)" if r.get("learn") == "answer" else
+                      f"{r['kept']} (learned by context distillation)" if r.get("learn") == "distill" else r["kept"])
     rounds = [[r["round"], "yes" if r["promoted"] else "ROLLED BACK", r["frontier"], r["levels"], r.get("unanimity", {}),
                r["acquired"], kept(r), _fmt(r["label_precision"]), r["reason"], r.get("decision", "")]
               for r in summary["rounds"]]

@@ -112,14 +112,17 @@ def batch(pad_id: int, seqs: list[list[int]], starts: list[int]) -> tuple[torch.
 
 def _loss(logits: torch.Tensor, labels: torch.Tensor, soft: list[tuple[int, int, torch.Tensor]]) -> torch.Tensor:
     """Sum over answer tokens of the cross-entropy with `labels` ([batch, width], -100 = not trained),
-    where rows (row, answer start, [T, vocab] target probabilities) in `soft` use KL(target || model)."""
+    where rows (row, answer start, target) in `soft` use KL(target || model); a target is [T, vocab]
+    probabilities, or a sparse (probabilities, token ids) pair of [T, k] tensors."""
     logp = logits[:, :-1].float().log_softmax(-1)
     target = labels[:, 1:]
     per_token = -logp.gather(-1, target.clamp(min=0)[..., None])[..., 0]
-    for row, start, probs in soft:
+    for row, start, soft_target in soft:
+        probs, token = soft_target if isinstance(soft_target, tuple) else (soft_target, None)  # dense, or sparse: top k
         p = probs.to(logp.device)
         span = slice(start - 1, start - 1 + len(p))  # positions that predict the answer's tokens
-        per_token[row, span] = (torch.xlogy(p, p) - p * logp[row, span]).sum(-1)
+        model = logp[row, span] if token is None else logp[row, span].gather(-1, token.to(logp.device))
+        per_token[row, span] = (torch.xlogy(p, p) - p * model).sum(-1)
     return per_token[target != -100].sum()
 
 

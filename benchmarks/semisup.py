@@ -38,6 +38,9 @@ the labeled set alone, the baseline):
     rest-em    8 scratchpads; the checker keeps the right ones (4 per problem); retrained from the base
     semievol   8 scratchpads after the 2 nearest labeled examples; consistent or low-NLL answers;
                semievol-noctx: the same without the examples in context (in-weight propagation only)
+    context-distill
+               semievol's samples and filters, each kept answer learned as the model's next-token
+               distributions reading the examples (top 64 per token), by KL, without them
     pairs      DPO (LoRA) on right-vs-wrong answers of the same problem
     memory     lmsi's samples and vote, no training: the kept answers go to an in-context memory, and
                every later prompt is answered after its 2 nearest memory examples
@@ -99,7 +102,8 @@ ARMS = {"labeled": ("lmsi", ["semisup.method=labeled"]), "lmsi": ("lmsi", []),
         **{f"lmsi-T{t}": ("lmsi", [f"acquire.temperature={t}"]) for t in (0.6, 0.8, 1.2, 1.4, 1.6)}, "bstar": ("bstar", []),
         "bstar-T": ("bstar", ["semisup.thresholds=[0.75]"]),
         "star": ("star", []), "answer-only": ("answer-only", []), "rest-em": ("rest-em", []), "semievol": ("semievol", []),
-        "semievol-noctx": ("semievol", ["semisup.demos=0"]), "pairs": ("pairs", []), "memory": ("memory", []),
+        "semievol-noctx": ("semievol", ["semisup.demos=0"]), "context-distill": ("context-distill", []),
+        "pairs": ("pairs", []), "memory": ("memory", []),
         "lmsi-confidence": ("lmsi", ["refine.chain=[confidence,dedup]", "refine.keep_as=vote"]),
         "lmsi-random": ("lmsi", ["refine.chain=[random,dedup]", "refine.keep_as=vote"]),
         "lmsi-curriculum": ("lmsi", ["acquire.curriculum=[0.2,0.8]"]), "star-curriculum": ("star", ["acquire.curriculum=[0.2,0.8]"]),

@@ -190,7 +190,8 @@ class SemisupConfig:
 class ControllerConfig:
     arms: list[str] = field(default_factory=list)  # semisup: strategies a bandit chooses among each round, by
                                      # measured dev gain per unit of compute (evolvelm.controller): lmsi | star |
-                                     # answer-only | rest-em | semievol | pairs | memory; empty: the recipe's own
+                                     # answer-only | rest-em | semievol | context-distill | pairs | memory; empty:
+                                     # the recipe's own
     explore: float = 1.0             # UCB's exploration weight (x the largest gain per 1k sequences seen)
     policy: str = "stay"             # stay (the last arm again while its rounds gain on dev, promoted or not,
                                      # else ucb) | ucb | random (an arm drawn by the round's seed: the baseline);

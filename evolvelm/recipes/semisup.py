@@ -1,7 +1,8 @@
 """Learning from unlabeled data: a few labeled problems, a stream of unlabeled ones, and the model's own
 written-out reasoning (a scratchpad) as the experience it learns from.
 
-    evolvelm run lmsi          # or star, answer-only, rest-em, semievol, pairs, memory; semisup.method=labeled: the baseline
+    evolvelm run lmsi          # or star, answer-only, rest-em, semievol, context-distill, pairs, memory;
+                               # semisup.method=labeled: the baseline
 
 The base model was trained on the labeled set alone (`labeled.jsonl` beside it, or `semisup.labeled_file`;
 a model from elsewhere gets the zoo's labeled set of its skills, which it was not trained on).
@@ -23,7 +24,9 @@ Round 0 evaluates it. Every later round runs, in order:
     update   lmsi, star, semievol: continue from the last promoted model on the labeled set
              (`semisup.labeled_weight`), this round's labels (`update.new_weight` of the rest) and
              earlier promoted rounds' labels (whole scratchpads, or with `semisup.learn: answer`, as
-             answer-only sets, the final answers alone, each round's as it learned them: `learned`);
+             answer-only sets, the final answers alone; with `distill`, semievol's, as the next-token
+             distributions of the model that answered, reading its demonstrations, learned by KL:
+             `teach`; each round's as it learned them: `learned`);
              rest-em: from the base model, on the labeled set and this round's labels only;
              semievol: the labeled set also after its demonstrations, so the model keeps reading
              them; pairs: DPO on (right, wrong) answers of the same problem, the LoRA adapter

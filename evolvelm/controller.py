@@ -4,36 +4,37 @@
 An arm is a whole strategy, as the shipped recipe of that name sets it (ARMS): how many answers are
 sampled per problem, how they are kept (votes, the checker, consistency) and how they train the model
 (SFT on answers and rationales or on the final answers alone, retraining from the base, DPO on
-preference pairs, context distillation of the model reading demonstrations, an in-context memory). The problems acquired and the evaluation stay the run's own.
+preference pairs, context distillation of the model reading demonstrations, an in-context memory).
+The problems acquired and the evaluation stay the run's own.
 
 Each arm's value is its measured dev gain per unit of compute: the share of dev problems the round's
 candidate gets right minus the share the model it started from gets right (the gate's paired
 comparison, whether or not the round was promoted), per 1,000 sequences processed (answers generated
 plus sequences trained on: update.steps x update.batch_size, twice that for preference pairs, plus the
-kept answers a context-distillation teacher read). Both
-come from the store, never from the clock, so a resumed run makes the same decisions. The default,
-`controller.policy: stay` (win-stay, lose-shift), plays the last round's arm again when that round's
-candidate gained on dev (promoted or not: the value above, not the gate's verdict) and the arm is
-not benched, and falls back to UCB1 otherwise: in a short run, trying every arm before exploiting
-one costs most of the rounds. With `controller.probe` (`verified`, the default, or `all`; `none`), an
-arm that gains yields one round to each arm of that group not tried yet, and arms outside the group
-are tried only once no arm tried gains on average; so a run that found a good arm first still
-measures the others it trusts, at one round each (measured in docs/self_guided.md). By default
-(`controller.same_start`) the probe round trains the probe and the arm that gained side by side from
-the round's model, each in a fork of the run (`Run.fork`), and the one that gains more on dev becomes
-the round's own (`Run.adopt`; the other's round stays under RUN_DIR/trials/ and counts as a play,
-never promoted): the two are compared from the same model. Without it (the sequential probe) the
-probe plays the round alone, plays on if the gate promotes it and hands the next round back to the
-arm it interrupted if not; that compares one arm's earlier round with the other's later one. UCB1
-(`ucb` alone): arms never tried go first, those whose kept answers the checker verifies (star,
-answer-only, rest-em, pairs) before those that keep answers by votes or consistency (`controller.first:
-verified`, as a wrong vote that passes the gate can decide a short run; `listed`: the order of
-`controller.arms`); then the highest mean value plus `controller.explore` x the largest value seen x
-sqrt(2 ln(rounds) / plays), the largest gain if any arm gained (one arm's heavy loss, answer-only's on
-chain, would otherwise make the bandit explore every other arm more). `random` draws the arm by the
-round's seed (the baseline a choice must beat). An arm whose last two rounds were both rolled back is
-benched while any other is not, and the reason says so. Every decision, its estimates and a one-line
-reason go to the acquire manifest, summary.json (`rounds[].controller`) and the report.
+kept answers a context-distillation teacher read). Both come from the store, never from the clock, so a
+resumed run makes the same decisions. The default, `controller.policy: stay` (win-stay, lose-shift),
+plays the last round's arm again when that round's candidate gained on dev (promoted or not: the value
+above, not the gate's verdict) and the arm is not benched, and falls back to UCB1 otherwise: in a short
+run, trying every arm before exploiting one costs most of the rounds. With `controller.probe`
+(`verified`, the default, or `all`; `none`), an arm that gains yields one round to each arm of that
+group not tried yet, and arms outside the group are tried only once no arm tried gains on average; so a
+run that found a good arm first still measures the others it trusts, at one round each (measured in
+docs/self_guided.md). By default (`controller.same_start`) the probe round trains the probe and the arm
+that gained side by side from the round's model, each in a fork of the run (`Run.fork`), and the one
+that gains more on dev becomes the round's own (`Run.adopt`; the other's round stays under
+RUN_DIR/trials/ and counts as a play, never promoted): the two are compared from the same model.
+Without it (the sequential probe) the probe plays the round alone, plays on if the gate promotes it and
+hands the next round back to the arm it interrupted if not; that compares one arm's earlier round with
+the other's later one. UCB1 (`ucb` alone): arms never tried go first, those whose kept answers the
+checker verifies (star, answer-only, rest-em, pairs) before those that keep answers by votes or
+consistency (`controller.first: verified`, as a wrong vote that passes the gate can decide a short run;
+`listed`: the order of `controller.arms`); then the highest mean value plus `controller.explore` x the
+largest value seen x sqrt(2 ln(rounds) / plays), the largest gain if any arm gained (one arm's heavy
+loss, answer-only's on chain, would otherwise make the bandit explore every other arm more). `random`
+draws the arm by the round's seed (the baseline a choice must beat). An arm whose last two rounds were
+both rolled back is benched while any other is not, and the reason says so. Every decision, its
+estimates and a one-line reason go to the acquire manifest, summary.json (`rounds[].controller`) and
+the report.
 
 In a modular run (`modules.order: controller`) the controller chooses which module trains instead:
 the skill whose experience the round learns (`choose_module`).

@@ -121,8 +121,8 @@ def _loss(logits: torch.Tensor, labels: torch.Tensor, soft: list[tuple[int, int,
         probs, token = soft_target if isinstance(soft_target, tuple) else (soft_target, None)  # dense, or sparse: top k
         p = probs.to(logp.device)
         span = slice(start - 1, start - 1 + len(p))  # positions that predict the answer's tokens
-        model = logp[row, span] if token is None else logp[row, span].gather(-1, token.to(logp.device))
-        per_token[row, span] = (torch.xlogy(p, p) - p * model).sum(-1)
+        logq = logp[row, span] if token is None else logp[row, span].gather(-1, token.to(logp.device))
+        per_token[row, span] = (torch.xlogy(p, p) - p * logq).sum(-1)
     return per_token[target != -100].sum()
 
 
